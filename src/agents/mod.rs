@@ -1,0 +1,84 @@
+//! Where the user → agent mapping lives: the SQL stores behind one trait.
+
+pub mod lanes;
+pub mod postgres;
+pub mod sqlite;
+pub mod store;
+
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+
+use crate::config::DatabaseConfig;
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::ids::{AgentId, UserNumber};
+pub use store::MappingStore;
+
+/// Applies the migrations of the configured database.
+pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Error>> {
+    if cfg.url.starts_with("sqlite:") {
+        sqlite::SqliteStore::migrate(cfg).await
+    } else {
+        postgres::PgStore::migrate(cfg).await
+    }
+}
+
+/// The configured store, built on first use. sqlx pools spawn maintenance
+/// tasks on the runtime that creates them, and Pingora gives each service its
+/// own runtime, so the pool must be born inside the proxy's runtime.
+pub struct LazyStore {
+    cfg: DatabaseConfig,
+    cell: OnceLock<Result<Box<dyn MappingStore>, String>>,
+}
+
+impl LazyStore {
+    pub fn new(cfg: DatabaseConfig) -> Self {
+        Self {
+            cfg,
+            cell: OnceLock::new(),
+        }
+    }
+
+    fn store(&self) -> GatewayResult<&dyn MappingStore> {
+        let built = self.cell.get_or_init(|| {
+            let store: Result<Box<dyn MappingStore>, sqlx::Error> =
+                if self.cfg.url.starts_with("sqlite:") {
+                    sqlite::SqliteStore::connect_lazy(&self.cfg).map(|s| Box::new(s) as _)
+                } else {
+                    postgres::PgStore::connect_lazy(&self.cfg).map(|s| Box::new(s) as _)
+                };
+            store.map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(store) => Ok(store.as_ref()),
+            Err(e) => {
+                tracing::error!(error = %e, "Database pool could not be built.");
+                Err(GatewayError::new(ErrorKind::DatabaseUnavailable, "database unavailable"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MappingStore for LazyStore {
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        self.store()?.get(user).await
+    }
+    async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
+        self.store()?.claim(user, agent).await
+    }
+    async fn replace(
+        &self,
+        user: &UserNumber,
+        old: &AgentId,
+        new: &AgentId,
+    ) -> GatewayResult<Option<AgentId>> {
+        self.store()?.replace(user, old, new).await
+    }
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        self.store()?.delete(user).await
+    }
+    async fn ping(&self) -> GatewayResult<()> {
+        self.store()?.ping().await
+    }
+}

@@ -1,0 +1,136 @@
+//! PostgreSQL mapping store, optionally confined to one schema.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+use super::store::{MappingStore, parse_stored};
+use crate::config::DatabaseConfig;
+use crate::error::{GatewayError, GatewayResult};
+use crate::ids::{AgentId, UserNumber};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+fn options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    let mut opts = PgConnectOptions::from_str(&cfg.url)?;
+    if let Some(schema) = &cfg.schema {
+        // Validated at start-up to [a-z0-9_], so it needs no quoting.
+        opts = opts.options([("search_path", schema.as_str())]);
+    }
+    Ok(opts)
+}
+
+fn pool_options(cfg: &DatabaseConfig) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+}
+
+impl PgStore {
+    /// Builds the pool without connecting: the gateway starts (and recovers)
+    /// while the database is down; routes answer 503 meanwhile.
+    pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            pool: pool_options(cfg).connect_lazy_with(options(cfg)?),
+        })
+    }
+
+    /// Creates the schema when configured and applies the migrations.
+    pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some(schema) = &cfg.schema {
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(PgConnectOptions::from_str(&cfg.url)?)
+                .await?;
+            // Concurrent starters may race on CREATE SCHEMA; the loser's
+            // unique violation means the schema exists, which is the goal.
+            let create = sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+            if let Err(e) = sqlx::query(create).execute(&admin).await
+            {
+                let exists = e.as_database_error().is_some_and(|d| d.is_unique_violation());
+                if !exists {
+                    return Err(e.into());
+                }
+            }
+            admin.close().await;
+        }
+        let pool = pool_options(cfg).max_connections(1).connect_with(options(cfg)?).await?;
+        MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MappingStore for PgStore {
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        let row = sqlx::query("SELECT agent_id FROM user_agents WHERE user_number = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| GatewayError::database(&e))?;
+        row.map(|r| parse_stored(r.get(0))).transpose()
+    }
+
+    async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
+        // The no-op update makes RETURNING yield the existing row on conflict,
+        // so the winner is known in the same statement.
+        let row = sqlx::query(
+            "INSERT INTO user_agents (user_number, agent_id) VALUES ($1, $2) \
+             ON CONFLICT (user_number) DO UPDATE SET user_number = EXCLUDED.user_number \
+             RETURNING agent_id",
+        )
+        .bind(user.as_str())
+        .bind(agent.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        parse_stored(row.get(0))
+    }
+
+    async fn replace(
+        &self,
+        user: &UserNumber,
+        old: &AgentId,
+        new: &AgentId,
+    ) -> GatewayResult<Option<AgentId>> {
+        let updated = sqlx::query(
+            "UPDATE user_agents SET agent_id = $3, updated_at = now() \
+             WHERE user_number = $1 AND agent_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(old.as_str())
+        .bind(new.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        if updated.rows_affected() == 1 {
+            return Ok(Some(new.clone()));
+        }
+        self.get(user).await
+    }
+
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        let row = sqlx::query("DELETE FROM user_agents WHERE user_number = $1 RETURNING agent_id")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| GatewayError::database(&e))?;
+        row.map(|r| parse_stored(r.get(0))).transpose()
+    }
+
+    async fn ping(&self) -> GatewayResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| GatewayError::database(&e))
+    }
+}

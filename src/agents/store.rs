@@ -1,0 +1,39 @@
+//! The user → agent mapping. Every operation is one atomic SQL statement, so a
+//! crash or a disconnect in the middle of a chat leaves the old mapping or the
+//! new one, never a mix.
+
+use async_trait::async_trait;
+
+use crate::error::GatewayResult;
+use crate::ids::{AgentId, UserNumber};
+
+#[async_trait]
+pub trait MappingStore: Send + Sync {
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
+
+    /// Stores `agent` for `user` unless a mapping exists; returns the agent
+    /// that is mapped afterwards (the caller's, or the one that won the race).
+    async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId>;
+
+    /// Compare-and-swap: maps `user` to `new` only while it still maps to
+    /// `old`. Returns the agent mapped afterwards.
+    async fn replace(
+        &self,
+        user: &UserNumber,
+        old: &AgentId,
+        new: &AgentId,
+    ) -> GatewayResult<Option<AgentId>>;
+
+    /// Removes the mapping; returns the agent it pointed to.
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
+
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> GatewayResult<()>;
+}
+
+pub(crate) fn parse_stored(raw: String) -> GatewayResult<AgentId> {
+    AgentId::parse(&raw).map_err(|e| {
+        tracing::error!(error = %e, "Stored agent id is invalid.");
+        crate::error::GatewayError::new(crate::error::ErrorKind::Internal, "stored mapping is invalid")
+    })
+}

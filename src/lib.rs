@@ -1,0 +1,30 @@
+//! EAI Gateway: a Pingora reverse proxy that gives every chat user one
+//! long-lived agent and turns the agent service's send-then-poll protocol
+//! into one synchronous call. See README.md for the architecture.
+
+pub mod agents;
+pub mod chat;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod sim;
+pub mod upstream;
+
+/// Installs the tracing subscriber (which also takes Pingora's `log` lines).
+/// `EAI_GATEWAY_LOG_FORMAT=json` selects JSON lines; `RUST_LOG` filters.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("EAI_GATEWAY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,111 @@
+//! Metric definitions. Labels are bounded by construction: route templates
+//! and upstream names come from config, never from the request path, and no
+//! label ever carries a user number or message text.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
+    register_histogram_vec, register_int_counter, register_int_counter_vec,
+};
+
+// Registration only fails on a duplicate name or a malformed definition, both
+// programming errors caught by the first test run.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_requests_total",
+        "Requests answered, by route template, method and status.",
+        &["route", "method", "status"]
+    )
+    .expect("metric definition")
+});
+
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_request_duration_seconds",
+        "Time from request start to the end of the response, by route template.",
+        &["route"],
+        exponential_buckets(0.001, 2.0, 19).expect("buckets")
+    )
+    .expect("metric definition")
+});
+
+pub static AGENT_SERVICE_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_agent_service_calls_total",
+        "Calls to the agent service, by operation and outcome.",
+        &["operation", "outcome"]
+    )
+    .expect("metric definition")
+});
+
+pub static AGENT_SERVICE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_agent_service_call_duration_seconds",
+        "Duration of one agent-service call, by operation.",
+        &["operation"],
+        exponential_buckets(0.001, 2.0, 16).expect("buckets")
+    )
+    .expect("metric definition")
+});
+
+pub static AGENTS_CREATED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_agents_created_total",
+        "Agents created upstream for users."
+    )
+    .expect("metric definition")
+});
+
+pub static CHAT_POLLS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "eai_gateway_chat_polls",
+        "Status polls needed per chat.",
+        vec![1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0]
+    )
+    .expect("metric definition")
+});
+
+pub static CHAT_OVERHEAD: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "eai_gateway_chat_overhead_seconds",
+        "Chat time not spent on agent-service calls or between polls: the gateway's own cost.",
+        exponential_buckets(0.0005, 2.0, 16).expect("buckets")
+    )
+    .expect("metric definition")
+});
+
+/// Metric names the README documents; forces registration so a scrape lists
+/// them before the first request.
+pub fn init() -> [&'static str; 7] {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&AGENT_SERVICE_CALLS);
+    LazyLock::force(&AGENT_SERVICE_DURATION);
+    LazyLock::force(&AGENTS_CREATED);
+    LazyLock::force(&CHAT_POLLS);
+    LazyLock::force(&CHAT_OVERHEAD);
+    [
+        "eai_gateway_requests_total",
+        "eai_gateway_request_duration_seconds",
+        "eai_gateway_agent_service_calls_total",
+        "eai_gateway_agent_service_call_duration_seconds",
+        "eai_gateway_agents_created_total",
+        "eai_gateway_chat_polls",
+        "eai_gateway_chat_overhead_seconds",
+    ]
+}
+
+/// HTTP methods as a bounded label set.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}

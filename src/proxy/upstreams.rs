@@ -1,0 +1,100 @@
+//! The pass-through route table: path prefix → named upstream → round-robin backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Config, UpstreamConfig};
+
+pub struct Upstream {
+    /// `upstream:<name>`: the route label in logs and metrics.
+    pub label: Arc<str>,
+    lb: LoadBalancer<RoundRobin>,
+    cfg: UpstreamConfig,
+}
+
+impl Upstream {
+    fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, String> {
+        let lb = LoadBalancer::try_from_iter(cfg.backends.iter().map(String::as_str))
+            .map_err(|e| format!("upstreams.{name}.backends: {e}"))?;
+        Ok(Self {
+            label: format!("upstream:{name}").into(),
+            lb,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn peer(&self) -> Option<HttpPeer> {
+        let backend = self.lb.select(b"", 256)?;
+        let sni = self
+            .cfg
+            .sni
+            .clone()
+            .unwrap_or_else(|| backend.addr.to_string().rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default());
+        let mut peer = HttpPeer::new(backend, self.cfg.tls, sni);
+        peer.options.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(self.cfg.read_timeout_ms));
+        Some(peer)
+    }
+}
+
+pub struct RouteTable {
+    /// Longest prefix first.
+    routes: Vec<(String, Arc<Upstream>)>,
+    default: Option<Arc<Upstream>>,
+}
+
+impl RouteTable {
+    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+        let mut built = std::collections::BTreeMap::new();
+        for (name, u) in &cfg.upstreams {
+            built.insert(name.clone(), Arc::new(Upstream::new(name, u)?));
+        }
+        let mut routes: Vec<_> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| built.get(&r.upstream).map(|u| (r.prefix.clone(), u.clone())))
+            .collect();
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let default = cfg.default_upstream.as_ref().and_then(|d| built.get(d).cloned());
+        Ok(Self { routes, default })
+    }
+
+    /// A prefix matches whole segments: `/api` takes `/api` and `/api/x`, not `/apix`.
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Upstream>> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| {
+                path.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+            })
+            .map(|(_, u)| u)
+            .or(self.default.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_segment_prefix_wins_then_default() {
+        let cfg = Config::from_yaml(
+            "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n\
+             upstreams:\n  a: {backends: ['127.0.0.1:1001']}\n  b: {backends: ['127.0.0.1:1002']}\n  d: {backends: ['127.0.0.1:1003']}\n\
+             routes:\n  - {prefix: /api, upstream: a}\n  - {prefix: /api/v2, upstream: b}\n\
+             default_upstream: d\n",
+        )
+        .unwrap();
+        let t = RouteTable::from_config(&cfg).unwrap();
+        let label = |p: &str| t.lookup(p).map(|u| u.label.to_string());
+        assert_eq!(label("/api").as_deref(), Some("upstream:a"));
+        assert_eq!(label("/api/x").as_deref(), Some("upstream:a"));
+        assert_eq!(label("/api/v2/x").as_deref(), Some("upstream:b"));
+        assert_eq!(label("/apix").as_deref(), Some("upstream:d"));
+        assert_eq!(label("/").as_deref(), Some("upstream:d"));
+    }
+}

@@ -1,0 +1,92 @@
+//! `POST /eai-gateway/chat`: decode and validate, then hand over to `ChatService`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::chat::{ChatRequest, ChatService};
+use crate::error::{GatewayError, GatewayResult};
+use crate::ids::UserNumber;
+
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+
+/// Validates a decoded body into a request; every failure is a 422 naming the field.
+pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| GatewayError::invalid("body must be a JSON object"))?;
+    let user = match obj.get("user_number") {
+        Some(Value::String(s)) => UserNumber::parse(s).map_err(GatewayError::invalid)?,
+        Some(_) => return Err(GatewayError::invalid("user_number must be a string")),
+        None => return Err(GatewayError::invalid("user_number: field required")),
+    };
+    let message = match obj.get("message") {
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(GatewayError::invalid("message must not be empty"));
+        }
+        Some(Value::String(s)) if s.chars().count() > MAX_MESSAGE_CHARS => {
+            return Err(GatewayError::invalid(format!(
+                "message must be at most {MAX_MESSAGE_CHARS} characters"
+            )));
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(GatewayError::invalid("message must be a string")),
+        None => return Err(GatewayError::invalid("message: field required")),
+    };
+    let timeout = match obj.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if t > 0.0 && t.is_finite() && t <= 86_400.0 => Some(Duration::from_secs_f64(t)),
+            _ => return Err(GatewayError::invalid("timeout must be a positive number of seconds")),
+        },
+    };
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => return Err(GatewayError::invalid("metadata must be an object")),
+    };
+    Ok(ChatRequest {
+        user,
+        message,
+        timeout,
+        metadata,
+    })
+}
+
+pub async fn handle(chat: &ChatService, body: GatewayResult<Value>) -> GatewayResult<(u16, Option<Value>)> {
+    let request = decode(&body?)?;
+    let answer = chat.chat(request).await?;
+    Ok((200, Some(answer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_valid_body() {
+        let r = decode(&json!({"user_number": "+5521999999999", "message": "oi", "timeout": 5, "metadata": {"a": 1}}))
+            .unwrap();
+        assert_eq!(r.user.as_str(), "5521999999999");
+        assert_eq!(r.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        let long = "x".repeat(MAX_MESSAGE_CHARS + 1);
+        for body in [
+            json!([]),
+            json!({"message": "oi"}),
+            json!({"user_number": "5521999999999"}),
+            json!({"user_number": 5521999999999u64, "message": "oi"}),
+            json!({"user_number": "5521999999999", "message": ""}),
+            json!({"user_number": "5521999999999", "message": long}),
+            json!({"user_number": "5521999999999", "message": "oi", "timeout": -1}),
+            json!({"user_number": "5521999999999", "message": "oi", "metadata": "x"}),
+        ] {
+            let err = decode(&body).err().unwrap_or_else(|| panic!("accepted {body}"));
+            assert_eq!(err.status(), 422, "{body}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Native routes: matching, JSON responses and bounded body reading. Handlers
+//! return `GatewayResult`; only `respond` turns results into HTTP.
+
+pub mod agent;
+pub mod chat;
+pub mod health;
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+
+pub const NATIVE_PREFIX: &str = "/eai-gateway";
+
+/// A native route and the template used for it in logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Native {
+    Chat,
+    AgentGet(String),
+    AgentDelete(String),
+    Healthz,
+    Readyz,
+    /// Known path, wrong method.
+    WrongMethod(&'static str, &'static str),
+    /// Under the native prefix, but no such route.
+    Unknown,
+}
+
+impl Native {
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::Chat => "/eai-gateway/chat",
+            Self::AgentGet(_) | Self::AgentDelete(_) => "/eai-gateway/agent/{user_number}",
+            Self::Healthz => "/healthz",
+            Self::Readyz => "/readyz",
+            Self::WrongMethod(template, _) => template,
+            Self::Unknown => "/eai-gateway/*",
+        }
+    }
+}
+
+/// Which native route, if any, serves this request.
+pub fn match_native(method: &Method, path: &str) -> Option<Native> {
+    const AGENT: &str = "/eai-gateway/agent/{user_number}";
+    let native = match path {
+        "/healthz" => method_is(method, &[Method::GET, Method::HEAD], Native::Healthz, "/healthz", "GET"),
+        "/readyz" => method_is(method, &[Method::GET, Method::HEAD], Native::Readyz, "/readyz", "GET"),
+        "/eai-gateway/chat" => method_is(method, &[Method::POST], Native::Chat, "/eai-gateway/chat", "POST"),
+        _ => {
+            let rest = path.strip_prefix(NATIVE_PREFIX)?;
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return None;
+            }
+            match rest.strip_prefix("/agent/") {
+                Some(raw) => match *method {
+                    Method::GET => Native::AgentGet(raw.to_owned()),
+                    Method::DELETE => Native::AgentDelete(raw.to_owned()),
+                    _ => Native::WrongMethod(AGENT, "GET, DELETE"),
+                },
+                None => Native::Unknown,
+            }
+        }
+    };
+    Some(native)
+}
+
+fn method_is(method: &Method, ok: &[Method], native: Native, template: &'static str, allow: &'static str) -> Native {
+    if ok.contains(method) {
+        native
+    } else {
+        Native::WrongMethod(template, allow)
+    }
+}
+
+/// Writes a JSON (or empty) response; returns the status written.
+pub async fn respond(session: &mut Session, result: GatewayResult<(u16, Option<Value>)>) -> pingora::Result<u16> {
+    let (status, body) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::warn!(kind = e.kind.label(), detail = %e.detail, "Request failed.");
+            }
+            (e.status(), Some(e.body()))
+        }
+    };
+    write_json(session, status, body.as_ref()).await?;
+    Ok(status)
+}
+
+pub async fn write_json(session: &mut Session, status: u16, body: Option<&Value>) -> pingora::Result<()> {
+    let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    if body.is_some() {
+        header.insert_header("content-type", "application/json")?;
+    }
+    header.insert_header("content-length", bytes.len().to_string())?;
+    if status == 405 {
+        header.insert_header("allow", "GET, POST, DELETE")?;
+    }
+    if status == 413 || status == 400 {
+        // The rest of a rejected body may still be on the wire.
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == Method::HEAD;
+    session.write_response_header(Box::new(header), head_only || bytes.is_empty()).await?;
+    if !head_only && !bytes.is_empty() {
+        session.write_response_body(Some(bytes), true).await?;
+    }
+    Ok(())
+}
+
+/// Reads a JSON request body of at most `limit` bytes.
+pub async fn read_json_body(session: &mut Session, limit: usize) -> GatewayResult<Value> {
+    let headers = &session.req_header().headers;
+    if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(GatewayError::new(
+                ErrorKind::UnsupportedMediaType,
+                "content-type must be application/json",
+            ));
+        }
+    }
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
+        let len: usize = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| GatewayError::new(ErrorKind::MalformedJson, "invalid content-length"))?;
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await.map_err(downstream)?;
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await.map_err(downstream)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.is_empty() {
+        return Err(GatewayError::new(ErrorKind::MalformedJson, "request body is empty"));
+    }
+    serde_json::from_slice(&buf).map_err(|e| {
+        GatewayError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}"))
+    })
+}
+
+fn downstream(e: Box<pingora::Error>) -> GatewayError {
+    tracing::debug!(error = %e, "Request body read failed.");
+    GatewayError::new(ErrorKind::MalformedJson, "request body could not be read completely")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_contract_routes() {
+        assert_eq!(match_native(&Method::POST, "/eai-gateway/chat"), Some(Native::Chat));
+        assert_eq!(
+            match_native(&Method::GET, "/eai-gateway/agent/5521"),
+            Some(Native::AgentGet("5521".into()))
+        );
+        assert_eq!(
+            match_native(&Method::DELETE, "/eai-gateway/agent/%2B5521"),
+            Some(Native::AgentDelete("%2B5521".into()))
+        );
+        assert!(matches!(match_native(&Method::GET, "/eai-gateway/chat"), Some(Native::WrongMethod(..))));
+        assert_eq!(match_native(&Method::GET, "/eai-gateway/nope"), Some(Native::Unknown));
+        assert_eq!(match_native(&Method::GET, "/eai-gatewayx"), None);
+        assert_eq!(match_native(&Method::GET, "/api/x"), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! The subset of the Letta REST API the gateway uses, shaped like the
+//! recordings of the real server in `../shared/letta-real/recordings/`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{Progress, Simulator, answer_messages, usage};
+
+pub fn routes() -> Router<Simulator> {
+    Router::new()
+        .route("/v1/health/", get(|| async { Json(json!({"version": "simulator", "status": "ok"})) }))
+        .route("/v1/agents/", post(create).get(list))
+        .route("/v1/agents/{agent_id}", get(show).delete(remove))
+        .route("/v1/agents/{agent_id}/messages", get(history))
+        .route("/v1/agents/{agent_id}/messages/async", post(send))
+        .route("/v1/runs/{run_id}", get(run))
+        .route("/v1/runs/{run_id}/messages", get(run_messages))
+        .route("/v1/runs/{run_id}/usage", get(run_usage))
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn agent_not_found(id: &str) -> Response {
+    reply(StatusCode::NOT_FOUND, json!({"detail": format!("Agent with ID {id} not found")}))
+}
+
+fn run_not_found(id: &str) -> Response {
+    reply(StatusCode::NOT_FOUND, json!({"detail": format!("Run not found with id='{id}'")}))
+}
+
+fn agent_state(agent: &super::Agent) -> Value {
+    json!({"id": agent.id, "name": agent.body.get("name"), "tags": agent.body.get("tags").cloned().unwrap_or(json!([])),
+           "model": agent.body.get("model"), "agent_type": "letta_v1_agent"})
+}
+
+async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response {
+    let name = body.get("name").and_then(Value::as_str).unwrap_or("agent").to_owned();
+    let mut world = sim.world();
+    let id = world.create_agent(name, body);
+    match world.agents.get(&id) {
+        Some(agent) => reply(StatusCode::OK, agent_state(agent)),
+        None => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"detail": "agent vanished"})),
+    }
+}
+
+async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let tags: Vec<&str> = q.iter().filter(|(k, _)| k == "tags").map(|(_, v)| v.as_str()).collect();
+    let name = q.iter().find(|(k, _)| k == "name").map(|(_, v)| v.as_str());
+    let world = sim.world();
+    let agents: Vec<Value> = world
+        .agents
+        .values()
+        .filter(|a| name.is_none_or(|n| a.owner == n))
+        .filter(|a| {
+            let have = a.body.get("tags").and_then(Value::as_array);
+            tags.iter().all(|t| have.is_some_and(|h| h.iter().any(|x| x == t)))
+        })
+        .map(agent_state)
+        .collect();
+    reply(StatusCode::OK, Value::Array(agents))
+}
+
+async fn show(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
+    match sim.world().agents.get(&agent_id) {
+        Some(agent) => reply(StatusCode::OK, agent_state(agent)),
+        None => agent_not_found(&agent_id),
+    }
+}
+
+async fn remove(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
+    if sim.world().delete_agent(&agent_id) {
+        reply(StatusCode::OK, json!({"message": format!("Agent id={agent_id} successfully deleted")}))
+    } else {
+        agent_not_found(&agent_id)
+    }
+}
+
+async fn history(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
+    let world = sim.world();
+    let Some(agent) = world.agents.get(&agent_id) else {
+        return agent_not_found(&agent_id);
+    };
+    let messages: Vec<Value> = agent
+        .history
+        .iter()
+        .map(|(role, content)| {
+            let kind = if role == "user" { "user_message" } else { "assistant_message" };
+            json!({"message_type": kind, "content": content})
+        })
+        .collect();
+    reply(StatusCode::OK, Value::Array(messages))
+}
+
+async fn send(State(sim): State<Simulator>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
+    let text = body
+        .pointer("/messages/0/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let delay = sim.delay();
+    match sim.world().accept(&agent_id, &text, delay, "run-") {
+        Some(run_id) => reply(
+            StatusCode::OK,
+            json!({"id": run_id, "status": "created", "agent_id": agent_id, "stop_reason": null,
+                   "background": true, "metadata": {"run_type": "send_message_async"}}),
+        ),
+        None => agent_not_found(&agent_id),
+    }
+}
+
+async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {
+    let world = sim.world();
+    let Some(progress) = world.progress(&run_id) else {
+        return run_not_found(&run_id);
+    };
+    let (status, stop_reason, agent_id) = match progress {
+        Progress::Processing => ("running", Value::Null, world.messages[&run_id].agent_id.clone()),
+        Progress::AgentGone(msg) => ("failed", json!("error"), msg.agent_id.clone()),
+        Progress::Done(msg, _) => ("completed", json!("end_turn"), msg.agent_id.clone()),
+    };
+    reply(
+        StatusCode::OK,
+        json!({"id": run_id, "status": status, "agent_id": agent_id, "stop_reason": stop_reason,
+               "background": true, "metadata": {"run_type": "send_message_async"}}),
+    )
+}
+
+async fn run_messages(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {
+    let world = sim.world();
+    match world.progress(&run_id) {
+        None => run_not_found(&run_id),
+        Some(Progress::Processing) => reply(StatusCode::OK, json!([])),
+        Some(Progress::AgentGone(_)) => reply(StatusCode::OK, json!([])),
+        Some(Progress::Done(msg, _)) => {
+            let messages: Vec<Value> = answer_messages(msg)
+                .into_iter()
+                .map(|mut m| {
+                    m["run_id"] = json!(run_id);
+                    m
+                })
+                .collect();
+            reply(StatusCode::OK, Value::Array(messages))
+        }
+    }
+}
+
+async fn run_usage(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {
+    let world = sim.world();
+    match world.messages.get(&run_id) {
+        None => run_not_found(&run_id),
+        Some(msg) => {
+            let mut u = usage(msg);
+            if let Some(o) = u.as_object_mut() {
+                o.remove("message_type");
+            }
+            reply(StatusCode::OK, u)
+        }
+    }
+}

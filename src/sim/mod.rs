@@ -1,0 +1,213 @@
+//! A bundled agent-service simulator speaking both dialects (Letta under
+//! `/v1`, EAI under `/api/v1`) on one listener. It answers `echo: <message>`
+//! after a configurable processing delay and counts what a test needs to
+//! check the gateway's guarantees: agents created, deleted and alive, and
+//! messages that overlapped on one agent. Counters: `GET /sim/stats`;
+//! knobs: `POST /sim/config`.
+
+mod eai;
+mod letta;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimSettings {
+    /// How long the "agent" takes to answer a message.
+    pub delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimStats {
+    pub agents_created: u64,
+    pub agents_deleted: u64,
+    pub live_agents: u64,
+    pub messages: u64,
+    /// Messages that arrived while their agent was still processing another.
+    pub overlaps: u64,
+}
+
+pub(crate) struct Agent {
+    pub id: String,
+    /// What the agent was created for: the EAI `user_number` or Letta `name`.
+    pub owner: String,
+    pub body: Value,
+    busy_until: Instant,
+    /// Messages in arrival order: (role, content).
+    pub history: Vec<(String, String)>,
+}
+
+pub(crate) struct Message {
+    pub agent_id: String,
+    pub text: String,
+    pub accepted_at: Instant,
+    pub ready_at: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct World {
+    pub agents: HashMap<String, Agent>,
+    pub messages: HashMap<String, Message>,
+    pub stats: SimStats,
+}
+
+#[derive(Clone)]
+pub struct Simulator {
+    world: Arc<Mutex<World>>,
+    settings: Arc<Mutex<SimSettings>>,
+}
+
+/// The state of one message at a given moment.
+pub(crate) enum Progress<'a> {
+    Processing,
+    Done(&'a Message, &'a Agent),
+    AgentGone(&'a Message),
+}
+
+impl World {
+    pub fn create_agent(&mut self, owner: String, body: Value) -> String {
+        let id = format!("agent-{}", uuid::Uuid::new_v4());
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                id: id.clone(),
+                owner,
+                body,
+                busy_until: Instant::now(),
+                history: Vec::new(),
+            },
+        );
+        self.stats.agents_created += 1;
+        self.stats.live_agents += 1;
+        id
+    }
+
+    pub fn delete_agent(&mut self, id: &str) -> bool {
+        let existed = self.agents.remove(id).is_some();
+        if existed {
+            self.stats.agents_deleted += 1;
+            self.stats.live_agents -= 1;
+        }
+        existed
+    }
+
+    /// Accepts a message for an existing agent; returns the message id.
+    pub fn accept(&mut self, agent_id: &str, text: &str, delay: Duration, prefix: &str) -> Option<String> {
+        let now = Instant::now();
+        let agent = self.agents.get_mut(agent_id)?;
+        if agent.busy_until > now {
+            self.stats.overlaps += 1;
+        }
+        agent.busy_until = now + delay;
+        agent.history.push(("user".into(), text.to_owned()));
+        agent.history.push(("assistant".into(), format!("echo: {text}")));
+        self.stats.messages += 1;
+        let id = format!("{prefix}{}", uuid::Uuid::new_v4());
+        self.messages.insert(
+            id.clone(),
+            Message {
+                agent_id: agent_id.to_owned(),
+                text: text.to_owned(),
+                accepted_at: now,
+                ready_at: now + delay,
+            },
+        );
+        Some(id)
+    }
+
+    pub fn progress(&self, id: &str) -> Option<Progress<'_>> {
+        let msg = self.messages.get(id)?;
+        Some(match self.agents.get(&msg.agent_id) {
+            None => Progress::AgentGone(msg),
+            Some(_) if Instant::now() < msg.ready_at => Progress::Processing,
+            Some(agent) => Progress::Done(msg, agent),
+        })
+    }
+}
+
+pub(crate) fn answer_messages(msg: &Message) -> Vec<Value> {
+    vec![
+        json!({"message_type": "user_message", "content": msg.text}),
+        json!({"message_type": "assistant_message", "content": format!("echo: {}", msg.text)}),
+    ]
+}
+
+pub(crate) fn usage(msg: &Message) -> Value {
+    let prompt = msg.text.len() as u64 / 4 + 100;
+    json!({"message_type": "usage_statistics", "prompt_tokens": prompt, "completion_tokens": 5,
+           "total_tokens": prompt + 5, "step_count": 1})
+}
+
+impl Simulator {
+    pub fn new(settings: SimSettings) -> Self {
+        Self {
+            world: Arc::default(),
+            settings: Arc::new(Mutex::new(settings)),
+        }
+    }
+
+    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn delay(&self) -> Duration {
+        Duration::from_millis(self.settings.lock().unwrap_or_else(|p| p.into_inner()).delay_ms)
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.world().stats.clone()
+    }
+
+    /// Live agents created for `owner` (EAI user number or Letta agent name).
+    pub fn live_agents_of(&self, owner: &str) -> Vec<String> {
+        self.world()
+            .agents
+            .values()
+            .filter(|a| a.owner == owner)
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/sim/stats", get(stats))
+            .route("/sim/config", post(configure))
+            .merge(eai::routes())
+            .merge(letta::routes())
+            .with_state(self.clone())
+    }
+
+    /// Serves until the listener fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Binds and serves in the background of the current runtime.
+    pub async fn spawn(self, addr: &str) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(listener).await {
+                tracing::error!(error = %e, "Simulator stopped.");
+            }
+        });
+        Ok(local)
+    }
+}
+
+async fn stats(State(sim): State<Simulator>) -> Json<SimStats> {
+    Json(sim.stats())
+}
+
+async fn configure(State(sim): State<Simulator>, Json(new): Json<SimSettings>) -> Json<SimSettings> {
+    *sim.settings.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    Json(new)
+}

@@ -1,0 +1,122 @@
+//! The EAI agent gateway API: agent/create, webhook send, message/response poll.
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::http::AgentHttp;
+use super::{AgentService, Deleted, Poll, Sent, safe_id};
+use crate::config::AgentServiceConfig;
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::ids::{AgentId, UserNumber};
+
+pub struct EaiClient {
+    http: AgentHttp,
+    agent_fields: serde_json::Map<String, Value>,
+}
+
+impl EaiClient {
+    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig) -> Self {
+        Self {
+            http,
+            agent_fields: cfg.eai.agent_fields.clone(),
+        }
+    }
+}
+
+/// The EAI service reports a vanished agent only as text.
+fn mentions_missing_agent(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("404") || t.contains("not found") || t.contains("not_found")
+}
+
+#[async_trait]
+impl AgentService for EaiClient {
+    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId> {
+        let mut body = self.agent_fields.clone();
+        body.insert("user_number".into(), Value::String(user.as_str().into()));
+        let reply = self
+            .http
+            .call("create_agent", Method::POST, "api/v1/agent/create", Some(&Value::Object(body)))
+            .await?;
+        if !reply.status.is_success() {
+            return Err(GatewayError::agent_service(format!(
+                "agent service could not create the agent ({})",
+                reply.reason()
+            )));
+        }
+        let id = safe_id(reply.body.get("agent_id"), "agent id")?;
+        AgentId::parse(&id).map_err(GatewayError::agent_service)
+    }
+
+    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
+        let reply = self
+            .http
+            .call("delete_agent", Method::DELETE, &format!("api/v1/agent/{agent}"), None)
+            .await?;
+        if reply.status.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        // This API answers 500 for a missing agent too; tell them apart by text.
+        if reply.status == StatusCode::NOT_FOUND || mentions_missing_agent(&reply.reason()) {
+            return Ok(Deleted::NotFound);
+        }
+        Err(GatewayError::agent_service(format!(
+            "agent service could not delete the agent ({})",
+            reply.reason()
+        )))
+    }
+
+    async fn send(&self, agent: &AgentId, message: &str, metadata: Option<&Value>) -> GatewayResult<Sent> {
+        let body = json!({"agent_id": agent.as_str(), "message": message, "metadata": metadata});
+        let reply = self
+            .http
+            .call("send", Method::POST, "api/v1/message/webhook/agent", Some(&body))
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(Sent::Accepted(safe_id(reply.body.get("message_id"), "message id")?)),
+            StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
+            _ => Err(GatewayError::agent_service(format!(
+                "agent service refused the message ({})",
+                reply.reason()
+            ))),
+        }
+    }
+
+    async fn poll(&self, _agent: &AgentId, message_id: &str) -> GatewayResult<Poll> {
+        let path = format!("api/v1/message/response?message_id={message_id}");
+        let reply = self.http.call("poll", Method::GET, &path, None).await?;
+        // Decide on the body's status; the HTTP code has changed across versions.
+        let body = &reply.body;
+        match body.get("status").and_then(Value::as_str) {
+            Some("processing") | Some("pending") | Some("queued") => Ok(Poll::Pending),
+            Some("completed") => match body.get("data") {
+                Some(data) if data.is_object() => Ok(Poll::Completed(data.clone())),
+                _ => Ok(Poll::Failed("agent service reported completed without data".into())),
+            },
+            Some("failed") => {
+                let reason = body
+                    .get("error")
+                    .or_else(|| body.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                if mentions_missing_agent(reason) {
+                    Ok(Poll::AgentGone)
+                } else {
+                    Ok(Poll::Failed(format!("agent run failed: {}", reason.chars().take(300).collect::<String>())))
+                }
+            }
+            _ if reply.status == StatusCode::NOT_FOUND => {
+                Ok(Poll::Failed("agent service lost the message (unknown or expired id)".into()))
+            }
+            _ if reply.status.is_server_error() => Err(GatewayError::new(
+                ErrorKind::AgentService,
+                format!("message status unavailable ({})", reply.reason()),
+            )),
+            _ => Err(GatewayError::agent_service(format!(
+                "agent service answered the poll with an unknown status ({})",
+                reply.reason()
+            ))),
+        }
+    }
+}

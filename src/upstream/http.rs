@@ -1,0 +1,168 @@
+//! The one HTTP path to the agent service: auth header, per-call timeout,
+//! capped response size, metrics per operation and outcome.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+use crate::config::AgentServiceConfig;
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::metrics;
+
+tokio::task_local! {
+    /// Time the current chat spent waiting on agent-service calls, so the
+    /// gateway can report its own overhead.
+    pub static UPSTREAM_WAIT: std::cell::Cell<Duration>;
+}
+
+pub struct AgentHttp {
+    client: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+    max_response_bytes: usize,
+}
+
+/// A response the agent service gave, whatever its status.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Short, safe description of an error body for the client's detail.
+    pub fn reason(&self) -> String {
+        let text = match &self.body {
+            Value::Object(m) => m
+                .get("detail")
+                .or_else(|| m.get("error"))
+                .or_else(|| m.get("message"))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default(),
+            Value::String(s) => s.clone(),
+            _ => String::new(),
+        };
+        let mut text: String = text.chars().take(300).collect();
+        if text.is_empty() {
+            text = "no detail".into();
+        }
+        format!("HTTP {}: {text}", self.status.as_u16())
+    }
+}
+
+impl AgentHttp {
+    pub fn new(cfg: &AgentServiceConfig) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut base = Url::parse(&cfg.url).map_err(|e| e.to_string())?;
+        // Url::join drops the last segment of a base without a trailing slash.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self {
+            client,
+            base,
+            token: cfg.token.clone(),
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// Sends one request. Transport failures become errors; any HTTP status
+    /// comes back as a `Reply` for the dialect to interpret.
+    pub async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> GatewayResult<Reply> {
+        let started = Instant::now();
+        let result = self.call_inner(method, path, body).await;
+        let elapsed = started.elapsed();
+        let _ = UPSTREAM_WAIT.try_with(|w| w.set(w.get() + elapsed));
+        metrics::AGENT_SERVICE_DURATION
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        let outcome = match &result {
+            Ok(r) if r.status.is_success() => "ok",
+            Ok(r) if r.status.is_client_error() => "http_4xx",
+            Ok(_) => "http_5xx",
+            Err(e) if e.kind == ErrorKind::AgentServiceUnreachable => "unreachable",
+            Err(_) => "invalid_response",
+        };
+        metrics::AGENT_SERVICE_CALLS
+            .with_label_values(&[operation, outcome])
+            .inc();
+        result
+    }
+
+    async fn call_inner(&self, method: Method, path: &str, body: Option<&Value>) -> GatewayResult<Reply> {
+        let url = self.base.join(path).map_err(|e| {
+            GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
+        })?;
+        let mut req = self.client.request(method, url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_response_bytes as u64)
+        {
+            return Err(too_large());
+        }
+        let mut resp = resp;
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if buf.len() + chunk.len() > self.max_response_bytes {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let body = if buf.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&buf) {
+                Ok(v) => v,
+                // An error page from a proxy in between: keep a snippet for the reason.
+                Err(_) if !status.is_success() => {
+                    Value::String(String::from_utf8_lossy(&buf[..buf.len().min(300)]).into_owned())
+                }
+                Err(_) => {
+                    return Err(GatewayError::agent_service(format!(
+                        "agent service answered HTTP {} with a body that is not JSON",
+                        status.as_u16()
+                    )));
+                }
+            }
+        };
+        Ok(Reply { status, body })
+    }
+}
+
+fn too_large() -> GatewayError {
+    GatewayError::agent_service("agent service response exceeds agent_service.max_response_bytes")
+}
+
+fn transport_error(e: reqwest::Error) -> GatewayError {
+    let what = if e.is_timeout() {
+        "agent service timed out"
+    } else if e.is_connect() {
+        "agent service unreachable"
+    } else {
+        "agent service connection failed"
+    };
+    tracing::warn!(error = %e, "Agent-service call failed.");
+    GatewayError::new(ErrorKind::AgentServiceUnreachable, what)
+}

@@ -1,0 +1,170 @@
+//! The Letta REST API: create agent, send async, poll the run, read the run's
+//! messages and usage.
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::http::AgentHttp;
+use super::{AgentService, Deleted, Poll, Sent, safe_id};
+use crate::config::AgentServiceConfig;
+use crate::error::{GatewayError, GatewayResult};
+use crate::ids::{AgentId, UserNumber};
+
+pub struct LettaClient {
+    http: AgentHttp,
+    template: serde_json::Map<String, Value>,
+    pseudonym_key: String,
+}
+
+/// Tag carried by every agent the gateway creates.
+pub const GATEWAY_TAG: &str = "eai-gateway";
+
+/// Stop reasons that end a run without a usable answer.
+const FAILED_STOP_REASONS: &[&str] = &[
+    "error",
+    "llm_api_error",
+    "invalid_llm_response",
+    "invalid_tool_call",
+    "cancelled",
+    "context_window_overflow_in_system_prompt",
+];
+
+impl LettaClient {
+    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig) -> Self {
+        Self {
+            http,
+            template: cfg.letta.agent_template.as_object().cloned().unwrap_or_default(),
+            pseudonym_key: cfg.pseudonym_key.clone(),
+        }
+    }
+
+    /// Name and tag an operator can find the user's agent by, without the
+    /// raw number ever reaching the agent service.
+    pub fn agent_name(pseudonym: &str) -> String {
+        format!("eai-{pseudonym}")
+    }
+
+    pub fn user_tag(pseudonym: &str) -> String {
+        format!("eai-user-{pseudonym}")
+    }
+
+    async fn finished(&self, run_id: &str, run: &Value, succeeded: bool) -> GatewayResult<Poll> {
+        // Read the messages even on failure: Letta can fail with output present.
+        let path = format!("v1/runs/{run_id}/messages?order=asc&limit=1000");
+        let messages = self.http.call("fetch_messages", Method::GET, &path, None).await?;
+        if !messages.status.is_success() || !messages.body.is_array() {
+            return Err(GatewayError::agent_service(format!(
+                "agent service did not return the run's messages ({})",
+                messages.reason()
+            )));
+        }
+        if !succeeded {
+            let reason = run
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .or_else(|| run.get("status").and_then(Value::as_str))
+                .unwrap_or("failed");
+            return Ok(Poll::Failed(format!("agent run {reason}")));
+        }
+        let usage = self
+            .http
+            .call("fetch_usage", Method::GET, &format!("v1/runs/{run_id}/usage"), None)
+            .await
+            .ok()
+            .filter(|r| r.status.is_success())
+            .map(|r| r.body)
+            .unwrap_or(Value::Null);
+        Ok(Poll::Completed(json!({
+            "messages": messages.body,
+            "agent_id": run.get("agent_id").cloned().unwrap_or(Value::Null),
+            "usage": usage,
+        })))
+    }
+}
+
+#[async_trait]
+impl AgentService for LettaClient {
+    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId> {
+        let pseudonym = user.pseudonym(&self.pseudonym_key);
+        let mut body = self.template.clone();
+        body.insert("name".into(), Value::String(Self::agent_name(&pseudonym)));
+        let mut tags: Vec<Value> = body
+            .get("tags")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        tags.push(Value::String(GATEWAY_TAG.into()));
+        tags.push(Value::String(Self::user_tag(&pseudonym)));
+        body.insert("tags".into(), Value::Array(tags));
+        let reply = self
+            .http
+            .call("create_agent", Method::POST, "v1/agents/", Some(&Value::Object(body)))
+            .await?;
+        if !reply.status.is_success() {
+            return Err(GatewayError::agent_service(format!(
+                "agent service could not create the agent ({})",
+                reply.reason()
+            )));
+        }
+        let id = safe_id(reply.body.get("id"), "agent id")?;
+        AgentId::parse(&id).map_err(GatewayError::agent_service)
+    }
+
+    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
+        let reply = self
+            .http
+            .call("delete_agent", Method::DELETE, &format!("v1/agents/{agent}"), None)
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(Deleted::Deleted),
+            StatusCode::NOT_FOUND => Ok(Deleted::NotFound),
+            _ => Err(GatewayError::agent_service(format!(
+                "agent service could not delete the agent ({})",
+                reply.reason()
+            ))),
+        }
+    }
+
+    async fn send(&self, agent: &AgentId, message: &str, _metadata: Option<&Value>) -> GatewayResult<Sent> {
+        let body = json!({"messages": [{"role": "user", "content": message}]});
+        let reply = self
+            .http
+            .call("send", Method::POST, &format!("v1/agents/{agent}/messages/async"), Some(&body))
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(Sent::Accepted(safe_id(reply.body.get("id"), "run id")?)),
+            StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
+            _ => Err(GatewayError::agent_service(format!(
+                "agent service refused the message ({})",
+                reply.reason()
+            ))),
+        }
+    }
+
+    async fn poll(&self, _agent: &AgentId, run_id: &str) -> GatewayResult<Poll> {
+        let reply = self
+            .http
+            .call("poll", Method::GET, &format!("v1/runs/{run_id}"), None)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(Poll::Failed("agent run not found".into()));
+        }
+        if !reply.status.is_success() {
+            return Err(GatewayError::agent_service(format!("run status unavailable ({})", reply.reason())));
+        }
+        let run = reply.body;
+        let status = run.get("status").and_then(Value::as_str).unwrap_or("");
+        let stop_reason = run.get("stop_reason").and_then(Value::as_str);
+        match (status, stop_reason) {
+            ("completed", _) => self.finished(run_id, &run, true).await,
+            ("failed" | "cancelled" | "expired", _) => self.finished(run_id, &run, false).await,
+            // A terminal stop reason on a run still marked running is terminal.
+            (_, Some(reason)) => {
+                let ok = !FAILED_STOP_REASONS.contains(&reason);
+                self.finished(run_id, &run, ok).await
+            }
+            _ => Ok(Poll::Pending),
+        }
+    }
+}

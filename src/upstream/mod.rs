@@ -1,0 +1,69 @@
+//! Agent-service clients: one trait, one implementation per dialect, and the
+//! polling loop they share.
+
+pub mod eai;
+pub mod http;
+pub mod letta;
+pub mod poll;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::{AgentServiceConfig, Dialect};
+use crate::error::GatewayResult;
+use crate::ids::{AgentId, UserNumber};
+
+/// What a send returned.
+pub enum Sent {
+    /// Accepted; poll with this id (EAI message id or Letta run id).
+    Accepted(String),
+    /// The agent does not exist upstream; nothing was delivered.
+    AgentGone,
+}
+
+/// What one poll saw.
+#[derive(Debug)]
+pub enum Poll {
+    Pending,
+    /// Finished; `data` is what the caller gets under `response.data`.
+    Completed(Value),
+    /// Finished without an answer; the reason goes to the caller.
+    Failed(String),
+    /// The agent vanished before processing; nothing was delivered.
+    AgentGone,
+}
+
+pub enum Deleted {
+    Deleted,
+    NotFound,
+}
+
+#[async_trait]
+pub trait AgentService: Send + Sync {
+    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId>;
+    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted>;
+    /// Never retried: each call may create a message upstream.
+    async fn send(&self, agent: &AgentId, message: &str, metadata: Option<&Value>) -> GatewayResult<Sent>;
+    /// Idempotent; safe to retry.
+    async fn poll(&self, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
+}
+
+pub fn build(cfg: &AgentServiceConfig) -> Result<Arc<dyn AgentService>, String> {
+    let http = http::AgentHttp::new(cfg)?;
+    Ok(match cfg.dialect {
+        Dialect::Letta => Arc::new(letta::LettaClient::new(http, cfg)),
+        Dialect::Eai => Arc::new(eai::EaiClient::new(http, cfg)),
+    })
+}
+
+/// Ids from the agent service end up in URL paths: accept only safe ones.
+pub(crate) fn safe_id(raw: Option<&Value>, what: &str) -> GatewayResult<String> {
+    raw.and_then(Value::as_str)
+        .and_then(|s| AgentId::parse(s).ok())
+        .map(|id| id.as_str().to_owned())
+        .ok_or_else(|| {
+            crate::error::GatewayError::agent_service(format!("agent service returned no valid {what}"))
+        })
+}
