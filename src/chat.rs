@@ -65,7 +65,10 @@ impl ChatService {
         let _lane = tokio::time::timeout_at(deadline, self.lanes.acquire(&req.user))
             .await
             .map_err(|_| {
-                GatewayError::new(ErrorKind::PollTimeout, "earlier messages of this user are still being answered")
+                GatewayError::new(
+                    ErrorKind::PollTimeout,
+                    "earlier messages of this user are still being answered",
+                )
             })?;
         let mut agent = self.agent_for(&req.user).await?;
         if let Attempt::Answered(v) = self.attempt(&agent, &req, deadline).await? {
@@ -82,12 +85,22 @@ impl ChatService {
         }
     }
 
-    async fn attempt(&self, agent: &AgentId, req: &ChatRequest, deadline: Instant) -> GatewayResult<Attempt> {
-        let id = match self.agents.send(agent, &req.message, req.metadata.as_ref()).await? {
+    async fn attempt(
+        &self,
+        agent: &AgentId,
+        req: &ChatRequest,
+        deadline: Instant,
+    ) -> GatewayResult<Attempt> {
+        let id = match self
+            .agents
+            .send(agent, &req.message, req.metadata.as_ref())
+            .await?
+        {
             Sent::Accepted(id) => id,
             Sent::AgentGone => return Ok(Attempt::AgentGone),
         };
-        let finished = poll::until_done(self.agents.as_ref(), agent, &id, &self.poll, deadline).await?;
+        let finished =
+            poll::until_done(self.agents.as_ref(), agent, &id, &self.poll, deadline).await?;
         metrics::CHAT_POLLS.observe(f64::from(finished.polls));
         match finished.outcome {
             Poll::Completed(data) => Ok(Attempt::Answered(json!({
@@ -95,7 +108,10 @@ impl ChatService {
             }))),
             Poll::Failed(reason) => Err(GatewayError::agent_service(reason)),
             Poll::AgentGone => Ok(Attempt::AgentGone),
-            Poll::Pending => Err(GatewayError::new(ErrorKind::Internal, "poll ended while pending")),
+            Poll::Pending => Err(GatewayError::new(
+                ErrorKind::Internal,
+                "poll ended while pending",
+            )),
         }
     }
 
@@ -168,7 +184,9 @@ impl ChatService {
         tokio::spawn(async move {
             match agents.delete_agent(&agent).await {
                 Ok(_) => tracing::info!(agent = %agent, "Surplus agent deleted upstream."),
-                Err(e) => tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted upstream."),
+                Err(e) => {
+                    tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted upstream.")
+                }
             }
         });
     }
@@ -180,13 +198,18 @@ impl ChatService {
     /// Removes the mapping (and the agent upstream when configured).
     pub async fn forget(&self, user: &UserNumber) -> GatewayResult<()> {
         let Some(agent) = self.store.delete(user).await? else {
-            return Err(GatewayError::new(ErrorKind::NotFound, "no agent is mapped to this user"));
+            return Err(GatewayError::new(
+                ErrorKind::NotFound,
+                "no agent is mapped to this user",
+            ));
         };
         if self.delete_upstream {
             match self.agents.delete_agent(&agent).await {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; report the agent for cleanup.
-                Err(e) => tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted upstream."),
+                Err(e) => {
+                    tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted upstream.")
+                }
             }
         }
         Ok(())

@@ -117,6 +117,13 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Letta => "letta",
+            Self::Eai => "eai",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         match s {
             "letta" => Some(Self::Letta),
@@ -373,8 +380,9 @@ impl Config {
             self.database.url = v;
         }
         if let Some(v) = set(env::DIALECT) {
-            self.agent_service.dialect = Dialect::parse(&v)
-                .ok_or_else(|| ConfigError::new(env::DIALECT, format!("{v:?} is not one of letta, eai")))?;
+            self.agent_service.dialect = Dialect::parse(&v).ok_or_else(|| {
+                ConfigError::new(env::DIALECT, format!("{v:?} is not one of letta, eai"))
+            })?;
         }
         if let Some(v) = set(env::AGENT_URL) {
             self.agent_service.url = v;
@@ -407,14 +415,20 @@ impl Config {
         if let Some(m) = &self.metrics_listen {
             socket_addr("metrics_listen", m)?;
             if m == &self.listen {
-                return Err(ConfigError::new("metrics_listen", "must differ from listen"));
+                return Err(ConfigError::new(
+                    "metrics_listen",
+                    "must differ from listen",
+                ));
             }
         }
         if !(1..=256).contains(&self.threads) {
             return Err(ConfigError::new("threads", "must be between 1 and 256"));
         }
         if self.shutdown.drain_seconds > 3600 {
-            return Err(ConfigError::new("shutdown.drain_seconds", "must be at most 3600"));
+            return Err(ConfigError::new(
+                "shutdown.drain_seconds",
+                "must be at most 3600",
+            ));
         }
         self.validate_database()?;
         self.validate_agent_service()?;
@@ -436,7 +450,9 @@ impl Config {
         if let Some(schema) = &db.schema {
             let ok = !schema.is_empty()
                 && schema.len() <= 63
-                && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 && !schema.as_bytes()[0].is_ascii_digit();
             if !ok {
                 return Err(ConfigError::new(
@@ -446,10 +462,16 @@ impl Config {
             }
         }
         if db.max_connections == 0 {
-            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         if db.acquire_timeout_ms == 0 {
-            return Err(ConfigError::new("database.acquire_timeout_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "database.acquire_timeout_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -459,16 +481,28 @@ impl Config {
         let url = reqwest::Url::parse(&a.url)
             .map_err(|e| ConfigError::new("agent_service.url", format!("{:?}: {e}", a.url)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(ConfigError::new("agent_service.url", "must be an http(s) URL with a host"));
+            return Err(ConfigError::new(
+                "agent_service.url",
+                "must be an http(s) URL with a host",
+            ));
         }
         if a.connect_timeout_ms == 0 {
-            return Err(ConfigError::new("agent_service.connect_timeout_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "agent_service.connect_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if a.request_timeout_ms == 0 {
-            return Err(ConfigError::new("agent_service.request_timeout_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "agent_service.request_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if a.max_response_bytes < 1024 {
-            return Err(ConfigError::new("agent_service.max_response_bytes", "must be at least 1024"));
+            return Err(ConfigError::new(
+                "agent_service.max_response_bytes",
+                "must be at least 1024",
+            ));
         }
         if !a.letta.agent_template.is_object() {
             return Err(ConfigError::new(
@@ -488,14 +522,23 @@ impl Config {
     fn validate_chat(&self) -> Result<(), ConfigError> {
         let c = &self.chat;
         if !(1024..=16 * 1024 * 1024).contains(&c.max_body_bytes) {
-            return Err(ConfigError::new("chat.max_body_bytes", "must be between 1024 and 16777216"));
+            return Err(ConfigError::new(
+                "chat.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
         }
         if !(c.timeout_seconds > 0.0 && c.timeout_seconds <= 3600.0) {
-            return Err(ConfigError::new("chat.timeout_seconds", "must be in (0, 3600]"));
+            return Err(ConfigError::new(
+                "chat.timeout_seconds",
+                "must be in (0, 3600]",
+            ));
         }
         let p = &c.poll;
         if p.initial_delay_ms == 0 || p.initial_delay_ms > 60_000 {
-            return Err(ConfigError::new("chat.poll.initial_delay_ms", "must be between 1 and 60000"));
+            return Err(ConfigError::new(
+                "chat.poll.initial_delay_ms",
+                "must be between 1 and 60000",
+            ));
         }
         if p.max_delay_ms < p.initial_delay_ms || p.max_delay_ms > 60_000 {
             return Err(ConfigError::new(
@@ -504,10 +547,16 @@ impl Config {
             ));
         }
         if !(1.0..=10.0).contains(&p.multiplier) {
-            return Err(ConfigError::new("chat.poll.multiplier", "must be between 1 and 10"));
+            return Err(ConfigError::new(
+                "chat.poll.multiplier",
+                "must be between 1 and 10",
+            ));
         }
         if !(0.0..=1.0).contains(&p.jitter) {
-            return Err(ConfigError::new("chat.poll.jitter", "must be between 0 and 1"));
+            return Err(ConfigError::new(
+                "chat.poll.jitter",
+                "must be between 0 and 1",
+            ));
         }
         Ok(())
     }
@@ -516,27 +565,42 @@ impl Config {
         for (name, u) in &self.upstreams {
             let key = format!("upstreams.{name}");
             if u.backends.is_empty() {
-                return Err(ConfigError::new(format!("{key}.backends"), "needs at least one host:port"));
+                return Err(ConfigError::new(
+                    format!("{key}.backends"),
+                    "needs at least one host:port",
+                ));
             }
             for (i, b) in u.backends.iter().enumerate() {
                 host_port(&format!("{key}.backends[{i}]"), b)?;
             }
             if u.connect_timeout_ms == 0 {
-                return Err(ConfigError::new(format!("{key}.connect_timeout_ms"), "must be at least 1"));
+                return Err(ConfigError::new(
+                    format!("{key}.connect_timeout_ms"),
+                    "must be at least 1",
+                ));
             }
             if u.read_timeout_ms == 0 {
-                return Err(ConfigError::new(format!("{key}.read_timeout_ms"), "must be at least 1"));
+                return Err(ConfigError::new(
+                    format!("{key}.read_timeout_ms"),
+                    "must be at least 1",
+                ));
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             if !r.prefix.starts_with('/') {
-                return Err(ConfigError::new(format!("{key}.prefix"), "must start with '/'"));
+                return Err(ConfigError::new(
+                    format!("{key}.prefix"),
+                    "must start with '/'",
+                ));
             }
             if r.prefix.starts_with(crate::routes::NATIVE_PREFIX) {
                 return Err(ConfigError::new(
                     format!("{key}.prefix"),
-                    format!("{} is served by the gateway itself", crate::routes::NATIVE_PREFIX),
+                    format!(
+                        "{} is served by the gateway itself",
+                        crate::routes::NATIVE_PREFIX
+                    ),
                 ));
             }
             if !self.upstreams.contains_key(&r.upstream) {
@@ -632,8 +696,14 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.agent_service.dialect, Dialect::Letta);
-        assert_eq!(c.default_upstream.as_deref(), Some(ENV_DEFAULT_UPSTREAM_NAME));
-        assert_eq!(c.upstreams[ENV_DEFAULT_UPSTREAM_NAME].backends, ["127.0.0.1:7000"]);
+        assert_eq!(
+            c.default_upstream.as_deref(),
+            Some(ENV_DEFAULT_UPSTREAM_NAME)
+        );
+        assert_eq!(
+            c.upstreams[ENV_DEFAULT_UPSTREAM_NAME].backends,
+            ["127.0.0.1:7000"]
+        );
         let err = c
             .apply_env(|k| (k == env::DIALECT).then(|| "grpc".into()))
             .unwrap_err();
@@ -644,10 +714,16 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("listen: nowhere\n", "listen"),
-            ("chat:\n  poll:\n    max_delay_ms: 1\n", "chat.poll.max_delay_ms"),
+            (
+                "chat:\n  poll:\n    max_delay_ms: 1\n",
+                "chat.poll.max_delay_ms",
+            ),
             ("database:\n  url: mysql://x\n", "database.url"),
             ("database:\n  schema: \"x;drop\"\n", "database.schema"),
-            ("upstreams:\n  b:\n    backends: [\"nohost\"]\n", "upstreams.b.backends[0]"),
+            (
+                "upstreams:\n  b:\n    backends: [\"nohost\"]\n",
+                "upstreams.b.backends[0]",
+            ),
         ];
         for (extra, key) in cases {
             let c = Config::from_yaml(&format!("{MINIMAL}{extra}")).unwrap();

@@ -52,13 +52,14 @@ pub fn banner(config: &Config, simulator: &str) -> String {
     let metrics = config.metrics_listen.as_deref().unwrap_or("-");
     format!(
         "\nEAI Gateway demo\n  gateway    http://{gw}\n  metrics    http://{metrics}/metrics\n  \
-         simulator  http://{simulator} ({:?} dialect)\n  database   {}\n\nTry:\n\
+         simulator  http://{simulator} ({} dialect)\n  database   {}\n\nTry:\n\
          curl -s -X POST http://{gw}/eai-gateway/chat -H 'content-type: application/json' \
          -d '{{\"user_number\": \"+5521999999999\", \"message\": \"Olá!\"}}'\n\
          curl -s http://{gw}/eai-gateway/agent/5521999999999\n\
          curl -s -X DELETE -i http://{gw}/eai-gateway/agent/5521999999999\n\
          curl -s http://{gw}/v1/health/        # passed through to the simulator\n\
          curl -s http://{metrics}/metrics | grep eai_gateway_\n\nCtrl-C stops.\n",
-        config.agent_service.dialect, config.database.url
+        config.agent_service.dialect.as_str(),
+        config.database.url
     )
 }

@@ -108,7 +108,13 @@ impl GatewayError {
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.label(), self.status(), self.detail)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.label(),
+            self.status(),
+            self.detail
+        )
     }
 }
 

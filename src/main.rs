@@ -6,7 +6,11 @@ use eai_gateway::config::Config;
 use eai_gateway::{agents, demo, server};
 
 #[derive(Parser)]
-#[command(name = "eai-gateway", version, about = "Pingora gateway giving every chat user one long-lived agent")]
+#[command(
+    name = "eai-gateway",
+    version,
+    about = "Pingora gateway giving every chat user one long-lived agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

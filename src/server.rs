@@ -28,9 +28,15 @@ pub fn build_server(cfg: &Config) -> Result<Server, String> {
 
     crate::metrics::init();
     let store = Arc::new(LazyStore::new(cfg.database.clone()));
-    let agents = crate::upstream::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
+    let agents =
+        crate::upstream::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
     let gateway = Gateway {
-        chat: ChatService::new(store, agents, &cfg.chat, cfg.agents.delete_upstream_on_delete),
+        chat: ChatService::new(
+            store,
+            agents,
+            &cfg.chat,
+            cfg.agents.delete_upstream_on_delete,
+        ),
         routes: RouteTable::from_config(cfg)?,
         max_body_bytes: cfg.chat.max_body_bytes,
     };

@@ -48,7 +48,10 @@ impl Drop for LaneGuard {
         let mut map = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         // Waiters clone the lane under this same lock, so a count of one
         // means nobody is queued and the entry can go.
-        if map.get(&self.user).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if map
+            .get(&self.user)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             map.remove(&self.user);
         }
     }

@@ -53,7 +53,10 @@ impl LazyStore {
             Ok(store) => Ok(store.as_ref()),
             Err(e) => {
                 tracing::error!(error = %e, "Database pool could not be built.");
-                Err(GatewayError::new(ErrorKind::DatabaseUnavailable, "database unavailable"))
+                Err(GatewayError::new(
+                    ErrorKind::DatabaseUnavailable,
+                    "database unavailable",
+                ))
             }
         }
     }

@@ -4,8 +4,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::store::{MappingStore, parse_stored};
 use crate::config::DatabaseConfig;
@@ -52,16 +52,20 @@ impl PgStore {
             // Concurrent starters may race on CREATE SCHEMA; the loser's
             // unique violation means the schema exists, which is the goal.
             let create = sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-            if let Err(e) = sqlx::query(create).execute(&admin).await
-            {
-                let exists = e.as_database_error().is_some_and(|d| d.is_unique_violation());
+            if let Err(e) = sqlx::query(create).execute(&admin).await {
+                let exists = e
+                    .as_database_error()
+                    .is_some_and(|d| d.is_unique_violation());
                 if !exists {
                     return Err(e.into());
                 }
             }
             admin.close().await;
         }
-        let pool = pool_options(cfg).max_connections(1).connect_with(options(cfg)?).await?;
+        let pool = pool_options(cfg)
+            .max_connections(1)
+            .connect_with(options(cfg)?)
+            .await?;
         MIGRATOR.run(&pool).await?;
         pool.close().await;
         Ok(())

@@ -42,7 +42,10 @@ impl SqliteStore {
     }
 
     pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Error>> {
-        let pool = pool_options(cfg).max_connections(1).connect_with(options(cfg)?).await?;
+        let pool = pool_options(cfg)
+            .max_connections(1)
+            .connect_with(options(cfg)?)
+            .await?;
         MIGRATOR.run(&pool).await?;
         pool.close().await;
         Ok(())

@@ -34,6 +34,9 @@ pub trait MappingStore: Send + Sync {
 pub(crate) fn parse_stored(raw: String) -> GatewayResult<AgentId> {
     AgentId::parse(&raw).map_err(|e| {
         tracing::error!(error = %e, "Stored agent id is invalid.");
-        crate::error::GatewayError::new(crate::error::ErrorKind::Internal, "stored mapping is invalid")
+        crate::error::GatewayError::new(
+            crate::error::ErrorKind::Internal,
+            "stored mapping is invalid",
+        )
     })
 }

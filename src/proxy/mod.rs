@@ -87,8 +87,16 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
-            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
+            let forwarded = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prior) => format!("{prior}, {ip}"),
                 None => ip,
             };
@@ -113,11 +121,17 @@ impl ProxyHttp for Gateway {
         // Once the response has started, the only honest signal is a closed connection.
         if code > 0 && session.response_written().is_none() {
             let detail = match code {
-                502 => format!("upstream {} failed: {}", ctx.route.trim_start_matches("upstream:"), e.etype().as_str()),
+                502 => format!(
+                    "upstream {} failed: {}",
+                    ctx.route.trim_start_matches("upstream:"),
+                    e.etype().as_str()
+                ),
                 400 => "malformed request".to_owned(),
                 _ => "proxy error".to_owned(),
             };
-            if let Err(err) = routes::write_json(session, code, Some(&json!({"detail": detail}))).await {
+            if let Err(err) =
+                routes::write_json(session, code, Some(&json!({"detail": detail}))).await
+            {
                 tracing::debug!(error = %err, "Could not send the error response.");
             }
         }
@@ -172,7 +186,8 @@ impl Gateway {
                     .await;
                 let (result, waited) = result;
                 if result.is_ok() {
-                    metrics::CHAT_OVERHEAD.observe(started.elapsed().saturating_sub(waited).as_secs_f64());
+                    metrics::CHAT_OVERHEAD
+                        .observe(started.elapsed().saturating_sub(waited).as_secs_f64());
                 }
                 result
             }
@@ -180,7 +195,10 @@ impl Gateway {
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
             )),
-            Native::Unknown => Err(crate::error::GatewayError::new(ErrorKind::NotFound, "not found")),
+            Native::Unknown => Err(crate::error::GatewayError::new(
+                ErrorKind::NotFound,
+                "not found",
+            )),
         };
         routes::respond(session, result).await
     }

@@ -29,11 +29,14 @@ impl Upstream {
 
     pub fn peer(&self) -> Option<HttpPeer> {
         let backend = self.lb.select(b"", 256)?;
-        let sni = self
-            .cfg
-            .sni
-            .clone()
-            .unwrap_or_else(|| backend.addr.to_string().rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default());
+        let sni = self.cfg.sni.clone().unwrap_or_else(|| {
+            backend
+                .addr
+                .to_string()
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_owned())
+                .unwrap_or_default()
+        });
         let mut peer = HttpPeer::new(backend, self.cfg.tls, sni);
         peer.options.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
         peer.options.read_timeout = Some(Duration::from_millis(self.cfg.read_timeout_ms));
@@ -56,10 +59,17 @@ impl RouteTable {
         let mut routes: Vec<_> = cfg
             .routes
             .iter()
-            .filter_map(|r| built.get(&r.upstream).map(|u| (r.prefix.clone(), u.clone())))
+            .filter_map(|r| {
+                built
+                    .get(&r.upstream)
+                    .map(|u| (r.prefix.clone(), u.clone()))
+            })
             .collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        let default = cfg.default_upstream.as_ref().and_then(|d| built.get(d).cloned());
+        let default = cfg
+            .default_upstream
+            .as_ref()
+            .and_then(|d| built.get(d).cloned());
         Ok(Self { routes, default })
     }
 
@@ -68,8 +78,12 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|(prefix, _)| {
-                path.strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+                path.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                    prefix.ends_with('/')
+                        || rest.is_empty()
+                        || rest.starts_with('/')
+                        || rest.starts_with('?')
+                })
             })
             .map(|(_, u)| u)
             .or(self.default.as_ref())

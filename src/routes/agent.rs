@@ -18,7 +18,10 @@ pub fn user_from_path(raw: &str) -> GatewayResult<UserNumber> {
 pub async fn get(chat: &ChatService, raw: &str) -> GatewayResult<(u16, Option<Value>)> {
     let user = user_from_path(raw)?;
     let agent = chat.agent_of(&user).await?;
-    Ok((200, Some(json!({"agent_id": agent.as_ref().map(|a| a.as_str())}))))
+    Ok((
+        200,
+        Some(json!({"agent_id": agent.as_ref().map(|a| a.as_str())})),
+    ))
 }
 
 pub async fn delete(chat: &ChatService, raw: &str) -> GatewayResult<(u16, Option<Value>)> {
@@ -33,8 +36,17 @@ mod tests {
 
     #[test]
     fn path_users_are_decoded_then_validated() {
-        assert_eq!(user_from_path("%2B5521999999999").unwrap().as_str(), "5521999999999");
-        for bad in ["5521%2F99999999", "..%2F..%2Fetc", "5521999999999%00", "%FF%FE", "1%27%20OR%201=1"] {
+        assert_eq!(
+            user_from_path("%2B5521999999999").unwrap().as_str(),
+            "5521999999999"
+        );
+        for bad in [
+            "5521%2F99999999",
+            "..%2F..%2Fetc",
+            "5521999999999%00",
+            "%FF%FE",
+            "1%27%20OR%201=1",
+        ] {
             assert!(user_from_path(bad).is_err(), "{bad}");
         }
     }

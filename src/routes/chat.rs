@@ -36,8 +36,14 @@ pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
     let timeout = match obj.get("timeout") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
-            Some(t) if t > 0.0 && t.is_finite() && t <= 86_400.0 => Some(Duration::from_secs_f64(t)),
-            _ => return Err(GatewayError::invalid("timeout must be a positive number of seconds")),
+            Some(t) if t > 0.0 && t.is_finite() && t <= 86_400.0 => {
+                Some(Duration::from_secs_f64(t))
+            }
+            _ => {
+                return Err(GatewayError::invalid(
+                    "timeout must be a positive number of seconds",
+                ));
+            }
         },
     };
     let metadata = match obj.get("metadata") {
@@ -53,7 +59,10 @@ pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
     })
 }
 
-pub async fn handle(chat: &ChatService, body: GatewayResult<Value>) -> GatewayResult<(u16, Option<Value>)> {
+pub async fn handle(
+    chat: &ChatService,
+    body: GatewayResult<Value>,
+) -> GatewayResult<(u16, Option<Value>)> {
     let request = decode(&body?)?;
     let answer = chat.chat(request).await?;
     Ok((200, Some(answer)))
@@ -85,7 +94,9 @@ mod tests {
             json!({"user_number": "5521999999999", "message": "oi", "timeout": -1}),
             json!({"user_number": "5521999999999", "message": "oi", "metadata": "x"}),
         ] {
-            let err = decode(&body).err().unwrap_or_else(|| panic!("accepted {body}"));
+            let err = decode(&body)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {body}"));
             assert_eq!(err.status(), 422, "{body}");
         }
     }

@@ -14,6 +14,9 @@ pub fn healthz() -> GatewayResult<(u16, Option<Value>)> {
 pub async fn readyz(store: &dyn MappingStore) -> GatewayResult<(u16, Option<Value>)> {
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
         Ok(Ok(())) => Ok((200, Some(json!({"status": "ready"})))),
-        _ => Err(GatewayError::new(ErrorKind::DatabaseUnavailable, "database unavailable")),
+        _ => Err(GatewayError::new(
+            ErrorKind::DatabaseUnavailable,
+            "database unavailable",
+        )),
     }
 }

@@ -46,9 +46,27 @@ impl Native {
 pub fn match_native(method: &Method, path: &str) -> Option<Native> {
     const AGENT: &str = "/eai-gateway/agent/{user_number}";
     let native = match path {
-        "/healthz" => method_is(method, &[Method::GET, Method::HEAD], Native::Healthz, "/healthz", "GET"),
-        "/readyz" => method_is(method, &[Method::GET, Method::HEAD], Native::Readyz, "/readyz", "GET"),
-        "/eai-gateway/chat" => method_is(method, &[Method::POST], Native::Chat, "/eai-gateway/chat", "POST"),
+        "/healthz" => method_is(
+            method,
+            &[Method::GET, Method::HEAD],
+            Native::Healthz,
+            "/healthz",
+            "GET",
+        ),
+        "/readyz" => method_is(
+            method,
+            &[Method::GET, Method::HEAD],
+            Native::Readyz,
+            "/readyz",
+            "GET",
+        ),
+        "/eai-gateway/chat" => method_is(
+            method,
+            &[Method::POST],
+            Native::Chat,
+            "/eai-gateway/chat",
+            "POST",
+        ),
         _ => {
             let rest = path.strip_prefix(NATIVE_PREFIX)?;
             if !(rest.is_empty() || rest.starts_with('/')) {
@@ -67,7 +85,13 @@ pub fn match_native(method: &Method, path: &str) -> Option<Native> {
     Some(native)
 }
 
-fn method_is(method: &Method, ok: &[Method], native: Native, template: &'static str, allow: &'static str) -> Native {
+fn method_is(
+    method: &Method,
+    ok: &[Method],
+    native: Native,
+    template: &'static str,
+    allow: &'static str,
+) -> Native {
     if ok.contains(method) {
         native
     } else {
@@ -76,7 +100,10 @@ fn method_is(method: &Method, ok: &[Method], native: Native, template: &'static 
 }
 
 /// Writes a JSON (or empty) response; returns the status written.
-pub async fn respond(session: &mut Session, result: GatewayResult<(u16, Option<Value>)>) -> pingora::Result<u16> {
+pub async fn respond(
+    session: &mut Session,
+    result: GatewayResult<(u16, Option<Value>)>,
+) -> pingora::Result<u16> {
     let (status, body) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -90,7 +117,11 @@ pub async fn respond(session: &mut Session, result: GatewayResult<(u16, Option<V
     Ok(status)
 }
 
-pub async fn write_json(session: &mut Session, status: u16, body: Option<&Value>) -> pingora::Result<()> {
+pub async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Option<&Value>,
+) -> pingora::Result<()> {
     let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let mut header = ResponseHeader::build(status, Some(4))?;
     if body.is_some() {
@@ -105,7 +136,9 @@ pub async fn write_json(session: &mut Session, status: u16, body: Option<&Value>
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == Method::HEAD;
-    session.write_response_header(Box::new(header), head_only || bytes.is_empty()).await?;
+    session
+        .write_response_header(Box::new(header), head_only || bytes.is_empty())
+        .await?;
     if !head_only && !bytes.is_empty() {
         session.write_response_body(Some(bytes), true).await?;
     }
@@ -145,7 +178,10 @@ pub async fn read_json_body(session: &mut Session, limit: usize) -> GatewayResul
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.write_continue_response().await.map_err(downstream)?;
+        session
+            .write_continue_response()
+            .await
+            .map_err(downstream)?;
     }
     let mut buf = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await.map_err(downstream)? {
@@ -155,16 +191,21 @@ pub async fn read_json_body(session: &mut Session, limit: usize) -> GatewayResul
         buf.extend_from_slice(&chunk);
     }
     if buf.is_empty() {
-        return Err(GatewayError::new(ErrorKind::MalformedJson, "request body is empty"));
+        return Err(GatewayError::new(
+            ErrorKind::MalformedJson,
+            "request body is empty",
+        ));
     }
-    serde_json::from_slice(&buf).map_err(|e| {
-        GatewayError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}"))
-    })
+    serde_json::from_slice(&buf)
+        .map_err(|e| GatewayError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}")))
 }
 
 fn downstream(e: Box<pingora::Error>) -> GatewayError {
     tracing::debug!(error = %e, "Request body read failed.");
-    GatewayError::new(ErrorKind::MalformedJson, "request body could not be read completely")
+    GatewayError::new(
+        ErrorKind::MalformedJson,
+        "request body could not be read completely",
+    )
 }
 
 #[cfg(test)]
@@ -173,7 +214,10 @@ mod tests {
 
     #[test]
     fn matches_contract_routes() {
-        assert_eq!(match_native(&Method::POST, "/eai-gateway/chat"), Some(Native::Chat));
+        assert_eq!(
+            match_native(&Method::POST, "/eai-gateway/chat"),
+            Some(Native::Chat)
+        );
         assert_eq!(
             match_native(&Method::GET, "/eai-gateway/agent/5521"),
             Some(Native::AgentGet("5521".into()))
@@ -182,8 +226,14 @@ mod tests {
             match_native(&Method::DELETE, "/eai-gateway/agent/%2B5521"),
             Some(Native::AgentDelete("%2B5521".into()))
         );
-        assert!(matches!(match_native(&Method::GET, "/eai-gateway/chat"), Some(Native::WrongMethod(..))));
-        assert_eq!(match_native(&Method::GET, "/eai-gateway/nope"), Some(Native::Unknown));
+        assert!(matches!(
+            match_native(&Method::GET, "/eai-gateway/chat"),
+            Some(Native::WrongMethod(..))
+        ));
+        assert_eq!(
+            match_native(&Method::GET, "/eai-gateway/nope"),
+            Some(Native::Unknown)
+        );
         assert_eq!(match_native(&Method::GET, "/eai-gatewayx"), None);
         assert_eq!(match_native(&Method::GET, "/api/x"), None);
     }

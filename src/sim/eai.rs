@@ -29,12 +29,18 @@ async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Respon
         );
     };
     let id = sim.world().create_agent(user.to_owned(), body.clone());
-    reply(StatusCode::OK, json!({"agent_id": id, "message": "Agent created successfully"}))
+    reply(
+        StatusCode::OK,
+        json!({"agent_id": id, "message": "Agent created successfully"}),
+    )
 }
 
 async fn remove(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
     if sim.world().delete_agent(&agent_id) {
-        reply(StatusCode::OK, json!({"message": format!("Agent {agent_id} deleted successfully.")}))
+        reply(
+            StatusCode::OK,
+            json!({"message": format!("Agent {agent_id} deleted successfully.")}),
+        )
     } else {
         // The real service answers 500 for every failure, a missing agent included.
         reply(
@@ -49,7 +55,10 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
         body.get("agent_id").and_then(Value::as_str),
         body.get("message").and_then(Value::as_str),
     ) else {
-        return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"detail": [{"msg": "Field required"}]}));
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"detail": [{"msg": "Field required"}]}),
+        );
     };
     let delay = sim.delay();
     let mut world = sim.world();
@@ -79,12 +88,21 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
     )
 }
 
-async fn poll(State(sim): State<Simulator>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+async fn poll(
+    State(sim): State<Simulator>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let Some(id) = q.get("message_id") else {
-        return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"detail": [{"msg": "Field required"}]}));
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"detail": [{"msg": "Field required"}]}),
+        );
     };
     if uuid::Uuid::parse_str(id).is_err() {
-        return reply(StatusCode::BAD_REQUEST, json!({"detail": "message_id deve ser um UUID válido"}));
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"detail": "message_id deve ser um UUID válido"}),
+        );
     }
     let world = sim.world();
     match world.progress(id) {

@@ -12,7 +12,10 @@ use super::{Progress, Simulator, answer_messages, usage};
 
 pub fn routes() -> Router<Simulator> {
     Router::new()
-        .route("/v1/health/", get(|| async { Json(json!({"version": "simulator", "status": "ok"})) }))
+        .route(
+            "/v1/health/",
+            get(|| async { Json(json!({"version": "simulator", "status": "ok"})) }),
+        )
         .route("/v1/agents/", post(create).get(list))
         .route("/v1/agents/{agent_id}", get(show).delete(remove))
         .route("/v1/agents/{agent_id}/messages", get(history))
@@ -27,11 +30,17 @@ fn reply(status: StatusCode, body: Value) -> Response {
 }
 
 fn agent_not_found(id: &str) -> Response {
-    reply(StatusCode::NOT_FOUND, json!({"detail": format!("Agent with ID {id} not found")}))
+    reply(
+        StatusCode::NOT_FOUND,
+        json!({"detail": format!("Agent with ID {id} not found")}),
+    )
 }
 
 fn run_not_found(id: &str) -> Response {
-    reply(StatusCode::NOT_FOUND, json!({"detail": format!("Run not found with id='{id}'")}))
+    reply(
+        StatusCode::NOT_FOUND,
+        json!({"detail": format!("Run not found with id='{id}'")}),
+    )
 }
 
 fn agent_state(agent: &super::Agent) -> Value {
@@ -40,17 +49,28 @@ fn agent_state(agent: &super::Agent) -> Value {
 }
 
 async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response {
-    let name = body.get("name").and_then(Value::as_str).unwrap_or("agent").to_owned();
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("agent")
+        .to_owned();
     let mut world = sim.world();
     let id = world.create_agent(name, body);
     match world.agents.get(&id) {
         Some(agent) => reply(StatusCode::OK, agent_state(agent)),
-        None => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"detail": "agent vanished"})),
+        None => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "agent vanished"}),
+        ),
     }
 }
 
 async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)>>) -> Response {
-    let tags: Vec<&str> = q.iter().filter(|(k, _)| k == "tags").map(|(_, v)| v.as_str()).collect();
+    let tags: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "tags")
+        .map(|(_, v)| v.as_str())
+        .collect();
     let name = q.iter().find(|(k, _)| k == "name").map(|(_, v)| v.as_str());
     let world = sim.world();
     let agents: Vec<Value> = world
@@ -59,7 +79,8 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
         .filter(|a| name.is_none_or(|n| a.owner == n))
         .filter(|a| {
             let have = a.body.get("tags").and_then(Value::as_array);
-            tags.iter().all(|t| have.is_some_and(|h| h.iter().any(|x| x == t)))
+            tags.iter()
+                .all(|t| have.is_some_and(|h| h.iter().any(|x| x == t)))
         })
         .map(agent_state)
         .collect();
@@ -75,7 +96,10 @@ async fn show(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Res
 
 async fn remove(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
     if sim.world().delete_agent(&agent_id) {
-        reply(StatusCode::OK, json!({"message": format!("Agent id={agent_id} successfully deleted")}))
+        reply(
+            StatusCode::OK,
+            json!({"message": format!("Agent id={agent_id} successfully deleted")}),
+        )
     } else {
         agent_not_found(&agent_id)
     }
@@ -90,14 +114,22 @@ async fn history(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> 
         .history
         .iter()
         .map(|(role, content)| {
-            let kind = if role == "user" { "user_message" } else { "assistant_message" };
+            let kind = if role == "user" {
+                "user_message"
+            } else {
+                "assistant_message"
+            };
             json!({"message_type": kind, "content": content})
         })
         .collect();
     reply(StatusCode::OK, Value::Array(messages))
 }
 
-async fn send(State(sim): State<Simulator>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
+async fn send(
+    State(sim): State<Simulator>,
+    Path(agent_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
     let text = body
         .pointer("/messages/0/content")
         .and_then(Value::as_str)
@@ -120,7 +152,11 @@ async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Respon
         return run_not_found(&run_id);
     };
     let (status, stop_reason, agent_id) = match progress {
-        Progress::Processing => ("running", Value::Null, world.messages[&run_id].agent_id.clone()),
+        Progress::Processing => (
+            "running",
+            Value::Null,
+            world.messages[&run_id].agent_id.clone(),
+        ),
         Progress::AgentGone(msg) => ("failed", json!("error"), msg.agent_id.clone()),
         Progress::Done(msg, _) => ("completed", json!("end_turn"), msg.agent_id.clone()),
     };

@@ -100,7 +100,13 @@ impl World {
     }
 
     /// Accepts a message for an existing agent; returns the message id.
-    pub fn accept(&mut self, agent_id: &str, text: &str, delay: Duration, prefix: &str) -> Option<String> {
+    pub fn accept(
+        &mut self,
+        agent_id: &str,
+        text: &str,
+        delay: Duration,
+        prefix: &str,
+    ) -> Option<String> {
         let now = Instant::now();
         let agent = self.agents.get_mut(agent_id)?;
         if agent.busy_until > now {
@@ -108,7 +114,9 @@ impl World {
         }
         agent.busy_until = now + delay;
         agent.history.push(("user".into(), text.to_owned()));
-        agent.history.push(("assistant".into(), format!("echo: {text}")));
+        agent
+            .history
+            .push(("assistant".into(), format!("echo: {text}")));
         self.stats.messages += 1;
         let id = format!("{prefix}{}", uuid::Uuid::new_v4());
         self.messages.insert(
@@ -159,7 +167,12 @@ impl Simulator {
     }
 
     pub(crate) fn delay(&self) -> Duration {
-        Duration::from_millis(self.settings.lock().unwrap_or_else(|p| p.into_inner()).delay_ms)
+        Duration::from_millis(
+            self.settings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .delay_ms,
+        )
     }
 
     pub fn stats(&self) -> SimStats {
@@ -207,7 +220,10 @@ async fn stats(State(sim): State<Simulator>) -> Json<SimStats> {
     Json(sim.stats())
 }
 
-async fn configure(State(sim): State<Simulator>, Json(new): Json<SimSettings>) -> Json<SimSettings> {
+async fn configure(
+    State(sim): State<Simulator>,
+    Json(new): Json<SimSettings>,
+) -> Json<SimSettings> {
     *sim.settings.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
     Json(new)
 }

@@ -37,7 +37,12 @@ impl AgentService for EaiClient {
         body.insert("user_number".into(), Value::String(user.as_str().into()));
         let reply = self
             .http
-            .call("create_agent", Method::POST, "api/v1/agent/create", Some(&Value::Object(body)))
+            .call(
+                "create_agent",
+                Method::POST,
+                "api/v1/agent/create",
+                Some(&Value::Object(body)),
+            )
             .await?;
         if !reply.status.is_success() {
             return Err(GatewayError::agent_service(format!(
@@ -52,7 +57,12 @@ impl AgentService for EaiClient {
     async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
         let reply = self
             .http
-            .call("delete_agent", Method::DELETE, &format!("api/v1/agent/{agent}"), None)
+            .call(
+                "delete_agent",
+                Method::DELETE,
+                &format!("api/v1/agent/{agent}"),
+                None,
+            )
             .await?;
         if reply.status.is_success() {
             return Ok(Deleted::Deleted);
@@ -67,14 +77,27 @@ impl AgentService for EaiClient {
         )))
     }
 
-    async fn send(&self, agent: &AgentId, message: &str, metadata: Option<&Value>) -> GatewayResult<Sent> {
+    async fn send(
+        &self,
+        agent: &AgentId,
+        message: &str,
+        metadata: Option<&Value>,
+    ) -> GatewayResult<Sent> {
         let body = json!({"agent_id": agent.as_str(), "message": message, "metadata": metadata});
         let reply = self
             .http
-            .call("send", Method::POST, "api/v1/message/webhook/agent", Some(&body))
+            .call(
+                "send",
+                Method::POST,
+                "api/v1/message/webhook/agent",
+                Some(&body),
+            )
             .await?;
         match reply.status {
-            s if s.is_success() => Ok(Sent::Accepted(safe_id(reply.body.get("message_id"), "message id")?)),
+            s if s.is_success() => Ok(Sent::Accepted(safe_id(
+                reply.body.get("message_id"),
+                "message id",
+            )?)),
             StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
             _ => Err(GatewayError::agent_service(format!(
                 "agent service refused the message ({})",
@@ -92,7 +115,9 @@ impl AgentService for EaiClient {
             Some("processing") | Some("pending") | Some("queued") => Ok(Poll::Pending),
             Some("completed") => match body.get("data") {
                 Some(data) if data.is_object() => Ok(Poll::Completed(data.clone())),
-                _ => Ok(Poll::Failed("agent service reported completed without data".into())),
+                _ => Ok(Poll::Failed(
+                    "agent service reported completed without data".into(),
+                )),
             },
             Some("failed") => {
                 let reason = body
@@ -103,12 +128,15 @@ impl AgentService for EaiClient {
                 if mentions_missing_agent(reason) {
                     Ok(Poll::AgentGone)
                 } else {
-                    Ok(Poll::Failed(format!("agent run failed: {}", reason.chars().take(300).collect::<String>())))
+                    Ok(Poll::Failed(format!(
+                        "agent run failed: {}",
+                        reason.chars().take(300).collect::<String>()
+                    )))
                 }
             }
-            _ if reply.status == StatusCode::NOT_FOUND => {
-                Ok(Poll::Failed("agent service lost the message (unknown or expired id)".into()))
-            }
+            _ if reply.status == StatusCode::NOT_FOUND => Ok(Poll::Failed(
+                "agent service lost the message (unknown or expired id)".into(),
+            )),
             _ if reply.status.is_server_error() => Err(GatewayError::new(
                 ErrorKind::AgentService,
                 format!("message status unavailable ({})", reply.reason()),

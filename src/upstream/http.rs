@@ -103,7 +103,12 @@ impl AgentHttp {
         result
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Option<&Value>) -> GatewayResult<Reply> {
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> GatewayResult<Reply> {
         let url = self.base.join(path).map_err(|e| {
             GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
         })?;

@@ -34,7 +34,12 @@ impl LettaClient {
     pub fn new(http: AgentHttp, cfg: &AgentServiceConfig) -> Self {
         Self {
             http,
-            template: cfg.letta.agent_template.as_object().cloned().unwrap_or_default(),
+            template: cfg
+                .letta
+                .agent_template
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             pseudonym_key: cfg.pseudonym_key.clone(),
         }
     }
@@ -52,7 +57,10 @@ impl LettaClient {
     async fn finished(&self, run_id: &str, run: &Value, succeeded: bool) -> GatewayResult<Poll> {
         // Read the messages even on failure: Letta can fail with output present.
         let path = format!("v1/runs/{run_id}/messages?order=asc&limit=1000");
-        let messages = self.http.call("fetch_messages", Method::GET, &path, None).await?;
+        let messages = self
+            .http
+            .call("fetch_messages", Method::GET, &path, None)
+            .await?;
         if !messages.status.is_success() || !messages.body.is_array() {
             return Err(GatewayError::agent_service(format!(
                 "agent service did not return the run's messages ({})",
@@ -69,7 +77,12 @@ impl LettaClient {
         }
         let usage = self
             .http
-            .call("fetch_usage", Method::GET, &format!("v1/runs/{run_id}/usage"), None)
+            .call(
+                "fetch_usage",
+                Method::GET,
+                &format!("v1/runs/{run_id}/usage"),
+                None,
+            )
             .await
             .ok()
             .filter(|r| r.status.is_success())
@@ -99,7 +112,12 @@ impl AgentService for LettaClient {
         body.insert("tags".into(), Value::Array(tags));
         let reply = self
             .http
-            .call("create_agent", Method::POST, "v1/agents/", Some(&Value::Object(body)))
+            .call(
+                "create_agent",
+                Method::POST,
+                "v1/agents/",
+                Some(&Value::Object(body)),
+            )
             .await?;
         if !reply.status.is_success() {
             return Err(GatewayError::agent_service(format!(
@@ -114,7 +132,12 @@ impl AgentService for LettaClient {
     async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
         let reply = self
             .http
-            .call("delete_agent", Method::DELETE, &format!("v1/agents/{agent}"), None)
+            .call(
+                "delete_agent",
+                Method::DELETE,
+                &format!("v1/agents/{agent}"),
+                None,
+            )
             .await?;
         match reply.status {
             s if s.is_success() => Ok(Deleted::Deleted),
@@ -126,11 +149,21 @@ impl AgentService for LettaClient {
         }
     }
 
-    async fn send(&self, agent: &AgentId, message: &str, _metadata: Option<&Value>) -> GatewayResult<Sent> {
+    async fn send(
+        &self,
+        agent: &AgentId,
+        message: &str,
+        _metadata: Option<&Value>,
+    ) -> GatewayResult<Sent> {
         let body = json!({"messages": [{"role": "user", "content": message}]});
         let reply = self
             .http
-            .call("send", Method::POST, &format!("v1/agents/{agent}/messages/async"), Some(&body))
+            .call(
+                "send",
+                Method::POST,
+                &format!("v1/agents/{agent}/messages/async"),
+                Some(&body),
+            )
             .await?;
         match reply.status {
             s if s.is_success() => Ok(Sent::Accepted(safe_id(reply.body.get("id"), "run id")?)),
@@ -151,7 +184,10 @@ impl AgentService for LettaClient {
             return Ok(Poll::Failed("agent run not found".into()));
         }
         if !reply.status.is_success() {
-            return Err(GatewayError::agent_service(format!("run status unavailable ({})", reply.reason())));
+            return Err(GatewayError::agent_service(format!(
+                "run status unavailable ({})",
+                reply.reason()
+            )));
         }
         let run = reply.body;
         let status = run.get("status").and_then(Value::as_str).unwrap_or("");

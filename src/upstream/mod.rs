@@ -45,7 +45,12 @@ pub trait AgentService: Send + Sync {
     async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId>;
     async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted>;
     /// Never retried: each call may create a message upstream.
-    async fn send(&self, agent: &AgentId, message: &str, metadata: Option<&Value>) -> GatewayResult<Sent>;
+    async fn send(
+        &self,
+        agent: &AgentId,
+        message: &str,
+        metadata: Option<&Value>,
+    ) -> GatewayResult<Sent>;
     /// Idempotent; safe to retry.
     async fn poll(&self, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
 }
@@ -64,6 +69,8 @@ pub(crate) fn safe_id(raw: Option<&Value>, what: &str) -> GatewayResult<String> 
         .and_then(|s| AgentId::parse(s).ok())
         .map(|id| id.as_str().to_owned())
         .ok_or_else(|| {
-            crate::error::GatewayError::agent_service(format!("agent service returned no valid {what}"))
+            crate::error::GatewayError::agent_service(format!(
+                "agent service returned no valid {what}"
+            ))
         })
 }

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real binary over HTTP on loopback, against real
+//! PostgreSQL and SQLite, with the bundled simulator in both dialects.
+//! One test binary keeps link time down on small machines.
+
+mod gateway {
+    pub mod cli;
+    pub mod native_routes;
+    pub mod observability;
+    pub mod passthrough;
+    pub mod support;
+}

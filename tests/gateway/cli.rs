@@ -1,0 +1,118 @@
+//! The binary's subcommands and its shutdown.
+
+use std::process::Command;
+
+use super::support::*;
+
+fn gateway_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
+}
+
+fn write(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+#[test]
+fn check_config_accepts_shipped_files_and_names_bad_keys() {
+    let shipped: Vec<_> = std::fs::read_dir("conf")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(!shipped.is_empty());
+    for file in &shipped {
+        let file = file.to_str().unwrap();
+        let out = gateway_bin()
+            .args(["check-config", file])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "agent_service: {dialect: eai, url: 'http://x:1'}\nthread: 4\n",
+            "thread",
+        ),
+        (
+            "agent_service: {dialect: eai, url: 'http://x:1'}\nchat: {poll: {jitter: 3}}\n",
+            "chat.poll.jitter",
+        ),
+        (
+            "agent_service: {dialect: grpc, url: 'http://x:1'}\n",
+            "dialect",
+        ),
+        (
+            "agent_service: {dialect: eai, url: 'not a url'}\n",
+            "agent_service.url",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let out = gateway_bin()
+            .arg("check-config")
+            .arg(write(&dir, yaml))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted: {yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {yaml:?} does not name {key}: {err}"
+        );
+    }
+    let out = gateway_bin()
+        .arg("check-config")
+        .arg(write(
+            &dir,
+            "agent_service: {dialect: eai, url: 'http://x:1'}\n",
+        ))
+        .env("AGENT_SERVICE_DIALECT", "soap")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AGENT_SERVICE_DIALECT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_table_in_both_databases() {
+    for kind in [DbKind::Sqlite, DbKind::Postgres] {
+        let db = TestDb::new(kind);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "agent_service: {{dialect: eai, url: 'http://127.0.0.1:9'}}\n{}",
+            db.yaml()
+        );
+        let out = gateway_bin()
+            .arg("migrate")
+            .arg("--config")
+            .arg(write(&dir, &yaml))
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{kind:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(db.mappings().await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_within_the_drain() {
+    let (_sim, sim_addr) = simulator(10).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let mut gw = GatewayProcess::start(GatewaySpec::new(Dialect::Eai, &db, sim_addr)).await;
+    let started = std::time::Instant::now();
+    let status = gw.terminate();
+    assert!(status.success(), "{status}");
+    // drain_seconds is 1 in the test config; Pingora's own default is 300 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -1,0 +1,218 @@
+//! Everything outside the native routes is proxied unchanged to the upstream
+//! the route table picks.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{any, get};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::support::*;
+
+/// Echoes what it received: method, path, query and selected headers in
+/// response headers, the body byte for byte.
+async fn echo(req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut resp = Response::new(Body::from(body.clone()));
+    let h = resp.headers_mut();
+    let put = |h: &mut HeaderMap, k: &'static str, v: String| {
+        h.insert(
+            k,
+            HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("?")),
+        );
+    };
+    put(h, "x-seen-method", parts.method.to_string());
+    put(h, "x-seen-uri", parts.uri.to_string());
+    for (from, to) in [
+        ("x-forwarded-for", "x-seen-xff"),
+        ("x-forwarded-proto", "x-seen-proto"),
+        ("x-custom", "x-seen-custom"),
+    ] {
+        if let Some(v) = parts.headers.get(from) {
+            h.insert(to, v.clone());
+        }
+    }
+    put(h, "x-seen-sha256", hex::encode(Sha256::digest(&body)));
+    put(h, "x-backend", "main".into());
+    resp
+}
+
+/// Five 1 KiB chunks, 300 ms apart.
+async fn slow() -> Response {
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 5 {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024])),
+            i + 1,
+        ))
+    });
+    Response::new(Body::from_stream(chunks))
+}
+
+async fn backend(tag: &'static str) -> SocketAddr {
+    // Paths pass through unchanged, so match on the tail: `/api/tag` and
+    // `/tag` both name the backend.
+    let app =
+        Router::new()
+            .route("/slow", get(slow))
+            .fallback(any(move |req: Request| async move {
+                if req.uri().path().ends_with("/tag") {
+                    Response::new(Body::from(tag))
+                } else {
+                    echo(req).await
+                }
+            }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn gateway_with_default(db: &TestDb, up: String, extra: &str) -> GatewayProcess {
+    let (_sim, sim_addr) = simulator(10).await;
+    let mut spec = GatewaySpec::new(Dialect::Eai, db, sim_addr);
+    spec.default_upstream = Some(up);
+    spec.extra_yaml = extra.to_owned();
+    GatewayProcess::start(spec).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_1mib_post_pass_through_byte_exact() {
+    let be = backend("main").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = gateway_with_default(&db, be.to_string(), "").await;
+    let client = reqwest::Client::new();
+
+    let r = client
+        .get(gw.url("/some/page?q=1&x=%20y"))
+        .header("x-custom", "kept")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-seen-method"], "GET");
+    assert_eq!(r.headers()["x-seen-uri"], "/some/page?q=1&x=%20y");
+    assert_eq!(r.headers()["x-seen-custom"], "kept");
+    assert_eq!(r.headers()["x-seen-xff"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(r.headers()["x-seen-proto"], "http");
+
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let sent_sha = hex::encode(Sha256::digest(&body));
+    let r = client
+        .post(gw.url("/upload/blob"))
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-seen-method"], "POST");
+    assert_eq!(
+        r.headers()["x-seen-sha256"].to_str().unwrap(),
+        sent_sha,
+        "request body changed"
+    );
+    let back = r.bytes().await.unwrap();
+    assert_eq!(back.len(), body.len());
+    assert!(back[..] == body[..], "response body changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_streamed_response_arrives_in_pieces() {
+    let be = backend("main").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = gateway_with_default(&db, be.to_string(), "").await;
+    let started = Instant::now();
+    let mut r = reqwest::get(gw.url("/slow")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        arrivals.push((started.elapsed(), chunk.len()));
+    }
+    let total: usize = arrivals.iter().map(|a| a.1).sum();
+    assert_eq!(total, 5 * 1024);
+    let first = arrivals.first().unwrap().0;
+    let last = arrivals.last().unwrap().0;
+    // The backend spends ~1.2 s between its first and last chunk; a proxy
+    // that buffered would deliver everything at the end.
+    assert!(
+        last - first >= Duration::from_millis(800),
+        "chunks arrived together: {arrivals:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_table_sends_prefixes_to_their_upstreams() {
+    let main = backend("main").await;
+    let other = backend("other").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let extra = format!(
+        "upstreams:\n  other:\n    backends: ['{other}']\n    connect_timeout_ms: 500\n    read_timeout_ms: 5000\n\
+         routes:\n  - prefix: /api\n    upstream: other\n"
+    );
+    let gw = gateway_with_default(&db, main.to_string(), &extra).await;
+    let text = |path: &'static str| {
+        let url = gw.url(path);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(text("/api/tag").await, "other");
+    assert_eq!(text("/apix/tag").await, "main");
+    assert_eq!(text("/tag").await, "main");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_backends() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let extra = format!(
+        "upstreams:\n  pair:\n    backends: ['{a}', '{b}']\nroutes:\n  - prefix: /rr\n    upstream: pair\n"
+    );
+    let (_sim, sim_addr) = simulator(10).await;
+    let mut spec = GatewaySpec::new(Dialect::Eai, &db, sim_addr);
+    spec.extra_yaml = extra;
+    let gw = GatewayProcess::start(spec).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let t = reqwest::get(gw.url("/rr/tag"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        *seen.entry(t).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_502_with_json_detail() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let closed = format!("127.0.0.1:{}", free_port());
+    let gw = gateway_with_default(&db, closed, "").await;
+    let r = reqwest::get(gw.url("/anything")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("upstream")),
+        "{body}"
+    );
+}

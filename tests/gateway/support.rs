@@ -1,0 +1,305 @@
+//! Test fixtures: real processes and real databases on loopback. Every test
+//! gets its own ports, its own PostgreSQL schema or SQLite file, and its own
+//! simulator, so tests run in parallel.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use eai_gateway::sim::{SimSettings, Simulator};
+use serde_json::{Value, json};
+
+pub const PG_URL_DEFAULT: &str = "postgres://root@127.0.0.1:5432/test";
+
+pub fn pg_url() -> String {
+    std::env::var("EAI_TEST_PG_URL").unwrap_or_else(|_| PG_URL_DEFAULT.to_owned())
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Eai,
+    Letta,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eai => "eai",
+            Self::Letta => "letta",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Sqlite,
+}
+
+/// One test's database: a fresh PostgreSQL schema or SQLite file.
+pub struct TestDb {
+    pub kind: DbKind,
+    pub url: String,
+    pub schema: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    pub fn new(kind: DbKind) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match kind {
+            DbKind::Postgres => {
+                let schema = format!(
+                    "t_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    fastrand::u32(..)
+                );
+                Self {
+                    kind,
+                    url: pg_url(),
+                    schema: Some(schema),
+                    _dir: dir,
+                }
+            }
+            DbKind::Sqlite => Self {
+                kind,
+                url: format!("sqlite://{}", dir.path().join("gw.db").display()),
+                schema: None,
+                _dir: dir,
+            },
+        }
+    }
+
+    /// YAML `database:` section.
+    pub fn yaml(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("database:\n  schema: {s}\n"),
+            None => String::new(),
+        }
+    }
+
+    /// Rows in the mapping table, read directly.
+    pub async fn mappings(&self) -> Vec<(String, String)> {
+        use sqlx::Row;
+        let sql = "SELECT user_number, agent_id FROM user_agents ORDER BY user_number";
+        match self.kind {
+            DbKind::Postgres => {
+                let schema = self.schema.clone().unwrap_or_default();
+                let opts: sqlx::postgres::PgConnectOptions = self.url.parse().expect("pg url");
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.options([("search_path", schema.as_str())]))
+                    .await
+                    .expect("pg connect");
+                let rows = sqlx::query(sql).fetch_all(&pool).await.expect("select");
+                pool.close().await;
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            }
+            DbKind::Sqlite => {
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect(&self.url)
+                    .await
+                    .expect("sqlite connect");
+                let rows = sqlx::query(sql).fetch_all(&pool).await.expect("select");
+                pool.close().await;
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(schema) = self.schema.clone() else {
+            return;
+        };
+        let url = self.url.clone();
+        // Best effort; a leftover schema only costs disk.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .ok()?;
+                let drop = sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                sqlx::query(drop).execute(&pool).await.ok()?;
+                pool.close().await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+/// The bundled simulator, in this test's process on its own port.
+pub async fn simulator(delay_ms: u64) -> (Simulator, SocketAddr) {
+    let sim = Simulator::new(SimSettings { delay_ms });
+    let addr = sim.clone().spawn("127.0.0.1:0").await.expect("simulator");
+    (sim, addr)
+}
+
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+pub struct GatewaySpec<'a> {
+    pub dialect: Dialect,
+    pub db: &'a TestDb,
+    pub agent_url: String,
+    pub default_upstream: Option<String>,
+    /// Appended to the generated YAML.
+    pub extra_yaml: String,
+}
+
+impl<'a> GatewaySpec<'a> {
+    pub fn new(dialect: Dialect, db: &'a TestDb, agent: SocketAddr) -> Self {
+        Self {
+            dialect,
+            db,
+            agent_url: format!("http://{agent}"),
+            default_upstream: None,
+            extra_yaml: String::new(),
+        }
+    }
+}
+
+impl GatewayProcess {
+    /// Starts `eai-gateway run --config FILE` the way operators do: the file
+    /// plus the documented environment variables. Waits for `/healthz`.
+    pub async fn start(spec: GatewaySpec<'_>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gateway.yaml");
+        let yaml = format!(
+            "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n\
+             shutdown:\n  drain_seconds: 1\n\
+             chat:\n  poll:\n    initial_delay_ms: 20\n    max_delay_ms: 200\n{}{}",
+            spec.db.yaml(),
+            spec.extra_yaml
+        );
+        std::fs::write(&config_path, yaml).expect("write config");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eai-gateway"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("EAI_GATEWAY_LISTEN", addr.to_string())
+            .env("EAI_GATEWAY_METRICS_LISTEN", metrics.to_string())
+            .env("DATABASE_URL", &spec.db.url)
+            .env("AGENT_SERVICE_DIALECT", spec.dialect.name())
+            .env("AGENT_SERVICE_URL", &spec.agent_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("EAI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        if let Some(up) = &spec.default_upstream {
+            cmd.env("EAI_GATEWAY_DEFAULT_UPSTREAM", up);
+        } else {
+            cmd.env_remove("EAI_GATEWAY_DEFAULT_UPSTREAM");
+        }
+        let child = cmd.spawn().expect("spawn gateway");
+        let mut gw = Self {
+            child,
+            addr,
+            metrics,
+            _dir: dir,
+        };
+        gw.wait_healthy().await;
+        gw
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited during start-up: {status}");
+            }
+            if let Ok(r) = client.get(self.url("/healthz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn chat(&self, user: &str, message: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/eai-gateway/chat"))
+            .json(&json!({"user_number": user, "message": message}))
+            .send()
+            .await
+            .expect("chat request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent that answered, from the response envelope.
+pub fn answering_agent(body: &Value) -> String {
+    body.pointer("/response/data/agent_id")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no agent_id in {body}"))
+        .to_owned()
+}
+
+/// The assistant's text, from the response envelope.
+pub fn answer_text(body: &Value) -> String {
+    body.pointer("/response/data/messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().find(|m| m["message_type"] == "assistant_message"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_else(|| panic!("no assistant message in {body}"))
+        .to_owned()
+}
