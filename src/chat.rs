@@ -1,5 +1,13 @@
-//! The chat flow: lane → mapping → (create and claim) → send → poll → answer,
-//! healing a stale mapping once. Also the mapping routes' logic.
+//! The chat flow: lane → lease → mapping (cache, store) → create and claim →
+//! send → poll → answer, healing a stale mapping once. Also the logic of the
+//! mapping routes.
+//!
+//! Ordering guarantees: the per-process lane queues one user's chats in
+//! arrival order (tokio's mutex is fair), and the lease makes one replica at a
+//! time talk to the user's agent. Everything from the lane on runs in its own
+//! task, so a client that hangs up mid-chat neither cuts a chat short while
+//! its message is being processed (the next message would overlap it) nor
+//! leaves a created agent unrecorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +16,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::agents::MappingStore;
+use crate::agents::cache::MappingCache;
 use crate::agents::lanes::UserLanes;
-use crate::config::{ChatConfig, PollConfig};
+use crate::agents::lease::ChatLeases;
+use crate::config::{AgentsConfig, ChatConfig, PollConfig};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
@@ -25,9 +35,15 @@ pub struct ChatRequest {
 
 #[derive(Clone)]
 pub struct ChatService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: Arc<dyn MappingStore>,
     agents: Arc<dyn AgentService>,
+    cache: MappingCache,
     lanes: UserLanes,
+    leases: ChatLeases,
     poll: PollConfig,
     budget: Duration,
     delete_upstream: bool,
@@ -43,25 +59,71 @@ impl ChatService {
         store: Arc<dyn MappingStore>,
         agents: Arc<dyn AgentService>,
         chat: &ChatConfig,
-        delete_upstream: bool,
+        agents_cfg: &AgentsConfig,
     ) -> Self {
         Self {
-            store,
-            agents,
-            lanes: UserLanes::default(),
-            poll: chat.poll.clone(),
-            budget: Duration::from_secs_f64(chat.timeout_seconds),
-            delete_upstream,
+            inner: Arc::new(Inner {
+                leases: ChatLeases::new(store.clone()),
+                store,
+                agents,
+                cache: MappingCache::new(
+                    agents_cfg.cache_capacity,
+                    Duration::from_secs(agents_cfg.cache_ttl_seconds),
+                ),
+                lanes: UserLanes::default(),
+                poll: chat.poll.clone(),
+                budget: Duration::from_secs_f64(chat.timeout_seconds),
+                delete_upstream: agents_cfg.delete_upstream_on_delete,
+            }),
         }
     }
 
     pub fn store(&self) -> &dyn MappingStore {
-        self.store.as_ref()
+        self.inner.store.as_ref()
     }
 
     pub async fn chat(&self, req: ChatRequest) -> GatewayResult<Value> {
-        let budget = req.timeout.map_or(self.budget, |t| t.min(self.budget));
+        let budget = req
+            .timeout
+            .map_or(self.inner.budget, |t| t.min(self.inner.budget));
         let deadline = Instant::now() + budget;
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move { inner.chat_in_turn(req, deadline).await });
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Chat task failed.");
+            Err(GatewayError::new(ErrorKind::Internal, "internal error"))
+        })
+    }
+
+    pub async fn agent_of(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        self.inner.store.get(user).await
+    }
+
+    /// Removes the mapping (and the agent upstream when configured).
+    pub async fn forget(&self, user: &UserNumber) -> GatewayResult<()> {
+        let inner = &self.inner;
+        inner.cache.remove(user);
+        let Some(agent) = inner.store.delete(user).await? else {
+            return Err(GatewayError::new(
+                ErrorKind::NotFound,
+                "no agent is mapped to this user",
+            ));
+        };
+        if inner.delete_upstream {
+            match inner.agents.delete_agent(&agent).await {
+                Ok(Deleted::Deleted | Deleted::NotFound) => {}
+                // The mapping is already gone; leave a trace for cleanup.
+                Err(e) => {
+                    tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted upstream.")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn chat_in_turn(&self, req: ChatRequest, deadline: Instant) -> GatewayResult<Value> {
         let _lane = tokio::time::timeout_at(deadline, self.lanes.acquire(&req.user))
             .await
             .map_err(|_| {
@@ -70,15 +132,22 @@ impl ChatService {
                     "earlier messages of this user are still being answered",
                 )
             })?;
-        let mut agent = self.agent_for(&req.user).await?;
-        if let Attempt::Answered(v) = self.attempt(&agent, &req, deadline).await? {
+        let lease = self.leases.acquire(&req.user, deadline).await?;
+        let result = self.converse(&req, deadline).await;
+        lease.release().await;
+        result
+    }
+
+    async fn converse(&self, req: &ChatRequest, deadline: Instant) -> GatewayResult<Value> {
+        let agent = self.agent_for(&req.user).await?;
+        if let Attempt::Answered(v) = self.attempt(&agent, req, deadline).await? {
             return Ok(v);
         }
-        // The stored agent is gone upstream: replace it once, then deliver.
         tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone upstream; replacing it.");
-        agent = self.heal(&req.user, &agent).await?;
-        match self.attempt(&agent, &req, deadline).await? {
+        let agent = self.heal(&req.user, &agent).await?;
+        match self.attempt(&agent, req, deadline).await? {
             Attempt::Answered(v) => Ok(v),
+            // Once only: a second disappearance is reported, not chased.
             Attempt::AgentGone => Err(GatewayError::agent_service(
                 "the agent vanished again right after it was replaced",
             )),
@@ -115,59 +184,59 @@ impl ChatService {
         }
     }
 
-    /// The user's agent, created and claimed when there is none.
+    /// The user's agent: cache, then store, then created and claimed.
     async fn agent_for(&self, user: &UserNumber) -> GatewayResult<AgentId> {
-        if let Some(agent) = self.store.get(user).await? {
+        if let Some(agent) = self.cache.get(user) {
             return Ok(agent);
         }
-        // Creation runs as its own task: a client that hangs up between the
-        // upstream create and the claim must not leave an unrecorded agent.
-        let this = self.clone();
-        let user = user.clone();
-        run_detached(async move {
-            let created = this.create(&user).await?;
-            match this.store.claim(&user, &created).await {
-                Ok(winner) => {
-                    if winner != created {
-                        this.discard(created);
-                    }
-                    Ok(winner)
-                }
-                Err(e) => {
-                    this.discard(created);
-                    Err(e)
-                }
-            }
-        })
-        .await
+        if let Some(agent) = self.store.get(user).await? {
+            self.cache.put(user, &agent);
+            return Ok(agent);
+        }
+        let created = self.create(user).await?;
+        let claimed = self.store.claim(user, &created).await;
+        let winner = self.settle(created, claimed)?;
+        self.cache.put(user, &winner);
+        Ok(winner)
     }
 
+    /// Replaces `stale` (gone upstream) with a new agent, unless another
+    /// replica already did.
     async fn heal(&self, user: &UserNumber, stale: &AgentId) -> GatewayResult<AgentId> {
-        let this = self.clone();
-        let user = user.clone();
-        let stale = stale.clone();
-        run_detached(async move {
-            let created = this.create(&user).await?;
-            let current = match this.store.replace(&user, &stale, &created).await {
-                Ok(Some(current)) => Ok(current),
-                // Deleted meanwhile: the new agent becomes the mapping.
-                Ok(None) => this.store.claim(&user, &created).await,
-                Err(e) => Err(e),
-            };
-            match current {
-                Ok(current) => {
-                    if current != created {
-                        this.discard(created);
-                    }
-                    Ok(current)
+        self.cache.remove(user);
+        if let Some(current) = self.store.get(user).await?
+            && &current != stale
+        {
+            self.cache.put(user, &current);
+            return Ok(current);
+        }
+        let created = self.create(user).await?;
+        let swapped = match self.store.replace(user, stale, &created).await {
+            Ok(Some(current)) => Ok(current),
+            // Deleted meanwhile: the new agent becomes the mapping.
+            Ok(None) => self.store.claim(user, &created).await,
+            Err(e) => Err(e),
+        };
+        let winner = self.settle(created, swapped)?;
+        self.cache.put(user, &winner);
+        Ok(winner)
+    }
+
+    /// After creating `created`, keeps it if it became the mapping and
+    /// deletes it upstream otherwise, so no agent is left unmapped.
+    fn settle(&self, created: AgentId, mapped: GatewayResult<AgentId>) -> GatewayResult<AgentId> {
+        match mapped {
+            Ok(winner) => {
+                if winner != created {
+                    self.discard(created);
                 }
-                Err(e) => {
-                    this.discard(created);
-                    Err(e)
-                }
+                Ok(winner)
             }
-        })
-        .await
+            Err(e) => {
+                self.discard(created);
+                Err(e)
+            }
+        }
     }
 
     async fn create(&self, user: &UserNumber) -> GatewayResult<AgentId> {
@@ -177,8 +246,6 @@ impl ChatService {
         Ok(agent)
     }
 
-    /// Deletes an agent that lost a race or could not be recorded, so no
-    /// agent holding a user's data is left behind unmapped.
     fn discard(&self, agent: AgentId) {
         let agents = self.agents.clone();
         tokio::spawn(async move {
@@ -190,37 +257,4 @@ impl ChatService {
             }
         });
     }
-
-    pub async fn agent_of(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        self.store.get(user).await
-    }
-
-    /// Removes the mapping (and the agent upstream when configured).
-    pub async fn forget(&self, user: &UserNumber) -> GatewayResult<()> {
-        let Some(agent) = self.store.delete(user).await? else {
-            return Err(GatewayError::new(
-                ErrorKind::NotFound,
-                "no agent is mapped to this user",
-            ));
-        };
-        if self.delete_upstream {
-            match self.agents.delete_agent(&agent).await {
-                Ok(Deleted::Deleted | Deleted::NotFound) => {}
-                // The mapping is already gone; report the agent for cleanup.
-                Err(e) => {
-                    tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted upstream.")
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn run_detached<T: Send + 'static>(
-    fut: impl std::future::Future<Output = GatewayResult<T>> + Send + 'static,
-) -> GatewayResult<T> {
-    tokio::spawn(fut).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "Agent creation task failed.");
-        Err(GatewayError::new(ErrorKind::Internal, "internal error"))
-    })
 }

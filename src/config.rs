@@ -231,12 +231,28 @@ impl Default for PollConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsConfig {
     /// `DELETE /eai-gateway/agent/{n}` also deletes the agent upstream.
     #[serde(default)]
     pub delete_upstream_on_delete: bool,
+    /// How long a replica may serve a mapping from memory; also the longest
+    /// another replica may keep using a mapping deleted elsewhere. 0 = off.
+    #[serde(default = "defaults::cache_ttl_seconds")]
+    pub cache_ttl_seconds: u64,
+    #[serde(default = "defaults::cache_capacity")]
+    pub cache_capacity: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            delete_upstream_on_delete: false,
+            cache_ttl_seconds: defaults::cache_ttl_seconds(),
+            cache_capacity: defaults::cache_capacity(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +339,12 @@ mod defaults {
     }
     pub fn poll_jitter() -> f64 {
         0.2
+    }
+    pub fn cache_ttl_seconds() -> u64 {
+        30
+    }
+    pub fn cache_capacity() -> usize {
+        100_000
     }
     pub fn upstream_read_timeout_ms() -> u64 {
         60_000
@@ -433,6 +455,12 @@ impl Config {
         self.validate_database()?;
         self.validate_agent_service()?;
         self.validate_chat()?;
+        if self.agents.cache_ttl_seconds > 86_400 {
+            return Err(ConfigError::new(
+                "agents.cache_ttl_seconds",
+                "must be at most 86400",
+            ));
+        }
         self.validate_upstreams()
     }
 

@@ -39,7 +39,7 @@ pub fn start_simulator(addr: &str, delay_ms: u64) -> Result<std::net::SocketAddr
         .build()
         .map_err(|e| e.to_string())?;
     let bound = runtime
-        .block_on(Simulator::new(SimSettings { delay_ms }).spawn(addr))
+        .block_on(Simulator::new(SimSettings::with_delay(delay_ms)).spawn(addr))
         .map_err(|e| format!("simulator listen {addr}: {e}"))?;
     // The runtime must outlive this function: park it on a thread for the
     // life of the process.

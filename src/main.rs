@@ -141,11 +141,9 @@ fn serve(cfg: &Config) -> ExitCode {
     if let Err(e) = migrate(cfg) {
         return fail(&e);
     }
-    match server::build_server(cfg) {
-        Ok(server) => {
-            tracing::info!(listen = %cfg.listen, metrics = ?cfg.metrics_listen, "Gateway starting.");
-            server.run_forever()
-        }
+    tracing::info!(listen = %cfg.listen, metrics = ?cfg.metrics_listen, "Gateway starting.");
+    match server::run(cfg) {
+        Ok(never) => match never {},
         Err(e) => fail(&e),
     }
 }

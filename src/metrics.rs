@@ -75,9 +75,18 @@ pub static CHAT_OVERHEAD: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static MAPPING_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_mapping_cache_total",
+        "Mapping cache lookups on the chat path, by result (hit, miss).",
+        &["result"]
+    )
+    .expect("metric definition")
+});
+
 /// Metric names the README documents; forces registration so a scrape lists
 /// them before the first request.
-pub fn init() -> [&'static str; 7] {
+pub fn init() -> [&'static str; 8] {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&AGENT_SERVICE_CALLS);
@@ -85,6 +94,7 @@ pub fn init() -> [&'static str; 7] {
     LazyLock::force(&AGENTS_CREATED);
     LazyLock::force(&CHAT_POLLS);
     LazyLock::force(&CHAT_OVERHEAD);
+    LazyLock::force(&MAPPING_CACHE);
     [
         "eai_gateway_requests_total",
         "eai_gateway_request_duration_seconds",
@@ -93,6 +103,7 @@ pub fn init() -> [&'static str; 7] {
         "eai_gateway_agents_created_total",
         "eai_gateway_chat_polls",
         "eai_gateway_chat_overhead_seconds",
+        "eai_gateway_mapping_cache_total",
     ]
 }
 

@@ -1,6 +1,11 @@
 //! Assembles the Pingora server from a validated config.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pingora::server::ExecutionPhase;
+use tokio::sync::broadcast::error::RecvError;
 
 use pingora::prelude::*;
 use pingora::proxy::http_proxy_service_with_name;
@@ -15,7 +20,44 @@ use crate::proxy::upstreams::RouteTable;
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
 
-pub fn build_server(cfg: &Config) -> Result<Server, String> {
+/// A built server and its count of requests in flight.
+pub struct Built {
+    pub server: Server,
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Serves until a signal ends the process. On SIGTERM, Pingora stops
+/// accepting and then sleeps the whole grace period; the drain watcher ends
+/// the process as soon as the last in-flight request has finished instead.
+pub fn run(cfg: &Config) -> Result<std::convert::Infallible, String> {
+    let Built { server, inflight } = build_server(cfg)?;
+    let phases = server.watch_execution_phase();
+    std::thread::Builder::new()
+        .name("drain-watcher".into())
+        .spawn(move || watch_drain(phases, inflight))
+        .map_err(|e| format!("drain watcher: {e}"))?;
+    server.run_forever()
+}
+
+fn watch_drain(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    inflight: Arc<AtomicUsize>,
+) {
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+    while inflight.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("Drained: no request in flight; exiting.");
+    std::process::exit(0);
+}
+
+pub fn build_server(cfg: &Config) -> Result<Built, String> {
     let conf = ServerConf {
         threads: cfg.threads,
         // Pingora's default is 300 s: far longer than any chat may take.
@@ -30,13 +72,10 @@ pub fn build_server(cfg: &Config) -> Result<Server, String> {
     let store = Arc::new(LazyStore::new(cfg.database.clone()));
     let agents =
         crate::upstream::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
+    let inflight = Arc::new(AtomicUsize::new(0));
     let gateway = Gateway {
-        chat: ChatService::new(
-            store,
-            agents,
-            &cfg.chat,
-            cfg.agents.delete_upstream_on_delete,
-        ),
+        inflight: inflight.clone(),
+        chat: ChatService::new(store, agents, &cfg.chat, &cfg.agents),
         routes: RouteTable::from_config(cfg)?,
         max_body_bytes: cfg.chat.max_body_bytes,
     };
@@ -49,5 +88,5 @@ pub fn build_server(cfg: &Config) -> Result<Server, String> {
         prom.add_tcp(addr);
         server.add_service(prom);
     }
-    Ok(server)
+    Ok(Built { server, inflight })
 }

@@ -1,11 +1,14 @@
 //! Where the user → agent mapping lives: the SQL stores behind one trait.
 
+pub mod cache;
 pub mod lanes;
+pub mod lease;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -80,6 +83,25 @@ impl MappingStore for LazyStore {
     }
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
         self.store()?.delete(user).await
+    }
+    async fn try_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        self.store()?.try_lease(user, holder, ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        self.store()?.renew_lease(user, holder, ttl).await
+    }
+    async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
+        self.store()?.release_lease(user, holder).await
     }
     async fn ping(&self) -> GatewayResult<()> {
         self.store()?.ping().await

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::store::{MappingStore, parse_stored};
+use super::store::{MappingStore, parse_stored, ttl_ms};
 use crate::config::DatabaseConfig;
 use crate::error::{GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
@@ -128,6 +128,59 @@ impl MappingStore for PgStore {
             .await
             .map_err(|e| GatewayError::database(&e))?;
         row.map(|r| parse_stored(r.get(0))).transpose()
+    }
+
+    async fn try_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        // The database's clock decides expiry, so replicas need not agree on time.
+        let row = sqlx::query(
+            "INSERT INTO chat_leases (user_number, holder, expires_at_ms) \
+             VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint + $3) \
+             ON CONFLICT (user_number) DO UPDATE \
+             SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms \
+             WHERE chat_leases.expires_at_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint \
+             RETURNING holder",
+        )
+        .bind(user.as_str())
+        .bind(holder)
+        .bind(ttl_ms(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        Ok(row.is_some_and(|r| r.get::<String, _>(0) == holder))
+    }
+
+    async fn renew_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        let done = sqlx::query(
+            "UPDATE chat_leases SET expires_at_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $3 \
+             WHERE user_number = $1 AND holder = $2",
+        )
+        .bind(user.as_str())
+        .bind(holder)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
+        sqlx::query("DELETE FROM chat_leases WHERE user_number = $1 AND holder = $2")
+            .bind(user.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| GatewayError::database(&e))
     }
 
     async fn ping(&self) -> GatewayResult<()> {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::store::{MappingStore, parse_stored};
+use super::store::{MappingStore, parse_stored, ttl_ms};
 use crate::config::DatabaseConfig;
 use crate::error::{GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
@@ -108,6 +108,59 @@ impl MappingStore for SqliteStore {
         row.map(|r| parse_stored(r.get(0))).transpose()
     }
 
+    async fn try_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        // SQLite is shared only by processes on one host: its clock is common.
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO chat_leases (user_number, holder, expires_at_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user_number) DO UPDATE \
+             SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+             WHERE chat_leases.expires_at_ms < ?4 \
+             RETURNING holder",
+        )
+        .bind(user.as_str())
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        Ok(row.is_some_and(|r| r.get::<String, _>(0) == holder))
+    }
+
+    async fn renew_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        let done = sqlx::query(
+            "UPDATE chat_leases SET expires_at_ms = ?3 WHERE user_number = ?1 AND holder = ?2",
+        )
+        .bind(user.as_str())
+        .bind(holder)
+        .bind(now_ms().saturating_add(ttl_ms(ttl)))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| GatewayError::database(&e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
+        sqlx::query("DELETE FROM chat_leases WHERE user_number = ?1 AND holder = ?2")
+            .bind(user.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| GatewayError::database(&e))
+    }
+
     async fn ping(&self) -> GatewayResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -115,4 +168,11 @@ impl MappingStore for SqliteStore {
             .map(|_| ())
             .map_err(|e| GatewayError::database(&e))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

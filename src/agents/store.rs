@@ -2,6 +2,8 @@
 //! crash or a disconnect in the middle of a chat leaves the old mapping or the
 //! new one, never a mix.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::error::GatewayResult;
@@ -27,6 +29,25 @@ pub trait MappingStore: Send + Sync {
     /// Removes the mapping; returns the agent it pointed to.
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
 
+    /// Takes the user's cluster-wide chat lease for `holder` when it is free
+    /// or expired; true when `holder` now has it.
+    async fn try_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool>;
+
+    /// Extends a held lease; false when it was lost (expired and taken).
+    async fn renew_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool>;
+
+    async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()>;
+
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> GatewayResult<()>;
 }
@@ -39,4 +60,8 @@ pub(crate) fn parse_stored(raw: String) -> GatewayResult<AgentId> {
             "stored mapping is invalid",
         )
     })
+}
+
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }

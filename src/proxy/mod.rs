@@ -5,6 +5,7 @@
 pub mod upstreams;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,9 +27,28 @@ pub struct Gateway {
     pub chat: ChatService,
     pub routes: RouteTable,
     pub max_body_bytes: usize,
+    /// Requests being served; shutdown waits for it to reach zero.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Counts a request as in flight for as long as its context lives.
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl InflightGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Ctx {
+    _inflight: InflightGuard,
     started: Instant,
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
@@ -42,6 +62,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            _inflight: InflightGuard::new(&self.inflight),
             started: Instant::now(),
             route: Arc::from("unmatched"),
             upstream: None,

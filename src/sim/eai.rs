@@ -28,11 +28,20 @@ async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Respon
             json!({"detail": [{"loc": ["body", "user_number"], "msg": "Field required"}]}),
         );
     };
-    let id = sim.world().create_agent(user.to_owned(), body.clone());
-    reply(
-        StatusCode::OK,
-        json!({"agent_id": id, "message": "Agent created successfully"}),
-    )
+    let settings = sim.settings();
+    match sim
+        .world()
+        .try_create_agent(user.to_owned(), body.clone(), &settings)
+    {
+        Some(id) => reply(
+            StatusCode::OK,
+            json!({"agent_id": id, "message": "Agent created successfully"}),
+        ),
+        None => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "simulated failure creating the agent"}),
+        ),
+    }
 }
 
 async fn remove(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> Response {
@@ -60,11 +69,17 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
             json!({"detail": [{"msg": "Field required"}]}),
         );
     };
-    let delay = sim.delay();
+    let settings = sim.settings();
+    if super::chance(settings.send_error_rate) {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "simulated failure sending"}),
+        );
+    }
     let mut world = sim.world();
     // The real service accepts a message for any id; a missing agent only
     // shows when the run fails. Record it against a ghost so polls see that.
-    let id = match world.accept(agent_id, message, delay, "") {
+    let id = match world.accept(agent_id, message, &settings, "") {
         Some(id) => id,
         None => {
             let id = uuid::Uuid::new_v4().to_string();
@@ -73,6 +88,7 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
                 id.clone(),
                 super::Message {
                     agent_id: agent_id.to_owned(),
+                    outcome: super::Outcome::Answer,
                     text: message.to_owned(),
                     accepted_at: now,
                     ready_at: now,
@@ -104,6 +120,12 @@ async fn poll(
             json!({"detail": "message_id deve ser um UUID válido"}),
         );
     }
+    if super::chance(sim.settings().poll_error_rate) {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"detail": "simulated transient failure"}),
+        );
+    }
     let world = sim.world();
     match world.progress(id) {
         None => reply(
@@ -119,6 +141,14 @@ async fn poll(
             json!({"status": "failed", "message": "Erro no processamento",
                    "error": format!("HTTP 404: Agent {} not found", msg.agent_id)}),
         ),
+        Some(Progress::Failed(_)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"status": "failed", "message": "Erro no processamento",
+                   "error": "simulated LLM failure: model overloaded"}),
+        ),
+        Some(Progress::Done(msg, _)) if msg.outcome == super::Outcome::Empty => {
+            reply(StatusCode::OK, json!({"status": "completed"}))
+        }
         Some(Progress::Done(msg, agent)) => {
             let mut messages = answer_messages(msg);
             messages.retain(|m| m["message_type"] != "user_message");

@@ -54,13 +54,14 @@ async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Respon
         .and_then(Value::as_str)
         .unwrap_or("agent")
         .to_owned();
+    let settings = sim.settings();
     let mut world = sim.world();
-    let id = world.create_agent(name, body);
-    match world.agents.get(&id) {
+    let created = world.try_create_agent(name, body, &settings);
+    match created.and_then(|id| world.agents.get(&id)) {
         Some(agent) => reply(StatusCode::OK, agent_state(agent)),
         None => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"detail": "agent vanished"}),
+            json!({"detail": "simulated failure creating the agent"}),
         ),
     }
 }
@@ -135,8 +136,14 @@ async fn send(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let delay = sim.delay();
-    match sim.world().accept(&agent_id, &text, delay, "run-") {
+    let settings = sim.settings();
+    if super::chance(settings.send_error_rate) {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "simulated failure sending"}),
+        );
+    }
+    match sim.world().accept(&agent_id, &text, &settings, "run-") {
         Some(run_id) => reply(
             StatusCode::OK,
             json!({"id": run_id, "status": "created", "agent_id": agent_id, "stop_reason": null,
@@ -147,6 +154,12 @@ async fn send(
 }
 
 async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {
+    if super::chance(sim.settings().poll_error_rate) {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"detail": "simulated transient failure"}),
+        );
+    }
     let world = sim.world();
     let Some(progress) = world.progress(&run_id) else {
         return run_not_found(&run_id);
@@ -158,6 +171,7 @@ async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Respon
             world.messages[&run_id].agent_id.clone(),
         ),
         Progress::AgentGone(msg) => ("failed", json!("error"), msg.agent_id.clone()),
+        Progress::Failed(msg) => ("failed", json!("llm_api_error"), msg.agent_id.clone()),
         Progress::Done(msg, _) => ("completed", json!("end_turn"), msg.agent_id.clone()),
     };
     reply(
@@ -173,6 +187,14 @@ async fn run_messages(State(sim): State<Simulator>, Path(run_id): Path<String>) 
         None => run_not_found(&run_id),
         Some(Progress::Processing) => reply(StatusCode::OK, json!([])),
         Some(Progress::AgentGone(_)) => reply(StatusCode::OK, json!([])),
+        Some(Progress::Failed(msg)) => {
+            let mut m = answer_messages(msg);
+            m.truncate(1);
+            reply(StatusCode::OK, Value::Array(m))
+        }
+        Some(Progress::Done(msg, _)) if msg.outcome == super::Outcome::Empty => {
+            reply(StatusCode::OK, json!([]))
+        }
         Some(Progress::Done(msg, _)) => {
             let messages: Vec<Value> = answer_messages(msg)
                 .into_iter()

@@ -19,14 +19,49 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Knobs; every rate is a probability in [0, 1] drawn per call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SimSettings {
     /// How long the "agent" takes to answer a message.
     pub delay_ms: u64,
+    /// Agent creation answers 500.
+    pub create_error_rate: f64,
+    /// A send answers 500 without accepting the message.
+    pub send_error_rate: f64,
+    /// A poll answers 503 (transient; the message keeps processing).
+    pub poll_error_rate: f64,
+    /// A run ends failed with a reason.
+    pub run_failure_rate: f64,
+    /// A run ends completed without data (EAI) / without messages (Letta).
+    pub empty_completion_rate: f64,
+}
+
+impl SimSettings {
+    pub fn with_delay(delay_ms: u64) -> Self {
+        Self {
+            delay_ms,
+            ..Self::default()
+        }
+    }
+}
+
+/// How an accepted message will end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Answer,
+    Failure,
+    Empty,
+}
+
+pub(crate) fn chance(rate: f64) -> bool {
+    rate > 0.0 && fastrand::f64() < rate
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SimStats {
+    /// Create calls received, failed ones included.
+    pub create_attempts: u64,
     pub agents_created: u64,
     pub agents_deleted: u64,
     pub live_agents: u64,
@@ -47,6 +82,7 @@ pub(crate) struct Agent {
 
 pub(crate) struct Message {
     pub agent_id: String,
+    pub outcome: Outcome,
     pub text: String,
     pub accepted_at: Instant,
     pub ready_at: Instant,
@@ -69,11 +105,26 @@ pub struct Simulator {
 pub(crate) enum Progress<'a> {
     Processing,
     Done(&'a Message, &'a Agent),
+    Failed(&'a Message),
     AgentGone(&'a Message),
 }
 
 impl World {
-    pub fn create_agent(&mut self, owner: String, body: Value) -> String {
+    /// Counts the attempt; None when the knob says this create fails.
+    pub fn try_create_agent(
+        &mut self,
+        owner: String,
+        body: Value,
+        settings: &SimSettings,
+    ) -> Option<String> {
+        self.stats.create_attempts += 1;
+        if chance(settings.create_error_rate) {
+            return None;
+        }
+        Some(self.create_agent(owner, body))
+    }
+
+    fn create_agent(&mut self, owner: String, body: Value) -> String {
         let id = format!("agent-{}", uuid::Uuid::new_v4());
         self.agents.insert(
             id.clone(),
@@ -104,9 +155,17 @@ impl World {
         &mut self,
         agent_id: &str,
         text: &str,
-        delay: Duration,
+        settings: &SimSettings,
         prefix: &str,
     ) -> Option<String> {
+        let delay = Duration::from_millis(settings.delay_ms);
+        let outcome = if chance(settings.run_failure_rate) {
+            Outcome::Failure
+        } else if chance(settings.empty_completion_rate) {
+            Outcome::Empty
+        } else {
+            Outcome::Answer
+        };
         let now = Instant::now();
         let agent = self.agents.get_mut(agent_id)?;
         if agent.busy_until > now {
@@ -123,6 +182,7 @@ impl World {
             id.clone(),
             Message {
                 agent_id: agent_id.to_owned(),
+                outcome,
                 text: text.to_owned(),
                 accepted_at: now,
                 ready_at: now + delay,
@@ -136,6 +196,7 @@ impl World {
         Some(match self.agents.get(&msg.agent_id) {
             None => Progress::AgentGone(msg),
             Some(_) if Instant::now() < msg.ready_at => Progress::Processing,
+            Some(_) if msg.outcome == Outcome::Failure => Progress::Failed(msg),
             Some(agent) => Progress::Done(msg, agent),
         })
     }
@@ -166,13 +227,35 @@ impl Simulator {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn delay(&self) -> Duration {
-        Duration::from_millis(
-            self.settings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .delay_ms,
-        )
+    pub(crate) fn settings(&self) -> SimSettings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn configure(&self, settings: SimSettings) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// Deletes an agent behind the gateway's back.
+    pub fn delete_agent(&self, id: &str) -> bool {
+        self.world().delete_agent(id)
+    }
+
+    /// Messages an agent received, in order.
+    pub fn messages_of(&self, id: &str) -> Vec<String> {
+        self.world()
+            .agents
+            .get(id)
+            .map(|a| {
+                a.history
+                    .iter()
+                    .filter(|(r, _)| r == "user")
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> SimStats {
@@ -192,7 +275,8 @@ impl Simulator {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/sim/stats", get(stats))
-            .route("/sim/config", post(configure))
+            .route("/sim/config", post(configure).get(current))
+            .route("/sim/agents", get(agents))
             .merge(eai::routes())
             .merge(letta::routes())
             .with_state(self.clone())
@@ -224,6 +308,25 @@ async fn configure(
     State(sim): State<Simulator>,
     Json(new): Json<SimSettings>,
 ) -> Json<SimSettings> {
-    *sim.settings.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    sim.configure(new.clone());
     Json(new)
+}
+
+async fn current(State(sim): State<Simulator>) -> Json<SimSettings> {
+    Json(sim.settings())
+}
+
+/// Live agents: id, owner and messages received; `?owner=` filters.
+async fn agents(
+    State(sim): State<Simulator>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let world = sim.world();
+    let list: Vec<Value> = world
+        .agents
+        .values()
+        .filter(|a| q.get("owner").is_none_or(|o| &a.owner == o))
+        .map(|a| json!({"id": a.id, "owner": a.owner, "messages": a.history.len() / 2}))
+        .collect();
+    Json(Value::Array(list))
 }

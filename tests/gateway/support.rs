@@ -149,7 +149,7 @@ impl Drop for TestDb {
 
 /// The bundled simulator, in this test's process on its own port.
 pub async fn simulator(delay_ms: u64) -> (Simulator, SocketAddr) {
-    let sim = Simulator::new(SimSettings { delay_ms });
+    let sim = Simulator::new(SimSettings::with_delay(delay_ms));
     let addr = sim.clone().spawn("127.0.0.1:0").await.expect("simulator");
     (sim, addr)
 }
