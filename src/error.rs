@@ -74,6 +74,9 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub detail: String,
+    /// The same idempotent call may succeed if repeated (a network blip, a
+    /// 5xx). Only idempotent calls act on it.
+    pub transient: bool,
 }
 
 impl GatewayError {
@@ -81,7 +84,13 @@ impl GatewayError {
         Self {
             kind,
             detail: detail.into(),
+            transient: false,
         }
+    }
+
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
     }
 
     pub fn status(&self) -> u16 {

@@ -4,6 +4,8 @@
 
 mod gateway {
     pub mod cli;
+    pub mod concurrency;
+    pub mod faults;
     pub mod native_routes;
     pub mod observability;
     pub mod passthrough;

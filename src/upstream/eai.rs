@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::http::AgentHttp;
 use super::{AgentService, Deleted, Poll, Sent, safe_id};
 use crate::config::AgentServiceConfig;
-use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::error::{GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 
 pub struct EaiClient {
@@ -137,11 +137,12 @@ impl AgentService for EaiClient {
             _ if reply.status == StatusCode::NOT_FOUND => Ok(Poll::Failed(
                 "agent service lost the message (unknown or expired id)".into(),
             )),
-            _ if reply.status.is_server_error() => Err(GatewayError::new(
-                ErrorKind::AgentService,
-                format!("message status unavailable ({})", reply.reason()),
-            )),
-            _ => Err(GatewayError::agent_service(format!(
+            _ if reply.status.is_server_error() => Err(GatewayError::agent_service(format!(
+                "message status unavailable ({})",
+                reply.reason()
+            ))
+            .transient()),
+            _ => Ok(Poll::Failed(format!(
                 "agent service answered the poll with an unknown status ({})",
                 reply.reason()
             ))),

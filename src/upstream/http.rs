@@ -169,5 +169,5 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
         "agent service connection failed"
     };
     tracing::warn!(error = %e, "Agent-service call failed.");
-    GatewayError::new(ErrorKind::AgentServiceUnreachable, what)
+    GatewayError::new(ErrorKind::AgentServiceUnreachable, what).transient()
 }

@@ -62,10 +62,19 @@ impl LettaClient {
             .call("fetch_messages", Method::GET, &path, None)
             .await?;
         if !messages.status.is_success() || !messages.body.is_array() {
-            return Err(GatewayError::agent_service(format!(
+            let err = GatewayError::agent_service(format!(
                 "agent service did not return the run's messages ({})",
                 messages.reason()
-            )));
+            ));
+            // Idempotent read: a 5xx is retried on the poll schedule.
+            return Err(if messages.status.is_server_error() {
+                err.transient()
+            } else {
+                err
+            });
+        }
+        if succeeded && messages.body.as_array().is_some_and(Vec::is_empty) {
+            return Ok(Poll::Failed("agent run completed without messages".into()));
         }
         if !succeeded {
             let reason = run
@@ -183,9 +192,16 @@ impl AgentService for LettaClient {
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(Poll::Failed("agent run not found".into()));
         }
-        if !reply.status.is_success() {
+        if reply.status.is_server_error() {
             return Err(GatewayError::agent_service(format!(
                 "run status unavailable ({})",
+                reply.reason()
+            ))
+            .transient());
+        }
+        if !reply.status.is_success() {
+            return Ok(Poll::Failed(format!(
+                "run status refused ({})",
                 reply.reason()
             )));
         }

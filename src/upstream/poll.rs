@@ -10,11 +10,6 @@ use crate::config::PollConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 
-/// Consecutive failed polls tolerated before giving up early: polls are
-/// idempotent, so a blip is retried, but a broken service should not hold a
-/// client for the whole budget.
-const MAX_CONSECUTIVE_POLL_ERRORS: u32 = 5;
-
 pub struct PollSchedule {
     next: Duration,
     max: Duration,
@@ -57,15 +52,19 @@ pub async fn until_done(
 ) -> GatewayResult<Finished> {
     let mut schedule = PollSchedule::new(cfg);
     let mut polls = 0;
-    let mut errors = 0;
+    let mut last_error: Option<GatewayError> = None;
     loop {
         let wake = Instant::now() + schedule.next_delay();
         if wake >= deadline {
             tokio::time::sleep_until(deadline).await;
-            return Err(GatewayError::new(
-                ErrorKind::PollTimeout,
-                "the agent did not answer within the polling budget",
-            ));
+            let detail = match &last_error {
+                Some(e) => format!(
+                    "the agent did not answer within the polling budget (last poll: {})",
+                    e.detail
+                ),
+                None => "the agent did not answer within the polling budget".to_owned(),
+            };
+            return Err(GatewayError::new(ErrorKind::PollTimeout, detail));
         }
         let slept = Instant::now();
         tokio::time::sleep_until(wake).await;
@@ -73,15 +72,15 @@ pub async fn until_done(
         let _ = super::http::UPSTREAM_WAIT.try_with(|w| w.set(w.get() + slept.elapsed()));
         polls += 1;
         match service.poll(agent, id).await {
-            Ok(Poll::Pending) => errors = 0,
+            Ok(Poll::Pending) => {}
             Ok(outcome) => return Ok(Finished { outcome, polls }),
-            Err(e) => {
-                errors += 1;
-                tracing::debug!(error = %e, errors, "Poll failed; retrying.");
-                if errors >= MAX_CONSECUTIVE_POLL_ERRORS {
-                    return Err(e);
-                }
+            // Polls are idempotent: a transient failure is retried on the
+            // schedule until the deadline; anything else ends the chat.
+            Err(e) if e.transient => {
+                tracing::debug!(error = %e, "Poll failed; retrying.");
+                last_error = Some(e);
             }
+            Err(e) => return Err(e),
         }
     }
 }

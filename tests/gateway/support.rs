@@ -80,12 +80,17 @@ impl TestDb {
         }
     }
 
-    /// YAML `database:` section.
-    pub fn yaml(&self) -> String {
-        match &self.schema {
-            Some(s) => format!("database:\n  schema: {s}\n"),
+    /// YAML `database:` section, with `extra` lines (indented) appended.
+    pub fn yaml_with(&self, extra: &str) -> String {
+        let schema = match &self.schema {
+            Some(s) => format!("  schema: {s}\n"),
             None => String::new(),
-        }
+        };
+        format!("database:\n  url: 'sqlite://unused.db'\n{schema}{extra}")
+    }
+
+    pub fn yaml(&self) -> String {
+        self.yaml_with("")
     }
 
     /// Rows in the mapping table, read directly.
@@ -168,6 +173,10 @@ pub struct GatewaySpec<'a> {
     pub default_upstream: Option<String>,
     /// Appended to the generated YAML.
     pub extra_yaml: String,
+    /// Extra lines under `database:`, indented by two spaces.
+    pub database_extra: String,
+    /// Leave `shutdown:` to `extra_yaml`.
+    pub replace_shutdown: bool,
 }
 
 impl<'a> GatewaySpec<'a> {
@@ -178,6 +187,8 @@ impl<'a> GatewaySpec<'a> {
             agent_url: format!("http://{agent}"),
             default_upstream: None,
             extra_yaml: String::new(),
+            database_extra: String::new(),
+            replace_shutdown: false,
         }
     }
 }
@@ -188,11 +199,15 @@ impl GatewayProcess {
     pub async fn start(spec: GatewaySpec<'_>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gateway.yaml");
+        let shutdown = if spec.replace_shutdown {
+            ""
+        } else {
+            "shutdown:\n  drain_seconds: 1\n"
+        };
         let yaml = format!(
-            "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n\
-             shutdown:\n  drain_seconds: 1\n\
+            "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n{shutdown}\
              chat:\n  poll:\n    initial_delay_ms: 20\n    max_delay_ms: 200\n{}{}",
-            spec.db.yaml(),
+            spec.db.yaml_with(&spec.database_extra),
             spec.extra_yaml
         );
         std::fs::write(&config_path, yaml).expect("write config");
@@ -302,4 +317,93 @@ pub fn answer_text(body: &Value) -> String {
         .and_then(|m| m["content"].as_str())
         .unwrap_or_else(|| panic!("no assistant message in {body}"))
         .to_owned()
+}
+
+/// Polls `cond` until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP forwarder in front of PostgreSQL that a test can cut and restore,
+/// to take "the database" away from a gateway without touching the server
+/// other tests share.
+pub struct DbLink {
+    pub port: u16,
+    target: SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl DbLink {
+    pub async fn start(target: SocketAddr) -> Self {
+        let link = Self {
+            port: free_port(),
+            target,
+            tasks: Default::default(),
+        };
+        link.up().await;
+        link
+    }
+
+    pub async fn up(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind link");
+        let target = self.target;
+        let tasks = self.tasks.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(acceptor);
+    }
+
+    /// Closes the listener and every forwarded connection.
+    pub fn down(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for DbLink {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A plain HTTP backend answering `backend ok` on every path.
+pub async fn plain_backend() -> SocketAddr {
+    let app = axum::Router::new().fallback(|| async { "backend ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+pub async fn post_chat(client: &reqwest::Client, gw: &GatewayProcess, body: Value) -> (u16, Value) {
+    let r = client
+        .post(gw.url("/eai-gateway/chat"))
+        .json(&body)
+        .send()
+        .await
+        .expect("chat request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }

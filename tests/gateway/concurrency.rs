@@ -1,0 +1,223 @@
+//! One agent per user and one message at a time per agent, across replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::support::*;
+
+/// Chat limits high enough for storms; the gateways share `db`.
+fn replica<'a>(db: &'a TestDb, sim: std::net::SocketAddr) -> GatewaySpec<'a> {
+    let mut spec = GatewaySpec::new(Dialect::Eai, db, sim);
+    spec.database_extra = "  max_connections: 32\n".to_owned();
+    spec
+}
+
+/// Fires `messages` (user, text) at the two replicas alternately, all at once.
+async fn storm(
+    replicas: &[&GatewayProcess; 2],
+    messages: Vec<(String, String)>,
+) -> Vec<(String, u16, serde_json::Value)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let calls = messages.into_iter().enumerate().map(|(i, (user, text))| {
+        let gw = replicas[i % 2];
+        let client = client.clone();
+        async move {
+            let (status, body) =
+                post_chat(&client, gw, json!({"user_number": user, "message": text})).await;
+            (user, status, body)
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+async fn one_agent_per_user(kind: DbKind, users: usize, per_user: usize) {
+    let (sim, sim_addr) = simulator(5).await;
+    let db = TestDb::new(kind);
+    let a = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let b = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let numbers: Vec<String> = (0..users)
+        .map(|u| format!("55219{:08}", 10_000 + u))
+        .collect();
+    let mut messages = Vec::new();
+    for i in 0..per_user {
+        for n in &numbers {
+            messages.push((n.clone(), format!("m{i}")));
+        }
+    }
+    let results = storm(&[&a, &b], messages).await;
+
+    let mapped: BTreeMap<String, String> = db.mappings().await.into_iter().collect();
+    assert_eq!(mapped.len(), users, "one mapping per user");
+    for (user, status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(
+            &answering_agent(body),
+            &mapped[user],
+            "answered by the mapped agent"
+        );
+    }
+    // Surplus agents from lost races are deleted upstream in the background.
+    let settled = eventually(Duration::from_secs(10), || {
+        numbers.iter().all(|n| sim.live_agents_of(n).len() == 1)
+    })
+    .await;
+    assert!(settled, "leaked agents: {:?}", sim.stats());
+    for n in &numbers {
+        assert_eq!(sim.live_agents_of(n), vec![mapped[n].clone()]);
+        assert_eq!(
+            sim.messages_of(&mapped[n]).len(),
+            per_user,
+            "every message delivered once"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.overlaps, 0, "{stats:?}");
+    assert_eq!(
+        stats.agents_created - stats.agents_deleted,
+        users as u64,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_first_messages_one_user_two_replicas_postgres() {
+    one_agent_per_user(DbKind::Postgres, 1, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_users_twenty_messages_each_two_replicas_postgres() {
+    one_agent_per_user(DbKind::Postgres, 50, 20).await;
+}
+
+/// SQLite mode: the same guarantees for processes sharing the file on one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_first_messages_one_user_two_replicas_sqlite() {
+    one_agent_per_user(DbKind::Sqlite, 1, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_one_user_arrive_in_order() {
+    let (sim, sim_addr) = simulator(30).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let client = reqwest::Client::new();
+    let user = "5521955550001";
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let (client, url) = (client.clone(), gw.url("/eai-gateway/chat"));
+        calls.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"user_number": user, "message": format!("m{i}")}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+        // Arrival order is only defined for requests that arrive apart.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), 200);
+    }
+    let agent = db.mappings().await[0].1.clone();
+    let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(sim.messages_of(&agent), expected);
+    assert_eq!(sim.stats().overlaps, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_users_do_not_wait_on_each_other() {
+    let (sim, sim_addr) = simulator(500).await;
+    let db = TestDb::new(DbKind::Postgres);
+    let gw = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let numbers: Vec<String> = (0..100).map(|u| format!("55218{:08}", u)).collect();
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let calls = numbers
+        .iter()
+        .map(|n| post_chat(&client, &gw, json!({"user_number": n, "message": "oi"})));
+    let results = futures_util::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    let agents: BTreeSet<String> = results.iter().map(|(_, b)| answering_agent(b)).collect();
+    assert_eq!(agents.len(), 100);
+    assert_eq!(sim.stats().overlaps, 0);
+    // Serialised, 100 × 500 ms would take 50 s; in parallel about one
+    // processing time plus polling granularity. The bound only separates those.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+/// Two replicas with the given mapping-cache TTL; returns (agent before the
+/// DELETE on replica B, agent replica A answers with right after it).
+async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, String) {
+    let (_sim, sim_addr) = simulator(5).await;
+    let db = TestDb::new(DbKind::Postgres);
+    let spec = |db| {
+        let mut s = replica(db, sim_addr);
+        s.extra_yaml = format!("agents:\n  cache_ttl_seconds: {ttl_seconds}\n");
+        s
+    };
+    let a = GatewayProcess::start(spec(&db)).await;
+    let b = GatewayProcess::start(spec(&db)).await;
+    let user = "5521966660001";
+    let (_, first) = a.chat(user, "um").await;
+    let (_, again) = a.chat(user, "dois").await;
+    assert_eq!(answering_agent(&first), answering_agent(&again));
+    let r = reqwest::Client::new()
+        .delete(b.url(&format!("/eai-gateway/agent/{user}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, after) = a.chat(user, "três").await;
+    assert_eq!(status, 200, "{after}");
+    (
+        answering_agent(&first),
+        answering_agent(&after),
+        a.metrics_text().await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_may_use_a_deleted_mapping_until_the_cache_ttl() {
+    let (before, after, metrics) = delete_seen_by_other_replica(30).await;
+    // Documented bound: up to agents.cache_ttl_seconds on other replicas.
+    assert_eq!(before, after);
+    assert!(
+        metrics.contains(r#"eai_gateway_mapping_cache_total{result="hit"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"eai_gateway_mapping_cache_total{result="miss"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_a_delete_is_seen_at_once_everywhere() {
+    let (before, after, _) = delete_seen_by_other_replica(0).await;
+    assert_ne!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_invalidates_the_local_cache_immediately() {
+    let (_sim, sim_addr) = simulator(5).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let user = "5521966660002";
+    let (_, first) = gw.chat(user, "um").await;
+    let r = reqwest::Client::new()
+        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, second) = gw.chat(user, "dois").await;
+    assert_eq!(status, 200);
+    assert_ne!(answering_agent(&first), answering_agent(&second));
+}
