@@ -23,6 +23,7 @@ use crate::config::{AgentsConfig, ChatConfig, PollConfig};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
+use crate::upstream::http::{REQUEST_ID, UPSTREAM_WAIT};
 use crate::upstream::{AgentService, Deleted, Poll, Sent, poll};
 
 pub struct ChatRequest {
@@ -31,6 +32,8 @@ pub struct ChatRequest {
     /// Asked-for budget; capped by `chat.timeout_seconds`.
     pub timeout: Option<Duration>,
     pub metadata: Option<Value>,
+    /// Sent to the agent service as `X-Request-Id`.
+    pub request_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -47,6 +50,7 @@ struct Inner {
     poll: PollConfig,
     budget: Duration,
     delete_upstream: bool,
+    max_queued: Option<usize>,
 }
 
 enum Attempt {
@@ -60,6 +64,7 @@ impl ChatService {
         agents: Arc<dyn AgentService>,
         chat: &ChatConfig,
         agents_cfg: &AgentsConfig,
+        user_queue_max: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -74,6 +79,7 @@ impl ChatService {
                 poll: chat.poll.clone(),
                 budget: Duration::from_secs_f64(chat.timeout_seconds),
                 delete_upstream: agents_cfg.delete_upstream_on_delete,
+                max_queued: (user_queue_max > 0).then_some(user_queue_max),
             }),
         }
     }
@@ -87,8 +93,35 @@ impl ChatService {
             .timeout
             .map_or(self.inner.budget, |t| t.min(self.inner.budget));
         let deadline = Instant::now() + budget;
+        let ticket = self
+            .inner
+            .lanes
+            .enqueue(&req.user, self.inner.max_queued)
+            .map_err(|_| {
+                crate::limits::reject("user_queue");
+                GatewayError::new(
+                    ErrorKind::RateLimited,
+                    "too many messages of this user are waiting for an answer",
+                )
+                .retry_after(1)
+            })?;
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move { inner.chat_in_turn(req, deadline).await });
+        let request_id = req.request_id.clone().unwrap_or_default();
+        let clock = UPSTREAM_WAIT.try_with(Arc::clone).unwrap_or_default();
+        let task = tokio::spawn(UPSTREAM_WAIT.scope(
+            clock,
+            REQUEST_ID.scope(request_id, async move {
+                let _lane = tokio::time::timeout_at(deadline, ticket.wait())
+                    .await
+                    .map_err(|_| {
+                        GatewayError::new(
+                            ErrorKind::PollTimeout,
+                            "earlier messages of this user are still being answered",
+                        )
+                    })?;
+                inner.chat_in_turn(req, deadline).await
+            }),
+        ));
         task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "Chat task failed.");
             Err(GatewayError::new(ErrorKind::Internal, "internal error"))
@@ -123,15 +156,8 @@ impl ChatService {
 }
 
 impl Inner {
+    /// Runs while holding the user's lane.
     async fn chat_in_turn(&self, req: ChatRequest, deadline: Instant) -> GatewayResult<Value> {
-        let _lane = tokio::time::timeout_at(deadline, self.lanes.acquire(&req.user))
-            .await
-            .map_err(|_| {
-                GatewayError::new(
-                    ErrorKind::PollTimeout,
-                    "earlier messages of this user are still being answered",
-                )
-            })?;
         let lease = self.leases.acquire(&req.user, deadline).await?;
         let result = self.converse(&req, deadline).await;
         lease.release().await;

@@ -55,6 +55,12 @@ pub struct Config {
     pub chat: ChatConfig,
     #[serde(default)]
     pub agents: AgentsConfig,
+    #[serde(default)]
+    pub users: UsersConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Named pass-through upstreams.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -64,6 +70,71 @@ pub struct Config {
     /// Upstream receiving every request that no route claims; 404 when unset.
     #[serde(default)]
     pub default_upstream: Option<String>,
+    /// Tokens from `EAI_GATEWAY_TOKENS` (never from the file itself).
+    #[serde(skip)]
+    pub env_tokens: Option<String>,
+    /// Tokens from `EAI_GATEWAY_METRICS_TOKENS`.
+    #[serde(skip)]
+    pub env_metrics_tokens: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    /// Regular expression a `user_number` must match (anchor it).
+    #[serde(default = "defaults::user_pattern")]
+    pub pattern: String,
+    /// Key of the pseudonyms: Letta agent names/tags and masked log values.
+    #[serde(default = "defaults::pseudonym_key")]
+    pub pseudonym_key: String,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            pattern: defaults::user_pattern(),
+            pseudonym_key: defaults::pseudonym_key(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// File with one bearer token per line for the `/eai-gateway` routes;
+    /// added to `EAI_GATEWAY_TOKENS`. No token at all = auth off.
+    #[serde(default)]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Require the same tokens on pass-through routes too.
+    #[serde(default)]
+    pub protect_passthrough: bool,
+    /// Tokens for the metrics listener; added to `EAI_GATEWAY_METRICS_TOKENS`.
+    #[serde(default)]
+    pub metrics_tokens_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Chats per user per minute; 0 = no limit.
+    #[serde(default = "defaults::user_rate_per_min")]
+    pub user_rate_per_min: u32,
+    /// Chats of one user running or queued in one process; 0 = no limit.
+    #[serde(default = "defaults::user_queue_max")]
+    pub user_queue_max: usize,
+    /// Chats in flight in one process; 0 = no limit.
+    #[serde(default = "defaults::max_inflight_chats")]
+    pub max_inflight_chats: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            user_rate_per_min: defaults::user_rate_per_min(),
+            user_queue_max: defaults::user_queue_max(),
+            max_inflight_chats: defaults::max_inflight_chats(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,9 +221,6 @@ pub struct AgentServiceConfig {
     /// Largest agent-service response body the gateway will read.
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
-    /// Key for the pseudonym that names agents upstream instead of the number.
-    #[serde(default = "defaults::pseudonym_key")]
-    pub pseudonym_key: String,
     #[serde(default)]
     pub letta: LettaConfig,
     #[serde(default)]
@@ -189,6 +257,12 @@ pub struct ChatConfig {
     /// Largest accepted JSON body of the native routes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Longest accepted `message`, in characters.
+    #[serde(default = "defaults::max_message_chars")]
+    pub max_message_chars: usize,
+    /// A native request body must arrive completely within this time.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
     /// Polling budget of one chat; a request may ask for less with `timeout`.
     #[serde(default = "defaults::chat_timeout_seconds")]
     pub timeout_seconds: f64,
@@ -200,6 +274,8 @@ impl Default for ChatConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: defaults::max_body_bytes(),
+            max_message_chars: defaults::max_message_chars(),
+            body_timeout_ms: defaults::body_timeout_ms(),
             timeout_seconds: defaults::chat_timeout_seconds(),
             poll: PollConfig::default(),
         }
@@ -322,6 +398,24 @@ mod defaults {
             ]
         })
     }
+    pub fn max_message_chars() -> usize {
+        4096
+    }
+    pub fn body_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn user_pattern() -> String {
+        crate::ids::DEFAULT_USER_PATTERN.into()
+    }
+    pub fn user_rate_per_min() -> u32 {
+        20
+    }
+    pub fn user_queue_max() -> usize {
+        10
+    }
+    pub fn max_inflight_chats() -> usize {
+        512
+    }
     pub fn max_body_bytes() -> usize {
         64 * 1024
     }
@@ -360,6 +454,11 @@ pub mod env {
     pub const AGENT_URL: &str = "AGENT_SERVICE_URL";
     pub const AGENT_TOKEN: &str = "AGENT_SERVICE_TOKEN";
     pub const DEFAULT_UPSTREAM: &str = "EAI_GATEWAY_DEFAULT_UPSTREAM";
+    pub const TOKENS: &str = "EAI_GATEWAY_TOKENS";
+    pub const METRICS_TOKENS: &str = "EAI_GATEWAY_METRICS_TOKENS";
+    pub const USER_RATE_PER_MIN: &str = "EAI_GATEWAY_USER_RATE_PER_MIN";
+    pub const USER_QUEUE_MAX: &str = "EAI_GATEWAY_USER_QUEUE_MAX";
+    pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
 }
 
 /// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
@@ -412,6 +511,17 @@ impl Config {
         if let Some(v) = set(env::AGENT_TOKEN) {
             self.agent_service.token = Some(v);
         }
+        self.env_tokens = set(env::TOKENS);
+        self.env_metrics_tokens = set(env::METRICS_TOKENS);
+        if let Some(v) = set(env::USER_RATE_PER_MIN) {
+            self.limits.user_rate_per_min = number(env::USER_RATE_PER_MIN, &v)?;
+        }
+        if let Some(v) = set(env::USER_QUEUE_MAX) {
+            self.limits.user_queue_max = number(env::USER_QUEUE_MAX, &v)?;
+        }
+        if let Some(v) = set(env::MAX_INFLIGHT_CHATS) {
+            self.limits.max_inflight_chats = number(env::MAX_INFLIGHT_CHATS, &v)?;
+        }
         if let Some(v) = set(env::DEFAULT_UPSTREAM) {
             let name = self
                 .default_upstream
@@ -455,6 +565,7 @@ impl Config {
         self.validate_database()?;
         self.validate_agent_service()?;
         self.validate_chat()?;
+        self.validate_users_and_auth()?;
         if self.agents.cache_ttl_seconds > 86_400 {
             return Err(ConfigError::new(
                 "agents.cache_ttl_seconds",
@@ -549,6 +660,18 @@ impl Config {
 
     fn validate_chat(&self) -> Result<(), ConfigError> {
         let c = &self.chat;
+        if !(1..=100_000).contains(&c.max_message_chars) {
+            return Err(ConfigError::new(
+                "chat.max_message_chars",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(100..=600_000).contains(&c.body_timeout_ms) {
+            return Err(ConfigError::new(
+                "chat.body_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
         if !(1024..=16 * 1024 * 1024).contains(&c.max_body_bytes) {
             return Err(ConfigError::new(
                 "chat.max_body_bytes",
@@ -587,6 +710,54 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_users_and_auth(&self) -> Result<(), ConfigError> {
+        let pattern = &self.users.pattern;
+        if !pattern.starts_with('^') || !pattern.ends_with('$') {
+            return Err(ConfigError::new(
+                "users.pattern",
+                "must be anchored with ^ and $",
+            ));
+        }
+        crate::ids::UserRules::new(pattern, &self.users.pseudonym_key)
+            .map_err(|e| ConfigError::new("users.pattern", e))?;
+        if self.users.pseudonym_key.len() < 8 {
+            return Err(ConfigError::new(
+                "users.pseudonym_key",
+                "must be at least 8 characters",
+            ));
+        }
+        self.tokens()
+            .map_err(|e| ConfigError::new(self.tokens_key(env::TOKENS, "auth.tokens_file"), e))?;
+        self.metrics_tokens().map_err(|e| {
+            ConfigError::new(
+                self.tokens_key(env::METRICS_TOKENS, "auth.metrics_tokens_file"),
+                e,
+            )
+        })?;
+        if self.auth.protect_passthrough && !self.tokens().is_ok_and(|t| t.is_enabled()) {
+            return Err(ConfigError::new(
+                "auth.protect_passthrough",
+                "needs tokens (EAI_GATEWAY_TOKENS or auth.tokens_file)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn tokens_key(&self, var: &str, key: &str) -> String {
+        format!("{var} / {key}")
+    }
+
+    pub fn tokens(&self) -> Result<crate::auth::TokenSet, String> {
+        crate::auth::TokenSet::load(self.env_tokens.as_deref(), self.auth.tokens_file.as_deref())
+    }
+
+    pub fn metrics_tokens(&self) -> Result<crate::auth::TokenSet, String> {
+        crate::auth::TokenSet::load(
+            self.env_metrics_tokens.as_deref(),
+            self.auth.metrics_tokens_file.as_deref(),
+        )
     }
 
     fn validate_upstreams(&self) -> Result<(), ConfigError> {
@@ -661,6 +832,15 @@ impl PollConfig {
     pub fn max_delay(&self) -> Duration {
         Duration::from_millis(self.max_delay_ms)
     }
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("{v:?} is not a non-negative integer (0 = no limit)"),
+        )
+    })
 }
 
 fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     InvalidInput,
     Unauthorized,
     NotFound,
+    /// The request body did not arrive in time.
+    RequestTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -33,6 +35,7 @@ impl ErrorKind {
             Self::MalformedJson => 400,
             Self::Unauthorized => 401,
             Self::NotFound => 404,
+            Self::RequestTimeout => 408,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -52,6 +55,7 @@ impl ErrorKind {
             Self::InvalidInput => "invalid_input",
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
+            Self::RequestTimeout => "request_timeout",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -77,6 +81,8 @@ pub struct GatewayError {
     /// The same idempotent call may succeed if repeated (a network blip, a
     /// 5xx). Only idempotent calls act on it.
     pub transient: bool,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl GatewayError {
@@ -85,7 +91,13 @@ impl GatewayError {
             kind,
             detail: detail.into(),
             transient: false,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn transient(mut self) -> Self {

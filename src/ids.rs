@@ -2,33 +2,78 @@
 //! function that takes one never has to re-check its input.
 
 use std::fmt;
+use std::sync::OnceLock;
 
+use regex::Regex;
 use sha2::{Digest, Sha256};
 
-/// A WhatsApp-style phone number: an optional `+`, then 8–15 ASCII digits.
+pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
+const MAX_USER_LEN: usize = 64;
+
+/// Process-wide rules for user numbers, fixed at start-up from config.
+pub struct UserRules {
+    pattern: Regex,
+    /// Key of the hash in masked log values.
+    log_key: String,
+}
+
+impl UserRules {
+    pub fn new(pattern: &str, log_key: &str) -> Result<Self, String> {
+        let pattern = Regex::new(pattern).map_err(|e| e.to_string())?;
+        Ok(Self {
+            pattern,
+            log_key: log_key.to_owned(),
+        })
+    }
+}
+
+static RULES: OnceLock<UserRules> = OnceLock::new();
+
+/// Installs the configured rules; the first call wins.
+pub fn configure(rules: UserRules) {
+    let _ = RULES.set(rules);
+}
+
+fn rules() -> &'static UserRules {
+    RULES.get_or_init(|| {
+        UserRules::new(DEFAULT_USER_PATTERN, "eai-gateway").expect("default pattern compiles")
+    })
+}
+
+/// A user's phone number, validated by the configured pattern (default: an
+/// optional `+`, then 8–15 ASCII digits).
 ///
 /// `+5521999999999` and `5521999999999` are the same user: the canonical form
-/// (what is stored, hashed and sent upstream) is the digits without the `+`.
+/// (what is stored, hashed and sent upstream) drops one leading `+`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct UserNumber(String);
 
 impl UserNumber {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let digits = raw.strip_prefix('+').unwrap_or(raw);
-        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("user_number must be an optional '+' followed by 8 to 15 digits".into());
+        // Whatever the pattern allows, never control characters, spaces,
+        // non-ASCII or unbounded length.
+        let plain = !raw.is_empty()
+            && raw.len() <= MAX_USER_LEN
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        if !plain || !rules().pattern.is_match(raw) {
+            return Err("user_number does not match the allowed pattern (default: optional '+' then 8-15 digits)".into());
         }
-        Ok(Self(digits.to_owned()))
+        let canonical = raw.strip_prefix('+').unwrap_or(raw);
+        if canonical.is_empty() {
+            return Err("user_number is empty".into());
+        }
+        Ok(Self(canonical.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// Safe to log: the last four digits only.
+    /// Safe to log: the last four characters plus a keyed hash, enough to
+    /// follow one user through the logs without revealing the number.
     pub fn masked(&self) -> String {
         let tail = &self.0[self.0.len().saturating_sub(4)..];
-        format!("***{tail}")
+        format!("***{tail}#{}", &self.pseudonym(&rules().log_key)[..8])
     }
 
     /// A stable pseudonym for naming things outside the gateway (upstream agent
@@ -115,7 +160,7 @@ mod tests {
     #[test]
     fn masked_and_debug_hide_the_number() {
         let n = UserNumber::parse("5521987654321").unwrap();
-        assert_eq!(n.masked(), "***4321");
+        assert!(n.masked().starts_with("***4321#"), "{}", n.masked());
         assert!(!format!("{n:?}").contains("552198765"));
         assert_ne!(n.pseudonym("k1"), n.pseudonym("k2"));
         assert_eq!(n.pseudonym("k"), n.pseudonym("k"));

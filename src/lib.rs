@@ -3,12 +3,15 @@
 //! into one synchronous call. See README.md for the architecture.
 
 pub mod agents;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
+pub mod metrics_http;
 pub mod proxy;
 pub mod routes;
 pub mod server;

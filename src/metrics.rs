@@ -84,9 +84,18 @@ pub static MAPPING_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_rejections_total",
+        "Requests refused before any work, by reason (unauthorized, user_rate, user_queue, max_inflight, payload_too_large, ...).",
+        &["reason"]
+    )
+    .expect("metric definition")
+});
+
 /// Metric names the README documents; forces registration so a scrape lists
 /// them before the first request.
-pub fn init() -> [&'static str; 8] {
+pub fn init() -> [&'static str; 9] {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&AGENT_SERVICE_CALLS);
@@ -95,6 +104,7 @@ pub fn init() -> [&'static str; 8] {
     LazyLock::force(&CHAT_POLLS);
     LazyLock::force(&CHAT_OVERHEAD);
     LazyLock::force(&MAPPING_CACHE);
+    LazyLock::force(&REJECTIONS);
     [
         "eai_gateway_requests_total",
         "eai_gateway_request_duration_seconds",
@@ -104,6 +114,7 @@ pub fn init() -> [&'static str; 8] {
         "eai_gateway_chat_polls",
         "eai_gateway_chat_overhead_seconds",
         "eai_gateway_mapping_cache_total",
+        "eai_gateway_rejections_total",
     ]
 }
 

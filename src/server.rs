@@ -14,6 +14,7 @@ use pingora::server::configuration::ServerConf;
 use crate::agents::LazyStore;
 use crate::chat::ChatService;
 use crate::config::Config;
+use crate::limits::ChatLimits;
 use crate::proxy::Gateway;
 use crate::proxy::upstreams::RouteTable;
 
@@ -69,24 +70,45 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
     server.bootstrap();
 
     crate::metrics::init();
+    crate::ids::configure(
+        crate::ids::UserRules::new(&cfg.users.pattern, &cfg.users.pseudonym_key)
+            .map_err(|e| format!("users.pattern: {e}"))?,
+    );
+    let tokens = cfg.tokens()?;
+    if !tokens.is_enabled() {
+        tracing::warn!(
+            "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
+        );
+    }
     let store = Arc::new(LazyStore::new(cfg.database.clone()));
-    let agents =
-        crate::upstream::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
+    let agents = crate::upstream::build(&cfg.agent_service, &cfg.users.pseudonym_key)
+        .map_err(|e| format!("agent_service: {e}"))?;
     let inflight = Arc::new(AtomicUsize::new(0));
     let gateway = Gateway {
-        inflight: inflight.clone(),
-        chat: ChatService::new(store, agents, &cfg.chat, &cfg.agents),
+        chat: ChatService::new(
+            store,
+            agents,
+            &cfg.chat,
+            &cfg.agents,
+            cfg.limits.user_queue_max,
+        ),
         routes: RouteTable::from_config(cfg)?,
+        limits: ChatLimits::new(cfg.limits.user_rate_per_min, cfg.limits.max_inflight_chats),
+        tokens,
+        protect_passthrough: cfg.auth.protect_passthrough,
         max_body_bytes: cfg.chat.max_body_bytes,
+        max_message_chars: cfg.chat.max_message_chars,
+        body_timeout: Duration::from_millis(cfg.chat.body_timeout_ms),
+        inflight: inflight.clone(),
     };
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "eai-gateway");
     proxy.add_tcp(&cfg.listen);
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {
-        let mut prom = pingora_prometheus::prometheus_http_service();
-        prom.add_tcp(addr);
-        server.add_service(prom);
+        let mut metrics = crate::metrics_http::service(cfg.metrics_tokens()?);
+        metrics.add_tcp(addr);
+        server.add_service(metrics);
     }
     Ok(Built { server, inflight })
 }

@@ -9,5 +9,6 @@ mod gateway {
     pub mod native_routes;
     pub mod observability;
     pub mod passthrough;
+    pub mod security;
     pub mod support;
 }

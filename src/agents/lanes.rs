@@ -1,5 +1,6 @@
 //! Per-user lanes: chats of one user run one at a time, in arrival order
-//! (tokio's mutex is fair); different users never wait on each other.
+//! (tokio's mutex is fair); different users never wait on each other. The
+//! number of a user's chats holding or waiting for the lane is capped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,51 +9,87 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::ids::UserNumber;
 
-type Lane = Arc<tokio::sync::Mutex<()>>;
+/// One user's lane and the number of chats holding or waiting for it.
+#[derive(Default)]
+struct Lane {
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    tickets: usize,
+}
+
+type LaneMap = Arc<Mutex<HashMap<UserNumber, Lane>>>;
 
 #[derive(Default, Clone)]
 pub struct UserLanes {
-    lanes: Arc<Mutex<HashMap<UserNumber, Lane>>>,
+    lanes: LaneMap,
 }
 
-/// Holding this is holding the user's lane; dropping it (also when the
-/// client disconnects and the chat future is dropped) frees the lane.
-pub struct LaneGuard {
-    guard: Option<OwnedMutexGuard<()>>,
+/// A place in the user's queue; `wait` turns it into the lane itself. Every
+/// live ticket (waiting or holding) counts towards the user's queue depth.
+pub struct LaneTicket {
+    mutex: Arc<tokio::sync::Mutex<()>>,
     user: UserNumber,
-    lanes: Arc<Mutex<HashMap<UserNumber, Lane>>>,
+    lanes: LaneMap,
+}
+
+/// Holding this is holding the user's lane.
+pub struct LaneGuard {
+    _guard: OwnedMutexGuard<()>,
+    _ticket: LaneTicket,
+}
+
+pub struct QueueFull;
+
+fn lock(map: &LaneMap) -> std::sync::MutexGuard<'_, HashMap<UserNumber, Lane>> {
+    map.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl UserLanes {
-    pub async fn acquire(&self, user: &UserNumber) -> LaneGuard {
-        let lane = {
-            let mut map = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(user.clone()).or_default().clone()
-        };
-        LaneGuard {
-            guard: Some(lane.lock_owned().await),
+    /// Joins the user's queue unless `max_queued` chats are already in it.
+    pub fn enqueue(
+        &self,
+        user: &UserNumber,
+        max_queued: Option<usize>,
+    ) -> Result<LaneTicket, QueueFull> {
+        let mut map = lock(&self.lanes);
+        let lane = map.entry(user.clone()).or_default();
+        if max_queued.is_some_and(|max| lane.tickets >= max) {
+            if lane.tickets == 0 {
+                map.remove(user);
+            }
+            return Err(QueueFull);
+        }
+        lane.tickets += 1;
+        Ok(LaneTicket {
+            mutex: lane.mutex.clone(),
             user: user.clone(),
             lanes: self.lanes.clone(),
-        }
+        })
     }
 
     /// Users with a chat running or queued.
     pub fn active(&self) -> usize {
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.lanes).len()
     }
 }
 
-impl Drop for LaneGuard {
+impl LaneTicket {
+    pub async fn wait(self) -> LaneGuard {
+        let guard = self.mutex.clone().lock_owned().await;
+        LaneGuard {
+            _guard: guard,
+            _ticket: self,
+        }
+    }
+}
+
+impl Drop for LaneTicket {
     fn drop(&mut self) {
-        self.guard.take();
-        let mut map = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        // Waiters clone the lane under this same lock, so a count of one
-        // means nobody is queued and the entry can go.
-        if map
-            .get(&self.user)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            map.remove(&self.user);
+        let mut map = lock(&self.lanes);
+        if let Some(lane) = map.get_mut(&self.user) {
+            lane.tickets -= 1;
+            if lane.tickets == 0 {
+                map.remove(&self.user);
+            }
         }
     }
 }
@@ -62,20 +99,39 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn user(n: u8) -> UserNumber {
+        UserNumber::parse(&format!("55210000000{n:02}")).unwrap()
+    }
+
     #[tokio::test]
     async fn same_user_waits_other_user_does_not() {
         let lanes = UserLanes::default();
-        let a = UserNumber::parse("5521000000001").unwrap();
-        let b = UserNumber::parse("5521000000002").unwrap();
-        let held = lanes.acquire(&a).await;
-        let blocked = tokio::time::timeout(Duration::from_millis(50), lanes.acquire(&a)).await;
+        let held = lanes.enqueue(&user(1), None).ok().unwrap().wait().await;
+        let second = lanes.enqueue(&user(1), None).ok().unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(50), second.wait()).await;
         assert!(blocked.is_err(), "second chat of a user must wait");
-        let other = tokio::time::timeout(Duration::from_millis(50), lanes.acquire(&b)).await;
+        let other = lanes.enqueue(&user(2), None).ok().unwrap();
+        let other = tokio::time::timeout(Duration::from_millis(50), other.wait()).await;
         assert!(other.is_ok(), "another user must not wait");
         drop(other);
         drop(held);
         assert_eq!(lanes.active(), 0, "lanes are removed when idle");
-        let again = tokio::time::timeout(Duration::from_millis(50), lanes.acquire(&a)).await;
-        assert!(again.is_ok());
+    }
+
+    #[tokio::test]
+    async fn queue_depth_is_capped_and_freed() {
+        let lanes = UserLanes::default();
+        let a = lanes.enqueue(&user(1), Some(2)).ok().unwrap();
+        let b = lanes.enqueue(&user(1), Some(2)).ok().unwrap();
+        assert!(lanes.enqueue(&user(1), Some(2)).is_err());
+        assert!(lanes.enqueue(&user(2), Some(2)).is_ok());
+        let held = a.wait().await;
+        assert!(
+            lanes.enqueue(&user(1), Some(2)).is_err(),
+            "the holder still counts"
+        );
+        drop(held);
+        assert!(lanes.enqueue(&user(1), Some(2)).is_ok());
+        drop(b);
     }
 }

@@ -13,20 +13,27 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use serde_json::json;
 
+use crate::auth::TokenSet;
 use crate::chat::ChatService;
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, GatewayError};
+use crate::limits::{ChatLimits, reject};
 use crate::metrics;
 use crate::routes::{self, Native};
 use crate::upstream::http::UPSTREAM_WAIT;
 use upstreams::{RouteTable, Upstream};
 
-/// A native request body that stalls this long is abandoned.
+/// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Gateway {
     pub chat: ChatService,
     pub routes: RouteTable,
+    pub limits: ChatLimits,
+    pub tokens: TokenSet,
+    pub protect_passthrough: bool,
     pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub body_timeout: Duration,
     /// Requests being served; shutdown waits for it to reach zero.
     pub inflight: Arc<AtomicUsize>,
 }
@@ -52,8 +59,16 @@ pub struct Ctx {
     started: Instant,
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
+    request_id: String,
     upstream: Option<Arc<Upstream>>,
     status: u16,
+}
+
+/// An incoming `X-Request-Id` is kept only if it is short and plain.
+fn valid_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 #[async_trait]
@@ -65,18 +80,32 @@ impl ProxyHttp for Gateway {
             _inflight: InflightGuard::new(&self.inflight),
             started: Instant::now(),
             route: Arc::from("unmatched"),
+            request_id: String::new(),
             upstream: None,
             status: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = match session.get_header("x-request-id").map(|v| v.as_bytes()) {
+            Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if let Some(native) = routes::match_native(&method, &path) {
             ctx.route = Arc::from(native.template());
             session.set_read_timeout(Some(BODY_READ_TIMEOUT));
-            ctx.status = self.serve_native(session, native).await?;
+            ctx.status = self.serve_native(session, native, &ctx.request_id).await?;
+            return Ok(true);
+        }
+        if self.protect_passthrough
+            && let Err(e) = self
+                .tokens
+                .check(session.get_header("authorization").map(|v| v.as_bytes()))
+        {
+            reject("unauthorized");
+            ctx.status = routes::respond(session, &ctx.request_id, Err(e)).await?;
             return Ok(true);
         }
         match self.routes.lookup(&path) {
@@ -86,9 +115,8 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             None => {
-                let err = json!({"detail": "no route for this path"});
-                routes::write_json(session, 404, Some(&err)).await?;
-                ctx.status = 404;
+                let err = GatewayError::new(ErrorKind::NotFound, "no route for this path");
+                ctx.status = routes::respond(session, &ctx.request_id, Err(err)).await?;
                 Ok(true)
             }
         }
@@ -106,7 +134,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(ip) = session
             .client_addr()
@@ -124,6 +152,17 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -150,8 +189,9 @@ impl ProxyHttp for Gateway {
                 400 => "malformed request".to_owned(),
                 _ => "proxy error".to_owned(),
             };
+            let headers = [("x-request-id", ctx.request_id.clone())];
             if let Err(err) =
-                routes::write_json(session, code, Some(&json!({"detail": detail}))).await
+                routes::write_json(session, code, Some(&json!({"detail": detail})), &headers).await
             {
                 tracing::debug!(error = %err, "Could not send the error response.");
             }
@@ -178,6 +218,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[&*ctx.route])
             .observe(elapsed.as_secs_f64());
         tracing::info!(
+            request_id = %ctx.request_id,
             route = &*ctx.route,
             method,
             status,
@@ -189,38 +230,79 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    async fn serve_native(&self, session: &mut Session, native: Native) -> Result<u16> {
-        let result = match native {
-            Native::Healthz => routes::health::healthz(),
-            Native::Readyz => routes::health::readyz(self.chat.store()).await,
-            Native::AgentGet(raw) => routes::agent::get(&self.chat, &raw).await,
-            Native::AgentDelete(raw) => routes::agent::delete(&self.chat, &raw).await,
-            Native::Chat => {
-                let body = routes::read_json_body(session, self.max_body_bytes).await;
-                let started = Instant::now();
-                let result = UPSTREAM_WAIT
-                    .scope(Default::default(), async {
-                        let result = routes::chat::handle(&self.chat, body).await;
-                        let waited = UPSTREAM_WAIT.with(|w| w.get());
-                        (result, waited)
-                    })
-                    .await;
-                let (result, waited) = result;
-                if result.is_ok() {
-                    metrics::CHAT_OVERHEAD
-                        .observe(started.elapsed().saturating_sub(waited).as_secs_f64());
-                }
-                result
-            }
-            Native::WrongMethod(_, allow) => Err(crate::error::GatewayError::new(
+    async fn serve_native(
+        &self,
+        session: &mut Session,
+        native: Native,
+        request_id: &str,
+    ) -> Result<u16> {
+        let open = matches!(native, Native::Healthz | Native::Readyz);
+        let authorized = if open {
+            Ok(())
+        } else {
+            self.tokens
+                .check(session.get_header("authorization").map(|v| v.as_bytes()))
+                .inspect_err(|_| reject("unauthorized"))
+        };
+        let result = match (authorized, native) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Native::Healthz) => routes::health::healthz(),
+            (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
+            (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, &raw).await,
+            (Ok(()), Native::AgentDelete(raw)) => routes::agent::delete(&self.chat, &raw).await,
+            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
+            (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
             )),
-            Native::Unknown => Err(crate::error::GatewayError::new(
-                ErrorKind::NotFound,
-                "not found",
-            )),
+            (Ok(()), Native::Unknown) => Err(GatewayError::new(ErrorKind::NotFound, "not found")),
         };
-        routes::respond(session, result).await
+        if let Err(e) = &result
+            && matches!(
+                e.kind,
+                ErrorKind::PayloadTooLarge
+                    | ErrorKind::UnsupportedMediaType
+                    | ErrorKind::RequestTimeout
+            )
+        {
+            reject(e.kind.label());
+        }
+        routes::respond(session, request_id, result).await
+    }
+
+    async fn serve_chat(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+    ) -> crate::error::GatewayResult<(u16, Option<serde_json::Value>)> {
+        let body = tokio::time::timeout(
+            self.body_timeout,
+            routes::read_json_body(session, self.max_body_bytes),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::new(
+                ErrorKind::RequestTimeout,
+                "the request body did not arrive in time",
+            ))
+        });
+        let started = Instant::now();
+        let (result, waited) = UPSTREAM_WAIT
+            .scope(Default::default(), async {
+                let result = routes::chat::handle(
+                    &self.chat,
+                    &self.limits,
+                    self.max_message_chars,
+                    body,
+                    request_id,
+                )
+                .await;
+                (result, UPSTREAM_WAIT.with(|w| w.get()))
+            })
+            .await;
+        if result.is_ok() {
+            metrics::CHAT_OVERHEAD.observe(started.elapsed().saturating_sub(waited).as_secs_f64());
+        }
+        result
     }
 }

@@ -7,11 +7,10 @@ use serde_json::Value;
 use crate::chat::{ChatRequest, ChatService};
 use crate::error::{GatewayError, GatewayResult};
 use crate::ids::UserNumber;
-
-pub const MAX_MESSAGE_CHARS: usize = 4096;
+use crate::limits::ChatLimits;
 
 /// Validates a decoded body into a request; every failure is a 422 naming the field.
-pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
+pub fn decode(body: &Value, max_message_chars: usize) -> GatewayResult<ChatRequest> {
     let obj = body
         .as_object()
         .ok_or_else(|| GatewayError::invalid("body must be a JSON object"))?;
@@ -24,9 +23,9 @@ pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
         Some(Value::String(s)) if s.trim().is_empty() => {
             return Err(GatewayError::invalid("message must not be empty"));
         }
-        Some(Value::String(s)) if s.chars().count() > MAX_MESSAGE_CHARS => {
+        Some(Value::String(s)) if s.chars().count() > max_message_chars => {
             return Err(GatewayError::invalid(format!(
-                "message must be at most {MAX_MESSAGE_CHARS} characters"
+                "message must be at most {max_message_chars} characters"
             )));
         }
         Some(Value::String(s)) => s.clone(),
@@ -56,14 +55,23 @@ pub fn decode(body: &Value) -> GatewayResult<ChatRequest> {
         message,
         timeout,
         metadata,
+        request_id: None,
     })
 }
 
+/// Decodes, validates and admits a chat: nothing reaches the database or the
+/// agent service before every check here has passed.
 pub async fn handle(
     chat: &ChatService,
+    limits: &ChatLimits,
+    max_message_chars: usize,
     body: GatewayResult<Value>,
+    request_id: &str,
 ) -> GatewayResult<(u16, Option<Value>)> {
-    let request = decode(&body?)?;
+    let mut request = decode(&body?, max_message_chars)?;
+    request.request_id = Some(request_id.to_owned());
+    let _slot = limits.begin()?;
+    limits.admit(&request.user)?;
     let answer = chat.chat(request).await?;
     Ok((200, Some(answer)))
 }
@@ -73,9 +81,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const MAX: usize = 4096;
+
     #[test]
     fn decodes_valid_body() {
-        let r = decode(&json!({"user_number": "+5521999999999", "message": "oi", "timeout": 5, "metadata": {"a": 1}}))
+        let r = decode(
+            &json!({"user_number": "+5521999999999", "message": "oi", "timeout": 5, "metadata": {"a": 1}}),
+            MAX,
+        )
             .unwrap();
         assert_eq!(r.user.as_str(), "5521999999999");
         assert_eq!(r.timeout, Some(Duration::from_secs(5)));
@@ -83,7 +96,7 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field() {
-        let long = "x".repeat(MAX_MESSAGE_CHARS + 1);
+        let long = "x".repeat(MAX + 1);
         for body in [
             json!([]),
             json!({"message": "oi"}),
@@ -94,7 +107,7 @@ mod tests {
             json!({"user_number": "5521999999999", "message": "oi", "timeout": -1}),
             json!({"user_number": "5521999999999", "message": "oi", "metadata": "x"}),
         ] {
-            let err = decode(&body)
+            let err = decode(&body, MAX)
                 .err()
                 .unwrap_or_else(|| panic!("accepted {body}"));
             assert_eq!(err.status(), 422, "{body}");

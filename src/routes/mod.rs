@@ -99,21 +99,35 @@ fn method_is(
     }
 }
 
-/// Writes a JSON (or empty) response; returns the status written.
+/// Writes a handler's result as JSON (or empty); returns the status written.
+/// Error details and `Retry-After` / `WWW-Authenticate` come from the error.
 pub async fn respond(
     session: &mut Session,
+    request_id: &str,
     result: GatewayResult<(u16, Option<Value>)>,
 ) -> pingora::Result<u16> {
+    let mut headers = vec![("x-request-id", request_id.to_owned())];
     let (status, body) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if e.status() >= 500 {
-                tracing::warn!(kind = e.kind.label(), detail = %e.detail, "Request failed.");
+                tracing::warn!(request_id, kind = e.kind.label(), detail = %e.detail, "Request failed.");
+            }
+            if let Some(secs) = e.retry_after {
+                headers.push(("retry-after", secs.to_string()));
+            }
+            match e.kind {
+                ErrorKind::Unauthorized => headers.push(("www-authenticate", "Bearer".to_owned())),
+                ErrorKind::MethodNotAllowed => headers.push((
+                    "allow",
+                    e.detail.rsplit(' ').next().unwrap_or("").to_owned(),
+                )),
+                _ => {}
             }
             (e.status(), Some(e.body()))
         }
     };
-    write_json(session, status, body.as_ref()).await?;
+    write_json(session, status, body.as_ref(), &headers).await?;
     Ok(status)
 }
 
@@ -121,17 +135,18 @@ pub async fn write_json(
     session: &mut Session,
     status: u16,
     body: Option<&Value>,
+    headers: &[(&'static str, String)],
 ) -> pingora::Result<()> {
     let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let mut header = ResponseHeader::build(status, Some(4))?;
+    let mut header = ResponseHeader::build(status, Some(4 + headers.len()))?;
     if body.is_some() {
         header.insert_header("content-type", "application/json")?;
     }
     header.insert_header("content-length", bytes.len().to_string())?;
-    if status == 405 {
-        header.insert_header("allow", "GET, POST, DELETE")?;
+    for (name, value) in headers {
+        header.insert_header(*name, value.as_str())?;
     }
-    if status == 413 || status == 400 {
+    if matches!(status, 400 | 408 | 413 | 415) {
         // The rest of a rejected body may still be on the wire.
         session.set_keepalive(None);
     }

@@ -90,6 +90,8 @@ pub(crate) struct Message {
 
 #[derive(Default)]
 pub(crate) struct World {
+    /// `X-Request-Id` values seen, most recent last (bounded).
+    pub request_ids: Vec<String>,
     pub agents: HashMap<String, Agent>,
     pub messages: HashMap<String, Message>,
     pub stats: SimStats,
@@ -272,13 +274,38 @@ impl Simulator {
             .collect()
     }
 
+    /// `X-Request-Id` values the simulator has received, most recent last.
+    pub fn request_ids(&self) -> Vec<String> {
+        self.world().request_ids.clone()
+    }
+
     pub fn router(&self) -> Router {
+        let recorder = self.clone();
         Router::new()
             .route("/sim/stats", get(stats))
             .route("/sim/config", post(configure).get(current))
             .route("/sim/agents", get(agents))
             .merge(eai::routes())
             .merge(letta::routes())
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let sim = recorder.clone();
+                    async move {
+                        if let Some(id) = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            let mut world = sim.world();
+                            if world.request_ids.len() >= 1000 {
+                                world.request_ids.remove(0);
+                            }
+                            world.request_ids.push(id.to_owned());
+                        }
+                        next.run(req).await
+                    }
+                },
+            ))
             .with_state(self.clone())
     }
 

@@ -1,6 +1,8 @@
 //! The one HTTP path to the agent service: auth header, per-call timeout,
 //! capped response size, metrics per operation and outcome.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
@@ -10,10 +12,32 @@ use crate::config::AgentServiceConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::metrics;
 
+/// Time a chat spent waiting on the agent service (calls and the sleeps
+/// between polls), so the gateway can report its own overhead. Shared
+/// because the chat runs in its own task.
+#[derive(Default)]
+pub struct WaitClock(AtomicU64);
+
+impl WaitClock {
+    pub fn add(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Adds to the current task's clock, if it has one.
+    pub fn record(d: Duration) {
+        let _ = UPSTREAM_WAIT.try_with(|w| w.add(d));
+    }
+}
+
 tokio::task_local! {
-    /// Time the current chat spent waiting on agent-service calls, so the
-    /// gateway can report its own overhead.
-    pub static UPSTREAM_WAIT: std::cell::Cell<Duration>;
+    pub static UPSTREAM_WAIT: Arc<WaitClock>;
+    /// The request id of the chat being served, forwarded as `X-Request-Id`.
+    pub static REQUEST_ID: String;
 }
 
 pub struct AgentHttp {
@@ -86,7 +110,7 @@ impl AgentHttp {
         let started = Instant::now();
         let result = self.call_inner(method, path, body).await;
         let elapsed = started.elapsed();
-        let _ = UPSTREAM_WAIT.try_with(|w| w.set(w.get() + elapsed));
+        WaitClock::record(elapsed);
         metrics::AGENT_SERVICE_DURATION
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
@@ -115,6 +139,9 @@ impl AgentHttp {
         let mut req = self.client.request(method, url);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Ok(Some(id)) = REQUEST_ID.try_with(|id| (!id.is_empty()).then(|| id.clone())) {
+            req = req.header("x-request-id", id);
         }
         if let Some(body) = body {
             req = req.json(body);

@@ -31,7 +31,7 @@ const FAILED_STOP_REASONS: &[&str] = &[
 ];
 
 impl LettaClient {
-    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig) -> Self {
+    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig, pseudonym_key: &str) -> Self {
         Self {
             http,
             template: cfg
@@ -40,7 +40,7 @@ impl LettaClient {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
-            pseudonym_key: cfg.pseudonym_key.clone(),
+            pseudonym_key: pseudonym_key.to_owned(),
         }
     }
 

@@ -55,10 +55,13 @@ pub trait AgentService: Send + Sync {
     async fn poll(&self, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
 }
 
-pub fn build(cfg: &AgentServiceConfig) -> Result<Arc<dyn AgentService>, String> {
+pub fn build(
+    cfg: &AgentServiceConfig,
+    pseudonym_key: &str,
+) -> Result<Arc<dyn AgentService>, String> {
     let http = http::AgentHttp::new(cfg)?;
     Ok(match cfg.dialect {
-        Dialect::Letta => Arc::new(letta::LettaClient::new(http, cfg)),
+        Dialect::Letta => Arc::new(letta::LettaClient::new(http, cfg, pseudonym_key)),
         Dialect::Eai => Arc::new(eai::EaiClient::new(http, cfg)),
     })
 }

@@ -69,7 +69,7 @@ pub async fn until_done(
         let slept = Instant::now();
         tokio::time::sleep_until(wake).await;
         // Waiting between polls is waiting on the agent, not gateway overhead.
-        let _ = super::http::UPSTREAM_WAIT.try_with(|w| w.set(w.get() + slept.elapsed()));
+        super::http::WaitClock::record(slept.elapsed());
         polls += 1;
         match service.poll(agent, id).await {
             Ok(Poll::Pending) => {}

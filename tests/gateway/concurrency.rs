@@ -11,6 +11,8 @@ use super::support::*;
 fn replica<'a>(db: &'a TestDb, sim: std::net::SocketAddr) -> GatewaySpec<'a> {
     let mut spec = GatewaySpec::new(Dialect::Eai, db, sim);
     spec.database_extra = "  max_connections: 32\n".to_owned();
+    // Storms are the point here: raise the abuse limits above the burst.
+    spec.extra_yaml = "limits:\n  user_rate_per_min: 100000\n  user_queue_max: 1000\n  max_inflight_chats: 2000\n".to_owned();
     spec
 }
 
@@ -159,7 +161,7 @@ async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Stri
     let db = TestDb::new(DbKind::Postgres);
     let spec = |db| {
         let mut s = replica(db, sim_addr);
-        s.extra_yaml = format!("agents:\n  cache_ttl_seconds: {ttl_seconds}\n");
+        s.extra_yaml += &format!("agents:\n  cache_ttl_seconds: {ttl_seconds}\n");
         s
     };
     let a = GatewayProcess::start(spec(&db)).await;

@@ -175,8 +175,14 @@ pub struct GatewaySpec<'a> {
     pub extra_yaml: String,
     /// Extra lines under `database:`, indented by two spaces.
     pub database_extra: String,
+    /// Extra lines under `chat:`, indented by two spaces.
+    pub chat_extra: String,
     /// Leave `shutdown:` to `extra_yaml`.
     pub replace_shutdown: bool,
+    /// Extra environment variables.
+    pub env: Vec<(&'static str, String)>,
+    /// Capture the gateway's JSON logs (info level) into this file.
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 impl<'a> GatewaySpec<'a> {
@@ -188,7 +194,10 @@ impl<'a> GatewaySpec<'a> {
             default_upstream: None,
             extra_yaml: String::new(),
             database_extra: String::new(),
+            chat_extra: String::new(),
             replace_shutdown: false,
+            env: Vec::new(),
+            log_file: None,
         }
     }
 }
@@ -206,7 +215,8 @@ impl GatewayProcess {
         };
         let yaml = format!(
             "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n{shutdown}\
-             chat:\n  poll:\n    initial_delay_ms: 20\n    max_delay_ms: 200\n{}{}",
+             chat:\n  poll:\n    initial_delay_ms: 20\n    max_delay_ms: 200\n{}{}{}",
+            spec.chat_extra,
             spec.db.yaml_with(&spec.database_extra),
             spec.extra_yaml
         );
@@ -231,6 +241,16 @@ impl GatewayProcess {
             cmd.env("EAI_GATEWAY_DEFAULT_UPSTREAM", up);
         } else {
             cmd.env_remove("EAI_GATEWAY_DEFAULT_UPSTREAM");
+        }
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        if let Some(path) = &spec.log_file {
+            let file = std::fs::File::create(path).expect("log file");
+            cmd.env("RUST_LOG", "info")
+                .env("EAI_GATEWAY_LOG_FORMAT", "json")
+                .stdout(file.try_clone().expect("dup"))
+                .stderr(file);
         }
         let child = cmd.spawn().expect("spawn gateway");
         let mut gw = Self {
