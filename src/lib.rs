@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

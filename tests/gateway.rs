@@ -3,6 +3,7 @@
 //! One test binary keeps link time down on small machines.
 
 mod gateway {
+    pub mod bad_input;
     pub mod cli;
     pub mod concurrency;
     pub mod faults;

@@ -23,6 +23,12 @@ pub fn decode(body: &Value, max_message_chars: usize) -> GatewayResult<ChatReque
         Some(Value::String(s)) if s.trim().is_empty() => {
             return Err(GatewayError::invalid("message must not be empty"));
         }
+        // No agent store keeps NUL (PostgreSQL text cannot hold it).
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(GatewayError::invalid(
+                "message must not contain NUL characters",
+            ));
+        }
         Some(Value::String(s)) if s.chars().count() > max_message_chars => {
             return Err(GatewayError::invalid(format!(
                 "message must be at most {max_message_chars} characters"

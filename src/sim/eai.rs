@@ -89,6 +89,7 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
                 super::Message {
                     agent_id: agent_id.to_owned(),
                     outcome: super::Outcome::Answer,
+                    stuck_running: false,
                     text: message.to_owned(),
                     accepted_at: now,
                     ready_at: now,
@@ -150,8 +151,11 @@ async fn poll(
             reply(StatusCode::OK, json!({"status": "completed"}))
         }
         Some(Progress::Done(msg, agent)) => {
-            let mut messages = answer_messages(msg);
-            messages.retain(|m| m["message_type"] != "user_message");
+            let mut messages: Vec<Value> = answer_messages(msg)
+                .into_iter()
+                .filter(|m| m["message_type"] == "assistant_message")
+                .map(|m| json!({"message_type": m["message_type"], "content": m["content"]}))
+                .collect();
             messages.push(usage(msg));
             let processed = msg.ready_at.duration_since(msg.accepted_at).as_millis() as u64;
             reply(

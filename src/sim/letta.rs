@@ -36,6 +36,11 @@ fn agent_not_found(id: &str) -> Response {
     )
 }
 
+/// What real Letta 0.16.8 answers for a message to a missing agent.
+fn send_agent_missing() -> Response {
+    reply(StatusCode::NOT_FOUND, json!({"detail": "Agent not found"}))
+}
+
 fn run_not_found(id: &str) -> Response {
     reply(
         StatusCode::NOT_FOUND,
@@ -73,6 +78,7 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
         .map(|(_, v)| v.as_str())
         .collect();
     let name = q.iter().find(|(k, _)| k == "name").map(|(_, v)| v.as_str());
+    let match_all = q.iter().any(|(k, v)| k == "match_all_tags" && v == "true");
     let world = sim.world();
     let agents: Vec<Value> = world
         .agents
@@ -80,8 +86,14 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
         .filter(|a| name.is_none_or(|n| a.owner == n))
         .filter(|a| {
             let have = a.body.get("tags").and_then(Value::as_array);
-            tags.iter()
-                .all(|t| have.is_some_and(|h| h.iter().any(|x| x == t)))
+            let has = |t: &&str| have.is_some_and(|h| h.iter().any(|x| x == *t));
+            // Real Letta matches any listed tag unless match_all_tags=true.
+            tags.is_empty()
+                || if match_all {
+                    tags.iter().all(has)
+                } else {
+                    tags.iter().any(has)
+                }
         })
         .map(agent_state)
         .collect();
@@ -111,17 +123,17 @@ async fn history(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> 
     let Some(agent) = world.agents.get(&agent_id) else {
         return agent_not_found(&agent_id);
     };
-    let messages: Vec<Value> = agent
-        .history
-        .iter()
-        .map(|(role, content)| {
+    // Real Letta starts every history with the system prompt.
+    let system = json!({"message_type": "system_message", "content": "<base_instructions>simulated</base_instructions>"});
+    let messages: Vec<Value> = std::iter::once(system)
+        .chain(agent.history.iter().map(|(role, content)| {
             let kind = if role == "user" {
                 "user_message"
             } else {
                 "assistant_message"
             };
             json!({"message_type": kind, "content": content})
-        })
+        }))
         .collect();
     reply(StatusCode::OK, Value::Array(messages))
 }
@@ -149,7 +161,7 @@ async fn send(
             json!({"id": run_id, "status": "created", "agent_id": agent_id, "stop_reason": null,
                    "background": true, "metadata": {"run_type": "send_message_async"}}),
         ),
-        None => agent_not_found(&agent_id),
+        None => send_agent_missing(),
     }
 }
 
@@ -164,14 +176,19 @@ async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Respon
     let Some(progress) = world.progress(&run_id) else {
         return run_not_found(&run_id);
     };
+    // Real Letta: `created` until a worker picks the run up, then `running`.
     let (status, stop_reason, agent_id) = match progress {
-        Progress::Processing => (
-            "running",
-            Value::Null,
-            world.messages[&run_id].agent_id.clone(),
-        ),
+        Progress::Processing => {
+            let msg = &world.messages[&run_id];
+            let picked_up = msg.accepted_at.elapsed() >= (msg.ready_at - msg.accepted_at) / 3;
+            let status = if picked_up { "running" } else { "created" };
+            (status, Value::Null, msg.agent_id.clone())
+        }
         Progress::AgentGone(msg) => ("failed", json!("error"), msg.agent_id.clone()),
         Progress::Failed(msg) => ("failed", json!("llm_api_error"), msg.agent_id.clone()),
+        Progress::Done(msg, _) if msg.stuck_running => {
+            ("running", json!("end_turn"), msg.agent_id.clone())
+        }
         Progress::Done(msg, _) => ("completed", json!("end_turn"), msg.agent_id.clone()),
     };
     reply(
@@ -213,11 +230,13 @@ async fn run_usage(State(sim): State<Simulator>, Path(run_id): Path<String>) -> 
     match world.messages.get(&run_id) {
         None => run_not_found(&run_id),
         Some(msg) => {
-            let mut u = usage(msg);
-            if let Some(o) = u.as_object_mut() {
-                o.remove("message_type");
-            }
-            reply(StatusCode::OK, u)
+            let u = usage(msg);
+            reply(
+                StatusCode::OK,
+                json!({"completion_tokens": u["completion_tokens"], "completion_tokens_details": null,
+                       "prompt_tokens": u["prompt_tokens"], "prompt_tokens_details": null,
+                       "total_tokens": u["total_tokens"]}),
+            )
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct SimSettings {
     pub run_failure_rate: f64,
     /// A run ends completed without data (EAI) / without messages (Letta).
     pub empty_completion_rate: f64,
+    /// Letta quirk: a finished run keeps `status: running` while already
+    /// carrying its terminal `stop_reason`.
+    pub stuck_running_rate: f64,
 }
 
 impl SimSettings {
@@ -83,6 +86,8 @@ pub(crate) struct Agent {
 pub(crate) struct Message {
     pub agent_id: String,
     pub outcome: Outcome,
+    /// Letta quirk knob: report `running` even when done.
+    pub stuck_running: bool,
     pub text: String,
     pub accepted_at: Instant,
     pub ready_at: Instant,
@@ -185,6 +190,7 @@ impl World {
             Message {
                 agent_id: agent_id.to_owned(),
                 outcome,
+                stuck_running: chance(settings.stuck_running_rate),
                 text: text.to_owned(),
                 accepted_at: now,
                 ready_at: now + delay,
@@ -204,10 +210,18 @@ impl World {
     }
 }
 
+/// The run's messages, shaped like real Letta's (ids, dates, run id).
 pub(crate) fn answer_messages(msg: &Message) -> Vec<Value> {
+    let date = "2026-01-01T00:00:00+00:00";
+    let message = |kind: &str, content: String| {
+        json!({"id": format!("message-{}", uuid::Uuid::new_v4()), "date": date, "name": null,
+               "message_type": kind, "otid": uuid::Uuid::new_v4().to_string(), "sender_id": null,
+               "step_id": format!("step-{}", uuid::Uuid::new_v4()), "is_err": null, "seq_id": null,
+               "run_id": null, "content": content})
+    };
     vec![
-        json!({"message_type": "user_message", "content": msg.text}),
-        json!({"message_type": "assistant_message", "content": format!("echo: {}", msg.text)}),
+        message("user_message", msg.text.clone()),
+        message("assistant_message", format!("echo: {}", msg.text)),
     ]
 }
 

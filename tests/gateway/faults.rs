@@ -314,3 +314,19 @@ async fn sigterm_lets_in_flight_chats_finish_then_exits_zero() {
         signalled.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letta_terminal_stop_reason_on_a_running_run_is_terminal() {
+    let (sim, _db, gw) = setup(Dialect::Letta, 10).await;
+    sim.configure(SimSettings {
+        delay_ms: 30,
+        stuck_running_rate: 1.0,
+        ..SimSettings::default()
+    });
+    let started = Instant::now();
+    let (status, body) = gw.chat(USER, "preso").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: preso");
+    // Without the rule the run would look unfinished until the 180 s budget.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -191,7 +191,8 @@ async fn burst(gw: &GatewayProcess, users: &[&str]) -> Vec<(u16, Option<String>)
 async fn per_user_queue_cap_and_global_inflight_cap() {
     let (sim, _db, gw) = gateway(|s| {
         s.env.push(("EAI_GATEWAY_USER_QUEUE_MAX", "2".into()));
-        s.env.push(("EAI_GATEWAY_MAX_INFLIGHT_CHATS", "3".into()));
+        // Above the first burst, so only the queue cap acts on it.
+        s.env.push(("EAI_GATEWAY_MAX_INFLIGHT_CHATS", "5".into()));
     })
     .await;
     sim.configure(eai_gateway::sim::SimSettings::with_delay(700));
@@ -211,17 +212,12 @@ async fn per_user_queue_cap_and_global_inflight_cap() {
         "{results:?}"
     );
 
-    let users = [
-        "5521933330010",
-        "5521933330011",
-        "5521933330012",
-        "5521933330013",
-        "5521933330014",
-    ];
+    let users: Vec<String> = (10..17).map(|i| format!("55219333300{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let results = burst(&gw, &users).await;
     assert_eq!(
         results.iter().filter(|r| r.0 == 200).count(),
-        3,
+        5,
         "{results:?}"
     );
     assert_eq!(

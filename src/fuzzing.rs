@@ -1,0 +1,61 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the test that
+//! replays their corpus, so the corpus is exercised by every `cargo test`.
+
+use crate::config::Config;
+use crate::routes;
+
+/// Request decoding and validation of the native routes: JSON body of a
+/// chat, then the same bytes as a path parameter.
+pub fn decode_request(data: &[u8]) {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(req) = routes::chat::decode(&value, 4096) {
+            // What passed validation must be safe to log and to put in a URL.
+            let masked = req.user.masked();
+            assert!(!masked.contains(req.user.as_str()) || req.user.as_str().len() <= 4);
+            assert!(req.user.as_str().bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(user) = routes::agent::user_from_path(text)
+    {
+        assert!(!user.as_str().contains('/'));
+    }
+}
+
+/// Config parsing and validation (without the environment).
+pub fn parse_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(config) = Config::from_yaml(text)
+    {
+        let _ = config.validate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn replay(target: &str, run: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("corpus entry").path();
+            let data = std::fs::read(&path).expect("corpus file");
+            run(&data);
+            count += 1;
+        }
+        assert!(count >= 10, "{target}: only {count} corpus files");
+    }
+
+    #[test]
+    fn decode_request_corpus_replays_cleanly() {
+        replay("decode_request", super::decode_request);
+    }
+
+    #[test]
+    fn parse_config_corpus_replays_cleanly() {
+        replay("parse_config", super::parse_config);
+    }
+}
