@@ -7,13 +7,12 @@ use crate::routes;
 /// Request decoding and validation of the native routes: JSON body of a
 /// chat, then the same bytes as a path parameter.
 pub fn decode_request(data: &[u8]) {
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        if let Ok(req) = routes::chat::decode(&value, 4096) {
-            // What passed validation must be safe to log and to put in a URL.
-            let masked = req.user.masked();
-            assert!(!masked.contains(req.user.as_str()) || req.user.as_str().len() <= 4);
-            assert!(req.user.as_str().bytes().all(|b| b.is_ascii_graphic()));
-        }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Ok(req) = routes::chat::decode(&value, 4096)
+    {
+        // What passed validation must be safe to log and to put in a URL.
+        assert!(!req.user.masked().contains(req.user.as_str()));
+        assert!(req.user.as_str().bytes().all(|b| b.is_ascii_graphic()));
     }
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(user) = routes::agent::user_from_path(text)
