@@ -183,6 +183,8 @@ pub struct GatewaySpec<'a> {
     pub env: Vec<(&'static str, String)>,
     /// Capture the gateway's JSON logs (info level) into this file.
     pub log_file: Option<std::path::PathBuf>,
+    /// Run with this config file instead of a generated one.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl<'a> GatewaySpec<'a> {
@@ -198,6 +200,7 @@ impl<'a> GatewaySpec<'a> {
             replace_shutdown: false,
             env: Vec::new(),
             log_file: None,
+            config_file: None,
         }
     }
 }
@@ -221,6 +224,7 @@ impl GatewayProcess {
             spec.extra_yaml
         );
         std::fs::write(&config_path, yaml).expect("write config");
+        let config_path = spec.config_file.clone().unwrap_or(config_path);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_eai-gateway"));

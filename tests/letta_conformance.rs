@@ -1,0 +1,242 @@
+//! Conformance of the `letta` dialect against the real Letta server (0.16.8)
+//! that `../shared/letta-real/start.sh` runs on loopback with a fake LLM
+//! answering `echo: <message>`. Built only with `--features
+//! letta-conformance`; `tests/run-all.sh` starts the server and runs it.
+//! Every test drives the gateway over HTTP, started the way operators do:
+//! `eai-gateway run --config conf/letta-local.yaml` plus the environment.
+
+#[allow(dead_code)]
+#[path = "gateway/support.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use eai_gateway::ids::UserNumber;
+use serde_json::{Value, json};
+use support::*;
+
+/// Must match `users.pseudonym_key` in conf/letta-local.yaml.
+const PSEUDONYM_KEY: &str = "letta-local-conformance";
+
+fn letta_url() -> String {
+    std::env::var("LETTA_URL").unwrap_or_else(|_| "http://127.0.0.1:8283".to_owned())
+}
+
+/// Letta keeps its state between runs: every test uses fresh numbers.
+fn fresh_user() -> String {
+    format!("55{:011}", fastrand::u64(10_000_000_000..99_999_999_999))
+}
+
+async fn gateway(
+    db: &TestDb,
+    extra_yaml: Option<&str>,
+) -> (GatewayProcess, Option<tempfile::TempDir>) {
+    let shipped = std::path::PathBuf::from("conf/letta-local.yaml");
+    let (config, dir) = match extra_yaml {
+        None => (shipped, None),
+        Some(extra) => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("letta.yaml");
+            let base = std::fs::read_to_string(&shipped).unwrap();
+            std::fs::write(&path, format!("{base}\n{extra}")).unwrap();
+            (path, Some(dir))
+        }
+    };
+    let agent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut spec = GatewaySpec::new(Dialect::Letta, db, agent);
+    spec.agent_url = letta_url();
+    spec.config_file = Some(config);
+    (GatewayProcess::start(spec).await, dir)
+}
+
+async fn letta_get(path: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{}{path}", letta_url()))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn mapping(gw: &GatewayProcess, user: &str) -> Value {
+    reqwest::get(gw.url(&format!("/eai-gateway/agent/{user}")))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["agent_id"]
+        .clone()
+}
+
+/// Agents Letta holds for a user, found by the tag the gateway sets.
+async fn letta_agents_of(user: &str) -> Vec<String> {
+    let pseudonym = UserNumber::parse(user).unwrap().pseudonym(PSEUDONYM_KEY);
+    let (status, list) =
+        letta_get(&format!("/v1/agents/?tags=eai-user-{pseudonym}&limit=100")).await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_get_three_agents_that_echo_and_match_the_mapping() {
+    let db = TestDb::new(DbKind::Postgres);
+    let (gw, _dir) = gateway(&db, None).await;
+    let mut agents = BTreeSet::new();
+    for i in 0..3 {
+        let user = fresh_user();
+        let text = format!("olá do usuário {i}");
+        let (status, body) = gw.chat(&user, &text).await;
+        assert_eq!(status, 200, "{body}");
+        let r = &body["response"];
+        assert_eq!(r["status"], "completed");
+        let run_id = r["message_id"].as_str().unwrap();
+        assert!(run_id.starts_with("run-"), "{body}");
+        assert!(answer_text(&body).contains(&text), "{body}");
+        // The agent that answered (the run's agent_id) is the stored mapping.
+        let (_, run) = letta_get(&format!("/v1/runs/{run_id}")).await;
+        assert_eq!(run["agent_id"], r["data"]["agent_id"]);
+        assert_eq!(mapping(&gw, &user).await, run["agent_id"]);
+        // data.messages are the run's messages as Letta returns them.
+        let (_, messages) = letta_get(&format!("/v1/runs/{run_id}/messages")).await;
+        assert_eq!(r["data"]["messages"], messages);
+        assert!(
+            r["data"]["usage"]["total_tokens"]
+                .as_u64()
+                .is_some_and(|t| t > 0),
+            "{body}"
+        );
+        assert_eq!(
+            letta_agents_of(&user).await,
+            vec![run["agent_id"].as_str().unwrap().to_owned()]
+        );
+        agents.insert(run["agent_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(agents.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_stays_with_one_agent_in_order() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let turns = ["primeira pergunta", "segunda pergunta", "terceira pergunta"];
+    let mut agent = None;
+    for turn in turns {
+        let (status, body) = gw.chat(&user, turn).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(answer_text(&body), format!("echo: {turn}"));
+        let this = answering_agent(&body);
+        assert_eq!(agent.get_or_insert(this.clone()), &this);
+    }
+    let agent = agent.unwrap();
+    let (status, history) = letta_get(&format!("/v1/agents/{agent}/messages?limit=100")).await;
+    assert_eq!(status, 200);
+    let said: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["message_type"] == "user_message")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(said, turns);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_mapping_then_chat_creates_a_new_agent() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let (_, first) = gw.chat(&user, "antes").await;
+    let old = answering_agent(&first);
+    assert_eq!(mapping(&gw, &user).await, json!(old));
+    let r = reqwest::Client::new()
+        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(mapping(&gw, &user).await, Value::Null);
+    // Default: only the mapping goes; the agent stays on Letta.
+    assert_eq!(letta_get(&format!("/v1/agents/{old}")).await.0, 200);
+    let (status, second) = gw.chat(&user, "depois").await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(answering_agent(&second), old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_upstream_option_deletes_the_agent_on_letta() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_upstream_on_delete: true\n")).await;
+    let user = fresh_user();
+    let (status, first) = gw.chat(&user, "apague-me").await;
+    assert_eq!(status, 200, "{first}");
+    let old = answering_agent(&first);
+    let r = reqwest::Client::new()
+        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(letta_get(&format!("/v1/agents/{old}")).await.0, 404);
+    assert!(letta_agents_of(&user).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_deleted_on_letta_heals_on_the_next_chat() {
+    let db = TestDb::new(DbKind::Postgres);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let (_, first) = gw.chat(&user, "antes").await;
+    let old = answering_agent(&first);
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/agents/{old}", letta_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, second) = gw.chat(&user, "depois").await;
+    assert_eq!(status, 200, "{second}");
+    let new = answering_agent(&second);
+    assert_ne!(new, old);
+    assert_eq!(mapping(&gw, &user).await, json!(new));
+    assert_eq!(letta_agents_of(&user).await, vec![new]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_first_messages_leave_one_agent_on_letta() {
+    let db = TestDb::new(DbKind::Postgres);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let client = reqwest::Client::new();
+    let calls = (0..20).map(|i| {
+        let req = client
+            .post(gw.url("/eai-gateway/chat"))
+            .json(&json!({"user_number": user, "message": format!("rajada {i}")}));
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mapped = mapping(&gw, &user).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(json!(answering_agent(body)), mapped);
+    }
+    let mut agents = letta_agents_of(&user).await;
+    for _ in 0..50 {
+        if agents.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        agents = letta_agents_of(&user).await;
+    }
+    assert_eq!(agents, vec![mapped.as_str().unwrap().to_owned()]);
+}
