@@ -285,8 +285,13 @@ impl Default for ChatConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
+    /// First poll, and the gap between polls during the dense phase.
     #[serde(default = "defaults::poll_initial_delay_ms")]
     pub initial_delay_ms: u64,
+    /// Poll every `initial_delay_ms` until this long after the send, then
+    /// back off; 0 = back off from the first poll.
+    #[serde(default = "defaults::poll_dense_until_ms")]
+    pub dense_until_ms: u64,
     #[serde(default = "defaults::poll_max_delay_ms")]
     pub max_delay_ms: u64,
     #[serde(default = "defaults::poll_multiplier")]
@@ -300,6 +305,7 @@ impl Default for PollConfig {
     fn default() -> Self {
         Self {
             initial_delay_ms: defaults::poll_initial_delay_ms(),
+            dense_until_ms: defaults::poll_dense_until_ms(),
             max_delay_ms: defaults::poll_max_delay_ms(),
             multiplier: defaults::poll_multiplier(),
             jitter: defaults::poll_jitter(),
@@ -423,7 +429,10 @@ mod defaults {
         180.0
     }
     pub fn poll_initial_delay_ms() -> u64 {
-        50
+        75
+    }
+    pub fn poll_dense_until_ms() -> u64 {
+        450
     }
     pub fn poll_max_delay_ms() -> u64 {
         2000
@@ -480,12 +489,10 @@ impl Config {
         serde_yaml::from_str(text).map_err(|e| {
             // serde_yaml prefixes the dotted path when it knows it.
             let msg = e.to_string();
-            let key = msg
-                .split_once(": ")
-                .filter(|(k, _)| !k.contains(' '))
-                .map(|(k, _)| k.to_owned())
-                .unwrap_or_else(|| "<file>".into());
-            ConfigError::new(key, msg)
+            match msg.split_once(": ").filter(|(k, _)| !k.contains(' ')) {
+                Some((key, rest)) => ConfigError::new(key, rest),
+                None => ConfigError::new("<file>", msg),
+            }
         })
     }
 
@@ -695,6 +702,12 @@ impl Config {
             return Err(ConfigError::new(
                 "chat.poll.max_delay_ms",
                 "must be between chat.poll.initial_delay_ms and 60000",
+            ));
+        }
+        if p.dense_until_ms > 60_000 {
+            return Err(ConfigError::new(
+                "chat.poll.dense_until_ms",
+                "must be at most 60000",
             ));
         }
         if !(1.0..=10.0).contains(&p.multiplier) {

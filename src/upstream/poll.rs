@@ -10,8 +10,20 @@ use crate::config::PollConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 
+/// When to poll: every `initial_delay` while the answer is likely to come
+/// (`dense_until`; most agent answers take well under a second), then
+/// exponential backoff from twice that up to `max_delay`, with jitter.
+///
+/// Why the dense phase: with pure doubling (50, 100, 200, 400 ms…) an answer
+/// ready at 260 ms is seen at 350 ms and one at 360 ms only at 750 ms, so the
+/// added latency of a 300 ms answer would swing by hundreds of ms. A fixed
+/// gap bounds it by the gap, for a handful of extra polls.
 pub struct PollSchedule {
+    initial: Duration,
+    dense_until: Duration,
+    /// Next backoff delay once past the dense phase.
     next: Duration,
+    elapsed: Duration,
     max: Duration,
     multiplier: f64,
     jitter: f64,
@@ -19,8 +31,12 @@ pub struct PollSchedule {
 
 impl PollSchedule {
     pub fn new(cfg: &PollConfig) -> Self {
+        let initial = cfg.initial_delay();
         Self {
-            next: cfg.initial_delay(),
+            initial,
+            dense_until: Duration::from_millis(cfg.dense_until_ms),
+            next: initial.mul_f64(cfg.multiplier).min(cfg.max_delay()),
+            elapsed: Duration::ZERO,
             max: cfg.max_delay(),
             multiplier: cfg.multiplier,
             jitter: cfg.jitter,
@@ -29,8 +45,14 @@ impl PollSchedule {
 
     /// The delay before the next poll.
     pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = base.mul_f64(self.multiplier).min(self.max);
+        let base = if self.elapsed + self.initial <= self.dense_until {
+            self.initial
+        } else {
+            let base = self.next;
+            self.next = base.mul_f64(self.multiplier).min(self.max);
+            base
+        };
+        self.elapsed += base;
         // Jitter spreads the polls of chats that started together.
         let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
         base.mul_f64(factor.max(0.0)).min(self.max)
@@ -89,23 +111,61 @@ pub async fn until_done(
 mod tests {
     use super::*;
 
+    fn cfg(jitter: f64) -> PollConfig {
+        PollConfig {
+            jitter,
+            ..PollConfig::default()
+        }
+    }
+
+    /// Poll times (ms after the send) up to `until`.
+    fn poll_times(cfg: &PollConfig, until: u128) -> Vec<u128> {
+        let mut s = PollSchedule::new(cfg);
+        let mut t = 0;
+        let mut times = Vec::new();
+        while t < until {
+            t += s.next_delay().as_millis();
+            times.push(t);
+        }
+        times
+    }
+
     #[test]
-    fn backoff_grows_to_the_cap() {
-        let cfg = PollConfig {
-            initial_delay_ms: 50,
-            max_delay_ms: 2000,
-            multiplier: 2.0,
-            jitter: 0.0,
-        };
-        let mut s = PollSchedule::new(&cfg);
-        let delays: Vec<u128> = (0..8).map(|_| s.next_delay().as_millis()).collect();
-        assert_eq!(delays, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    fn dense_then_exponential_to_the_cap() {
+        let times = poll_times(&cfg(0.0), 10_000);
+        assert_eq!(
+            &times[..11],
+            [75, 150, 225, 300, 375, 450, 600, 900, 1500, 2700, 4700]
+        );
+        assert!(times.windows(2).skip(10).all(|w| w[1] - w[0] == 2000));
+    }
+
+    #[test]
+    fn default_schedule_meets_the_poll_budgets() {
+        // Polls needed to see an answer ready at 3 s and at 30 s.
+        for (ready, budget) in [(3_000, 12), (30_000, 25)] {
+            for jitter in [0.0, 0.2] {
+                for _ in 0..50 {
+                    let n = poll_times(&cfg(jitter), ready).len();
+                    assert!(n <= budget, "{n} polls for {ready} ms (jitter {jitter})");
+                }
+            }
+        }
+        // Around a 300 ± 100 ms answer no gap exceeds initial_delay (+jitter).
+        for _ in 0..50 {
+            let times = poll_times(&cfg(0.2), 500);
+            assert!(
+                times.windows(2).all(|w| w[1] - w[0] <= 90 || w[0] > 400),
+                "{times:?}"
+            );
+        }
     }
 
     #[test]
     fn jitter_stays_within_bounds() {
         let cfg = PollConfig {
             initial_delay_ms: 100,
+            dense_until_ms: 0,
             max_delay_ms: 100,
             multiplier: 2.0,
             jitter: 0.5,
