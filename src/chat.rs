@@ -186,16 +186,22 @@ impl Inner {
         req: &ChatRequest,
         deadline: Instant,
     ) -> GatewayResult<Attempt> {
-        let id = match self
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let sent = self
             .agents
-            .send(agent, &req.message, req.metadata.as_ref())
-            .await?
-        {
-            Sent::Accepted(id) => id,
+            .send(agent, &req.message, req.metadata.as_ref(), budget)
+            .await?;
+        let (id, finished) = match sent {
+            Sent::Accepted(id) => {
+                let finished =
+                    poll::until_done(self.agents.as_ref(), agent, &id, &self.poll, deadline)
+                        .await?;
+                (id, finished)
+            }
+            // Synchronous delivery: answered without a single poll.
+            Sent::Answered { id, outcome } => (id, poll::Finished { outcome, polls: 0 }),
             Sent::AgentGone => return Ok(Attempt::AgentGone),
         };
-        let finished =
-            poll::until_done(self.agents.as_ref(), agent, &id, &self.poll, deadline).await?;
         metrics::CHAT_POLLS.observe(f64::from(finished.polls));
         match finished.outcome {
             Poll::Completed(data) => Ok(Attempt::Answered(json!({

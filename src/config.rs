@@ -233,12 +233,27 @@ pub struct LettaConfig {
     /// Body of `POST /v1/agents/`; the gateway adds `name` and `tags`.
     #[serde(default = "defaults::letta_template")]
     pub agent_template: Value,
+    /// How a message is delivered and its answer learned.
+    #[serde(default)]
+    pub delivery: LettaDelivery,
+}
+
+/// `poll`: async send, then poll the run (default; survives a dropped
+/// connection, works through proxies that cut long requests). `sync`: one
+/// synchronous send held open until the answer exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LettaDelivery {
+    #[default]
+    Poll,
+    Sync,
 }
 
 impl Default for LettaConfig {
     fn default() -> Self {
         Self {
             agent_template: defaults::letta_template(),
+            delivery: LettaDelivery::default(),
         }
     }
 }

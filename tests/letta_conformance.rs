@@ -240,3 +240,28 @@ async fn twenty_concurrent_first_messages_leave_one_agent_on_letta() {
     }
     assert_eq!(agents, vec![mapped.as_str().unwrap().to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_delivery_mode_works_against_letta() {
+    let db = TestDb::new(DbKind::Sqlite);
+    // The shipped file has no `agent_service.letta.delivery`; write a copy with it.
+    let base = std::fs::read_to_string("conf/letta-local.yaml").unwrap();
+    let with_sync = base.replace("  letta:\n", "  letta:\n    delivery: sync\n");
+    assert_ne!(base, with_sync);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yaml");
+    std::fs::write(&path, with_sync).unwrap();
+    let agent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut spec = GatewaySpec::new(Dialect::Letta, &db, agent);
+    spec.agent_url = letta_url();
+    spec.config_file = Some(path);
+    let gw = GatewayProcess::start(spec).await;
+    let user = fresh_user();
+    let (status, body) = gw.chat(&user, "síncrono").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: síncrono");
+    let run_id = body["response"]["message_id"].as_str().unwrap();
+    let (_, run) = letta_get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run["agent_id"], body["response"]["data"]["agent_id"]);
+    assert_eq!(mapping(&gw, &user).await, run["agent_id"]);
+}

@@ -18,7 +18,10 @@ pub fn routes() -> Router<Simulator> {
         )
         .route("/v1/agents/", post(create).get(list))
         .route("/v1/agents/{agent_id}", get(show).delete(remove))
-        .route("/v1/agents/{agent_id}/messages", get(history))
+        .route(
+            "/v1/agents/{agent_id}/messages",
+            get(history).post(send_sync),
+        )
         .route("/v1/agents/{agent_id}/messages/async", post(send))
         .route("/v1/runs/{run_id}", get(run))
         .route("/v1/runs/{run_id}/messages", get(run_messages))
@@ -162,6 +165,63 @@ async fn send(
                    "background": true, "metadata": {"run_type": "send_message_async"}}),
         ),
         None => send_agent_missing(),
+    }
+}
+
+/// `POST /v1/agents/{id}/messages`: the synchronous send, answering when the
+/// run is done, shaped like real Letta's (assistant messages, stop reason,
+/// usage).
+async fn send_sync(
+    State(sim): State<Simulator>,
+    Path(agent_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let text = body
+        .pointer("/messages/0/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let settings = sim.settings();
+    if super::chance(settings.send_error_rate) {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "simulated failure sending"}),
+        );
+    }
+    let Some(run_id) = sim.world().accept(&agent_id, &text, &settings, "run-") else {
+        return send_agent_missing();
+    };
+    let ready_at = sim.world().messages.get(&run_id).map(|m| m.ready_at);
+    if let Some(at) = ready_at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+    let world = sim.world();
+    match world.progress(&run_id) {
+        Some(Progress::Done(msg, _)) if msg.outcome != super::Outcome::Empty => {
+            let messages: Vec<Value> = answer_messages(msg)
+                .into_iter()
+                .filter(|m| m["message_type"] == "assistant_message")
+                .map(|mut m| {
+                    m["run_id"] = json!(run_id);
+                    m
+                })
+                .collect();
+            reply(
+                StatusCode::OK,
+                json!({"messages": messages,
+                       "stop_reason": {"message_type": "stop_reason", "stop_reason": "end_turn"},
+                       "usage": usage(msg)}),
+            )
+        }
+        Some(Progress::Done(..)) => reply(
+            StatusCode::OK,
+            json!({"messages": [], "stop_reason": {"message_type": "stop_reason", "stop_reason": "end_turn"}, "usage": null}),
+        ),
+        Some(Progress::Failed(_)) => reply(
+            StatusCode::OK,
+            json!({"messages": [], "stop_reason": {"message_type": "stop_reason", "stop_reason": "llm_api_error"}, "usage": null}),
+        ),
+        _ => send_agent_missing(),
     }
 }
 

@@ -25,6 +25,8 @@ use serde_json::{Value, json};
 pub struct SimSettings {
     /// How long the "agent" takes to answer a message.
     pub delay_ms: u64,
+    /// Each answer takes `delay_ms` ± up to this much (uniform).
+    pub delay_jitter_ms: u64,
     /// Agent creation answers 500.
     pub create_error_rate: f64,
     /// A send answers 500 without accepting the message.
@@ -165,7 +167,13 @@ impl World {
         settings: &SimSettings,
         prefix: &str,
     ) -> Option<String> {
-        let delay = Duration::from_millis(settings.delay_ms);
+        let jitter = settings.delay_jitter_ms as i64;
+        let spread = if jitter > 0 {
+            fastrand::i64(-jitter..=jitter)
+        } else {
+            0
+        };
+        let delay = Duration::from_millis((settings.delay_ms as i64 + spread).max(0) as u64);
         let outcome = if chance(settings.run_failure_rate) {
             Outcome::Failure
         } else if chance(settings.empty_completion_rate) {
@@ -299,6 +307,7 @@ impl Simulator {
             .route("/sim/stats", get(stats))
             .route("/sim/config", post(configure).get(current))
             .route("/sim/agents", get(agents))
+            .route("/sim/payload", get(payload))
             .merge(eai::routes())
             .merge(letta::routes())
             .layer(axum::middleware::from_fn(
@@ -351,6 +360,13 @@ async fn configure(
 ) -> Json<SimSettings> {
     sim.configure(new.clone());
     Json(new)
+}
+
+/// `?bytes=N` (default 1024, at most 1 MiB) of payload: a plain backend for
+/// pass-through benchmarks.
+async fn payload(axum::extract::Query(q): axum::extract::Query<HashMap<String, usize>>) -> Vec<u8> {
+    let n = q.get("bytes").copied().unwrap_or(1024).min(1 << 20);
+    vec![b'x'; n]
 }
 
 async fn current(State(sim): State<Simulator>) -> Json<SimSettings> {

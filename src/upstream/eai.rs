@@ -82,6 +82,7 @@ impl AgentService for EaiClient {
         agent: &AgentId,
         message: &str,
         metadata: Option<&Value>,
+        _budget: std::time::Duration,
     ) -> GatewayResult<Sent> {
         let body = json!({"agent_id": agent.as_str(), "message": message, "metadata": metadata});
         let reply = self

@@ -107,8 +107,22 @@ impl AgentHttp {
         path: &str,
         body: Option<&Value>,
     ) -> GatewayResult<Reply> {
+        self.call_with_timeout(operation, method, path, body, None)
+            .await
+    }
+
+    /// `call` with a timeout other than `agent_service.request_timeout_ms`
+    /// (a synchronous send waits for the whole answer).
+    pub async fn call_with_timeout(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> GatewayResult<Reply> {
         let started = Instant::now();
-        let result = self.call_inner(method, path, body).await;
+        let result = self.call_inner(method, path, body, timeout).await;
         let elapsed = started.elapsed();
         WaitClock::record(elapsed);
         metrics::AGENT_SERVICE_DURATION
@@ -132,11 +146,15 @@ impl AgentHttp {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        timeout: Option<Duration>,
     ) -> GatewayResult<Reply> {
         let url = self.base.join(path).map_err(|e| {
             GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
         })?;
         let mut req = self.client.request(method, url);
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
+        }
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }

@@ -7,12 +7,15 @@ use serde_json::{Value, json};
 
 use super::http::AgentHttp;
 use super::{AgentService, Deleted, Poll, Sent, safe_id};
-use crate::config::AgentServiceConfig;
-use crate::error::{GatewayError, GatewayResult};
+use std::time::Duration;
+
+use crate::config::{AgentServiceConfig, LettaDelivery};
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 
 pub struct LettaClient {
     http: AgentHttp,
+    delivery: LettaDelivery,
     template: serde_json::Map<String, Value>,
     pseudonym_key: String,
 }
@@ -33,6 +36,7 @@ const FAILED_STOP_REASONS: &[&str] = &[
 impl LettaClient {
     pub fn new(http: AgentHttp, cfg: &AgentServiceConfig, pseudonym_key: &str) -> Self {
         Self {
+            delivery: cfg.letta.delivery,
             http,
             template: cfg
                 .letta
@@ -52,6 +56,67 @@ impl LettaClient {
 
     pub fn user_tag(pseudonym: &str) -> String {
         format!("eai-user-{pseudonym}")
+    }
+
+    /// Synchronous delivery: one `POST /v1/agents/{id}/messages` that returns
+    /// when the run is done, so the answer is seen the moment it exists
+    /// instead of at the next poll. Its messages are the run's output (no
+    /// echo of the user message, unlike `GET /v1/runs/{id}/messages`).
+    async fn send_sync(
+        &self,
+        agent: &AgentId,
+        body: &Value,
+        budget: Duration,
+    ) -> GatewayResult<Sent> {
+        let path = format!("v1/agents/{agent}/messages");
+        let reply = match self
+            .http
+            .call_with_timeout("send_sync", Method::POST, &path, Some(body), Some(budget))
+            .await
+        {
+            Ok(reply) => reply,
+            // The message was delivered; only the wait ran out.
+            Err(e) if e.detail.contains("timed out") => {
+                return Err(GatewayError::new(
+                    ErrorKind::PollTimeout,
+                    "the agent did not answer within the budget",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        match reply.status {
+            StatusCode::NOT_FOUND => return Ok(Sent::AgentGone),
+            s if !s.is_success() => {
+                return Err(GatewayError::agent_service(format!(
+                    "agent service refused the message ({})",
+                    reply.reason()
+                )));
+            }
+            _ => {}
+        }
+        let messages = reply.body.get("messages").cloned().unwrap_or(Value::Null);
+        let stop = reply
+            .body
+            .pointer("/stop_reason/stop_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("end_turn");
+        let id = messages
+            .as_array()
+            .and_then(|m| m.iter().find_map(|m| m.get("run_id")))
+            .and_then(|id| safe_id(Some(id), "run id").ok())
+            .unwrap_or_else(|| format!("sync-{}", uuid::Uuid::new_v4()));
+        let outcome = if FAILED_STOP_REASONS.contains(&stop) {
+            Poll::Failed(format!("agent run {stop}"))
+        } else if messages.as_array().is_none_or(Vec::is_empty) {
+            Poll::Failed("agent run completed without messages".into())
+        } else {
+            Poll::Completed(json!({
+                "messages": messages,
+                "agent_id": agent.as_str(),
+                "usage": reply.body.get("usage").cloned().unwrap_or(Value::Null),
+            }))
+        };
+        Ok(Sent::Answered { id, outcome })
     }
 
     async fn finished(&self, run_id: &str, run: &Value, succeeded: bool) -> GatewayResult<Poll> {
@@ -163,8 +228,12 @@ impl AgentService for LettaClient {
         agent: &AgentId,
         message: &str,
         _metadata: Option<&Value>,
+        budget: Duration,
     ) -> GatewayResult<Sent> {
         let body = json!({"messages": [{"role": "user", "content": message}]});
+        if self.delivery == LettaDelivery::Sync {
+            return self.send_sync(agent, &body, budget).await;
+        }
         let reply = self
             .http
             .call(

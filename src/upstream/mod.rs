@@ -21,6 +21,9 @@ pub enum Sent {
     Accepted(String),
     /// The agent does not exist upstream; nothing was delivered.
     AgentGone,
+    /// Delivered and already answered (synchronous delivery): `id` is the
+    /// message id for the caller, `outcome` what a poll would have returned.
+    Answered { id: String, outcome: Poll },
 }
 
 /// What one poll saw.
@@ -44,12 +47,14 @@ pub enum Deleted {
 pub trait AgentService: Send + Sync {
     async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId>;
     async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted>;
-    /// Never retried: each call may create a message upstream.
+    /// Never retried: each call may create a message upstream. `budget` is
+    /// what is left of the chat's polling budget.
     async fn send(
         &self,
         agent: &AgentId,
         message: &str,
         metadata: Option<&Value>,
+        budget: std::time::Duration,
     ) -> GatewayResult<Sent>;
     /// Idempotent; safe to retry.
     async fn poll(&self, agent: &AgentId, id: &str) -> GatewayResult<Poll>;

@@ -11,8 +11,10 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 
 /// When to poll: every `initial_delay` while the answer is likely to come
-/// (`dense_until`; most agent answers take well under a second), then
-/// exponential backoff from twice that up to `max_delay`, with jitter.
+/// (`dense_until` after the send; most agent answers take well under a
+/// second), then exponential backoff up to `max_delay`, with jitter. The
+/// backoff starts at `dense_until × (multiplier − 1)`, so its first poll
+/// comes when the time already waited has grown by `multiplier`.
 ///
 /// Why the dense phase: with pure doubling (50, 100, 200, 400 ms…) an answer
 /// ready at 260 ms is seen at 350 ms and one at 360 ms only at 750 ms, so the
@@ -35,7 +37,10 @@ impl PollSchedule {
         Self {
             initial,
             dense_until: Duration::from_millis(cfg.dense_until_ms),
-            next: initial.mul_f64(cfg.multiplier).min(cfg.max_delay()),
+            next: Duration::from_millis(cfg.dense_until_ms)
+                .mul_f64(cfg.multiplier - 1.0)
+                .max(initial)
+                .min(cfg.max_delay()),
             elapsed: Duration::ZERO,
             max: cfg.max_delay(),
             multiplier: cfg.multiplier,
@@ -45,17 +50,18 @@ impl PollSchedule {
 
     /// The delay before the next poll.
     pub fn next_delay(&mut self) -> Duration {
-        let base = if self.elapsed + self.initial <= self.dense_until {
+        let base = if self.elapsed < self.dense_until {
             self.initial
         } else {
             let base = self.next;
             self.next = base.mul_f64(self.multiplier).min(self.max);
             base
         };
-        self.elapsed += base;
         // Jitter spreads the polls of chats that started together.
         let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
-        base.mul_f64(factor.max(0.0)).min(self.max)
+        let delay = base.mul_f64(factor.max(0.0)).min(self.max);
+        self.elapsed += delay;
+        delay
     }
 }
 
@@ -134,10 +140,10 @@ mod tests {
     fn dense_then_exponential_to_the_cap() {
         let times = poll_times(&cfg(0.0), 10_000);
         assert_eq!(
-            &times[..11],
-            [75, 150, 225, 300, 375, 450, 600, 900, 1500, 2700, 4700]
+            &times[..10],
+            [75, 150, 225, 300, 375, 450, 900, 1800, 3600, 5600]
         );
-        assert!(times.windows(2).skip(10).all(|w| w[1] - w[0] == 2000));
+        assert!(times.windows(2).skip(9).all(|w| w[1] - w[0] == 2000));
     }
 
     #[test]

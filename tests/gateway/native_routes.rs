@@ -238,3 +238,34 @@ async fn wrong_method_and_unknown_native_path() {
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["detail"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letta_sync_delivery_answers_without_polling_and_heals() {
+    let (sim, sim_addr) = simulator(300).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let mut spec = GatewaySpec::new(Dialect::Letta, &db, sim_addr);
+    spec.agent_extra = "  letta:\n    delivery: sync\n".into();
+    let gw = GatewayProcess::start(spec).await;
+    let (status, body) = gw.chat("5521987650007", "direto").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: direto");
+    assert!(
+        body["response"]["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("run-"),
+        "{body}"
+    );
+    let old = answering_agent(&body);
+    sim.delete_agent(&old);
+    let (status, body) = gw.chat("5521987650007", "de novo").await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(answering_agent(&body), old);
+    let page = gw.metrics_text().await;
+    assert!(page.contains("eai_gateway_chat_polls_sum 0"), "{page}");
+    assert!(
+        page.contains(r#"operation="send_sync",outcome="ok""#),
+        "{page}"
+    );
+    assert!(!page.contains(r#"operation="poll""#), "{page}");
+}

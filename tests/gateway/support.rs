@@ -177,6 +177,8 @@ pub struct GatewaySpec<'a> {
     pub database_extra: String,
     /// Extra lines under `chat:`, indented by two spaces.
     pub chat_extra: String,
+    /// Extra lines under `agent_service:`, indented by two spaces.
+    pub agent_extra: String,
     /// Leave `shutdown:` to `extra_yaml`.
     pub replace_shutdown: bool,
     /// Extra environment variables.
@@ -197,6 +199,7 @@ impl<'a> GatewaySpec<'a> {
             extra_yaml: String::new(),
             database_extra: String::new(),
             chat_extra: String::new(),
+            agent_extra: String::new(),
             replace_shutdown: false,
             env: Vec::new(),
             log_file: None,
@@ -217,8 +220,9 @@ impl GatewayProcess {
             "shutdown:\n  drain_seconds: 1\n"
         };
         let yaml = format!(
-            "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n{shutdown}\
+            "agent_service:\n  dialect: eai\n  url: http://127.0.0.1:9\n{}{shutdown}\
              chat:\n  poll:\n    initial_delay_ms: 20\n    max_delay_ms: 200\n{}{}{}",
+            spec.agent_extra,
             spec.chat_extra,
             spec.db.yaml_with(&spec.database_extra),
             spec.extra_yaml
