@@ -46,6 +46,9 @@ pub struct Config {
     /// Worker threads of the proxy service.
     #[serde(default = "defaults::threads")]
     pub threads: usize,
+    /// Read buffer per client connection (Pingora's default is 64 KiB).
+    #[serde(default = "defaults::read_buffer_bytes")]
+    pub read_buffer_bytes: usize,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
@@ -221,6 +224,9 @@ pub struct AgentServiceConfig {
     /// Largest agent-service response body the gateway will read.
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept to the agent service.
+    #[serde(default = "defaults::max_idle_connections")]
+    pub max_idle_connections: usize,
     #[serde(default)]
     pub letta: LettaConfig,
     #[serde(default)]
@@ -300,10 +306,13 @@ impl Default for ChatConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
-    /// First poll, and the gap between polls during the dense phase.
+    /// Delay of the first poll after the send.
     #[serde(default = "defaults::poll_initial_delay_ms")]
     pub initial_delay_ms: u64,
-    /// Poll every `initial_delay_ms` until this long after the send, then
+    /// Gap between polls during the dense phase.
+    #[serde(default = "defaults::poll_dense_interval_ms")]
+    pub dense_interval_ms: u64,
+    /// Poll every `dense_interval_ms` until this long after the send, then
     /// back off; 0 = back off from the first poll.
     #[serde(default = "defaults::poll_dense_until_ms")]
     pub dense_until_ms: u64,
@@ -320,6 +329,7 @@ impl Default for PollConfig {
     fn default() -> Self {
         Self {
             initial_delay_ms: defaults::poll_initial_delay_ms(),
+            dense_interval_ms: defaults::poll_dense_interval_ms(),
             dense_until_ms: defaults::poll_dense_until_ms(),
             max_delay_ms: defaults::poll_max_delay_ms(),
             multiplier: defaults::poll_multiplier(),
@@ -385,6 +395,9 @@ mod defaults {
     pub fn threads() -> usize {
         2
     }
+    pub fn read_buffer_bytes() -> usize {
+        4096
+    }
     pub fn drain_seconds() -> u64 {
         10
     }
@@ -405,6 +418,9 @@ mod defaults {
     }
     pub fn max_response_bytes() -> usize {
         4 * 1024 * 1024
+    }
+    pub fn max_idle_connections() -> usize {
+        256
     }
     pub fn pseudonym_key() -> String {
         "eai-gateway".into()
@@ -444,10 +460,13 @@ mod defaults {
         180.0
     }
     pub fn poll_initial_delay_ms() -> u64 {
+        25
+    }
+    pub fn poll_dense_interval_ms() -> u64 {
         75
     }
     pub fn poll_dense_until_ms() -> u64 {
-        450
+        400
     }
     pub fn poll_max_delay_ms() -> u64 {
         2000
@@ -574,6 +593,12 @@ impl Config {
                     "must differ from listen",
                 ));
             }
+        }
+        if !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
+            return Err(ConfigError::new(
+                "read_buffer_bytes",
+                "must be between 1024 and 1048576",
+            ));
         }
         if !(1..=256).contains(&self.threads) {
             return Err(ConfigError::new("threads", "must be between 1 and 256"));
@@ -717,6 +742,12 @@ impl Config {
             return Err(ConfigError::new(
                 "chat.poll.max_delay_ms",
                 "must be between chat.poll.initial_delay_ms and 60000",
+            ));
+        }
+        if p.dense_interval_ms == 0 || p.dense_interval_ms > 60_000 {
+            return Err(ConfigError::new(
+                "chat.poll.dense_interval_ms",
+                "must be between 1 and 60000",
             ));
         }
         if p.dense_until_ms > 60_000 {

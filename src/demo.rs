@@ -32,9 +32,13 @@ pub fn demo_config(opts: &DemoOptions, simulator: &str) -> Result<Config, String
 }
 
 /// Starts the simulator on its own runtime thread; returns its address.
-pub fn start_simulator(addr: &str, delay_ms: u64) -> Result<std::net::SocketAddr, String> {
+pub fn start_simulator(
+    addr: &str,
+    delay_ms: u64,
+    threads: usize,
+) -> Result<std::net::SocketAddr, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;

@@ -52,6 +52,9 @@ enum Command {
         listen: String,
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
+        /// Worker threads of the simulator's runtime.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
                 delay_ms,
                 database,
             };
-            let sim = match demo::start_simulator(&opts.simulator_listen, opts.delay_ms) {
+            let sim = match demo::start_simulator(&opts.simulator_listen, opts.delay_ms, 1) {
                 Ok(addr) => addr.to_string(),
                 Err(e) => return fail(&e),
             };
@@ -107,7 +110,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Simulate { listen, delay_ms } => match demo::start_simulator(&listen, delay_ms) {
+        Command::Simulate {
+            listen,
+            delay_ms,
+            threads,
+        } => match demo::start_simulator(&listen, delay_ms, threads) {
             Ok(addr) => {
                 println!("simulator listening on http://{addr}");
                 loop {

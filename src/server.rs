@@ -7,6 +7,7 @@ use std::time::Duration;
 use pingora::server::ExecutionPhase;
 use tokio::sync::broadcast::error::RecvError;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
@@ -102,7 +103,13 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
         inflight: inflight.clone(),
     };
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "eai-gateway");
-    proxy.add_tcp(&cfg.listen);
+    // Pingora's default read buffer is 64 KiB per client connection: with
+    // thousands of chats held open that dominates memory. Small JSON requests
+    // fit in a few KiB; larger bodies still stream, in more reads.
+    proxy.add_listener(
+        ListenerConfig::tcp(cfg.listen.clone())
+            .l4_buffer(L4BufferSettings::default().read(cfg.read_buffer_bytes)),
+    );
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {

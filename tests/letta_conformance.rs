@@ -153,12 +153,7 @@ async fn delete_mapping_then_chat_creates_a_new_agent() {
     let (_, first) = gw.chat(&user, "antes").await;
     let old = answering_agent(&first);
     assert_eq!(mapping(&gw, &user).await, json!(old));
-    let r = reqwest::Client::new()
-        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(gw.forget(&user).await, 204);
     assert_eq!(mapping(&gw, &user).await, Value::Null);
     // Default: only the mapping goes; the agent stays on Letta.
     assert_eq!(letta_get(&format!("/v1/agents/{old}")).await.0, 200);
@@ -175,12 +170,7 @@ async fn delete_with_upstream_option_deletes_the_agent_on_letta() {
     let (status, first) = gw.chat(&user, "apague-me").await;
     assert_eq!(status, 200, "{first}");
     let old = answering_agent(&first);
-    let r = reqwest::Client::new()
-        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(gw.forget(&user).await, 204);
     assert_eq!(letta_get(&format!("/v1/agents/{old}")).await.0, 404);
     assert!(letta_agents_of(&user).await.is_empty());
 }

@@ -141,30 +141,36 @@ async fn history(State(sim): State<Simulator>, Path(agent_id): Path<String>) -> 
     reply(StatusCode::OK, Value::Array(messages))
 }
 
+/// Accepts a message for an agent, as both sends do; `Err` is the reply.
+fn accept(sim: &Simulator, agent_id: &str, body: &Value) -> Result<String, Box<Response>> {
+    let text = body
+        .pointer("/messages/0/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let settings = sim.settings();
+    if super::chance(settings.send_error_rate) {
+        return Err(Box::new(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "simulated failure sending"}),
+        )));
+    }
+    sim.world()
+        .accept(agent_id, text, &settings, "run-")
+        .ok_or_else(|| Box::new(send_agent_missing()))
+}
+
 async fn send(
     State(sim): State<Simulator>,
     Path(agent_id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    let text = body
-        .pointer("/messages/0/content")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let settings = sim.settings();
-    if super::chance(settings.send_error_rate) {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"detail": "simulated failure sending"}),
-        );
-    }
-    match sim.world().accept(&agent_id, &text, &settings, "run-") {
-        Some(run_id) => reply(
+    match accept(&sim, &agent_id, &body) {
+        Ok(run_id) => reply(
             StatusCode::OK,
             json!({"id": run_id, "status": "created", "agent_id": agent_id, "stop_reason": null,
                    "background": true, "metadata": {"run_type": "send_message_async"}}),
         ),
-        None => send_agent_missing(),
+        Err(response) => *response,
     }
 }
 
@@ -176,20 +182,9 @@ async fn send_sync(
     Path(agent_id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    let text = body
-        .pointer("/messages/0/content")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let settings = sim.settings();
-    if super::chance(settings.send_error_rate) {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"detail": "simulated failure sending"}),
-        );
-    }
-    let Some(run_id) = sim.world().accept(&agent_id, &text, &settings, "run-") else {
-        return send_agent_missing();
+    let run_id = match accept(&sim, &agent_id, &body) {
+        Ok(run_id) => run_id,
+        Err(response) => return *response,
     };
     let ready_at = sim.world().messages.get(&run_id).map(|m| m.ready_at);
     if let Some(at) = ready_at {

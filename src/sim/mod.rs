@@ -59,6 +59,14 @@ pub(crate) enum Outcome {
     Empty,
 }
 
+/// A message starting with `[delay=NNN]` takes NNN ms: lets a benchmark know
+/// each answer's exact processing time in either dialect.
+fn requested_delay(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix("[delay=")?;
+    let (ms, _) = rest.split_once(']')?;
+    ms.parse::<u64>().ok().filter(|ms| *ms <= 600_000)
+}
+
 pub(crate) fn chance(rate: f64) -> bool {
     rate > 0.0 && fastrand::f64() < rate
 }
@@ -167,13 +175,18 @@ impl World {
         settings: &SimSettings,
         prefix: &str,
     ) -> Option<String> {
-        let jitter = settings.delay_jitter_ms as i64;
-        let spread = if jitter > 0 {
-            fastrand::i64(-jitter..=jitter)
-        } else {
-            0
+        let delay = match requested_delay(text) {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                let jitter = settings.delay_jitter_ms as i64;
+                let spread = if jitter > 0 {
+                    fastrand::i64(-jitter..=jitter)
+                } else {
+                    0
+                };
+                Duration::from_millis((settings.delay_ms as i64 + spread).max(0) as u64)
+            }
         };
-        let delay = Duration::from_millis((settings.delay_ms as i64 + spread).max(0) as u64);
         let outcome = if chance(settings.run_failure_rate) {
             Outcome::Failure
         } else if chance(settings.empty_completion_rate) {

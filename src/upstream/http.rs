@@ -83,6 +83,9 @@ impl AgentHttp {
             .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(30))
+            // Idle keep-alive connections cost buffers each; thousands of
+            // chats polling at once would otherwise leave thousands behind.
+            .pool_max_idle_per_host(cfg.max_idle_connections)
             .build()
             .map_err(|e| e.to_string())?;
         let mut base = Url::parse(&cfg.url).map_err(|e| e.to_string())?;

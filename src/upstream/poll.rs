@@ -10,7 +10,8 @@ use crate::config::PollConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 
-/// When to poll: every `initial_delay` while the answer is likely to come
+/// When to poll: first after `initial_delay` (short: a quick answer is seen
+/// quickly), then every `dense_interval` while the answer is likely to come
 /// (`dense_until` after the send; most agent answers take well under a
 /// second), then exponential backoff up to `max_delay`, with jitter. The
 /// backoff starts at `dense_until × (multiplier − 1)`, so its first poll
@@ -22,6 +23,7 @@ use crate::ids::AgentId;
 /// gap bounds it by the gap, for a handful of extra polls.
 pub struct PollSchedule {
     initial: Duration,
+    dense_interval: Duration,
     dense_until: Duration,
     /// Next backoff delay once past the dense phase.
     next: Duration,
@@ -36,6 +38,7 @@ impl PollSchedule {
         let initial = cfg.initial_delay();
         Self {
             initial,
+            dense_interval: Duration::from_millis(cfg.dense_interval_ms),
             dense_until: Duration::from_millis(cfg.dense_until_ms),
             next: Duration::from_millis(cfg.dense_until_ms)
                 .mul_f64(cfg.multiplier - 1.0)
@@ -50,8 +53,10 @@ impl PollSchedule {
 
     /// The delay before the next poll.
     pub fn next_delay(&mut self) -> Duration {
-        let base = if self.elapsed < self.dense_until {
+        let base = if self.elapsed.is_zero() {
             self.initial
+        } else if self.elapsed < self.dense_until {
+            self.dense_interval
         } else {
             let base = self.next;
             self.next = base.mul_f64(self.multiplier).min(self.max);
@@ -127,11 +132,11 @@ mod tests {
     /// Poll times (ms after the send) up to `until`.
     fn poll_times(cfg: &PollConfig, until: u128) -> Vec<u128> {
         let mut s = PollSchedule::new(cfg);
-        let mut t = 0;
+        let mut t = Duration::ZERO;
         let mut times = Vec::new();
-        while t < until {
-            t += s.next_delay().as_millis();
-            times.push(t);
+        while t.as_millis() < until {
+            t += s.next_delay();
+            times.push(t.as_millis());
         }
         times
     }
@@ -141,7 +146,7 @@ mod tests {
         let times = poll_times(&cfg(0.0), 10_000);
         assert_eq!(
             &times[..10],
-            [75, 150, 225, 300, 375, 450, 900, 1800, 3600, 5600]
+            [25, 100, 175, 250, 325, 400, 800, 1600, 3200, 5200]
         );
         assert!(times.windows(2).skip(9).all(|w| w[1] - w[0] == 2000));
     }
@@ -157,11 +162,11 @@ mod tests {
                 }
             }
         }
-        // Around a 300 ± 100 ms answer no gap exceeds initial_delay (+jitter).
+        // Around a 300 ± 100 ms answer no gap exceeds dense_interval (+jitter).
         for _ in 0..50 {
             let times = poll_times(&cfg(0.2), 500);
             assert!(
-                times.windows(2).all(|w| w[1] - w[0] <= 90 || w[0] > 400),
+                times.windows(2).all(|w| w[1] - w[0] <= 90 || w[0] >= 400),
                 "{times:?}"
             );
         }
@@ -171,6 +176,7 @@ mod tests {
     fn jitter_stays_within_bounds() {
         let cfg = PollConfig {
             initial_delay_ms: 100,
+            dense_interval_ms: 100,
             dense_until_ms: 0,
             max_delay_ms: 100,
             multiplier: 2.0,

@@ -170,12 +170,7 @@ async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Stri
     let (_, first) = a.chat(user, "um").await;
     let (_, again) = a.chat(user, "dois").await;
     assert_eq!(answering_agent(&first), answering_agent(&again));
-    let r = reqwest::Client::new()
-        .delete(b.url(&format!("/eai-gateway/agent/{user}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(b.forget(user).await, 204);
     let (status, after) = a.chat(user, "três").await;
     assert_eq!(status, 200, "{after}");
     (
@@ -213,12 +208,7 @@ async fn delete_invalidates_the_local_cache_immediately() {
     let gw = GatewayProcess::start(replica(&db, sim_addr)).await;
     let user = "5521966660002";
     let (_, first) = gw.chat(user, "um").await;
-    let r = reqwest::Client::new()
-        .delete(gw.url(&format!("/eai-gateway/agent/{user}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(gw.forget(user).await, 204);
     let (status, second) = gw.chat(user, "dois").await;
     assert_eq!(status, 200);
     assert_ne!(answering_agent(&first), answering_agent(&second));

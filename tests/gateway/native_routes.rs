@@ -47,12 +47,7 @@ async fn contract(dialect: Dialect, kind: DbKind) {
     }
 
     // DELETE removes it; the next chat creates a new agent.
-    let r = client
-        .delete(gw.url(&format!("/eai-gateway/agent/{USER_BARE}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(gw.forget(USER_BARE).await, 204);
     let r = client
         .get(gw.url(&format!("/eai-gateway/agent/{USER_BARE}")))
         .send()

@@ -303,6 +303,17 @@ impl GatewayProcess {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `DELETE /eai-gateway/agent/{user}`; the status.
+    pub async fn forget(&self, user: &str) -> u16 {
+        reqwest::Client::new()
+            .delete(self.url(&format!("/eai-gateway/agent/{user}")))
+            .send()
+            .await
+            .expect("delete mapping")
+            .status()
+            .as_u16()
+    }
+
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.metrics))
             .await
