@@ -124,3 +124,46 @@ async fn idle_gateway_exits_zero_at_once_on_sigterm() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_a_chat_with_sqlite_and_the_bundled_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, metrics, sim) = (free_port(), free_port(), free_port());
+    let mut child = gateway_bin()
+        .arg("demo")
+        .args(["--listen", &format!("127.0.0.1:{gw}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--simulator-listen", &format!("127.0.0.1:{sim}")])
+        .args(["--delay-ms", "20"])
+        .arg("--database")
+        .arg(dir.path().join("demo.db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{gw}/eai-gateway/chat");
+    let body = serde_json::json!({"user_number": "+5521999999999", "message": "Olá!"});
+    let mut answer = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.post(&url).json(&body).send().await {
+            answer = Some((
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            ));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let (status, body) = answer.expect("demo gateway answered");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: Olá!");
+    let banner = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        banner.contains("curl -s -X POST"),
+        "ready-to-paste commands: {banner}"
+    );
+    assert!(dir.path().join("demo.db").exists());
+}
