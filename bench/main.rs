@@ -61,6 +61,17 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master then takes its workers down with it
+        // (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         eprintln!("stopped {}", self.name);
@@ -149,8 +160,10 @@ async fn start_gateway(
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let schema = format!("bench_{}_{}", std::process::id(), name.replace('-', "_"));
+    // Worker threads of the gateway (default 2, one per core here).
+    let threads = std::env::var("BENCH_GATEWAY_THREADS").unwrap_or_else(|_| "2".into());
     let yaml = format!(
-        "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: 2\nshutdown: {{drain_seconds: 1}}\n\
+        "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
          database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32}}\n\
          agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
          limits: {{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}}\n\

@@ -86,6 +86,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// No downstream modules: Pingora's default adds response compression at
+    /// level 0 (off), which still inspects every response; pass-through
+    /// bodies go out exactly as the backend sent them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = match session.get_header("x-request-id").map(|v| v.as_bytes()) {
             Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),

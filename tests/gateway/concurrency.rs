@@ -104,7 +104,7 @@ async fn fifty_first_messages_one_user_two_replicas_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_one_user_arrive_in_order() {
-    let (sim, sim_addr) = simulator(30).await;
+    let (sim, sim_addr) = simulator(200).await;
     let db = TestDb::new(DbKind::Sqlite);
     let gw = GatewayProcess::start(replica(&db, sim_addr)).await;
     let client = reqwest::Client::new();
@@ -120,8 +120,9 @@ async fn messages_of_one_user_arrive_in_order() {
                 .await
                 .map(|r| r.status().as_u16())
         }));
-        // Arrival order is only defined for requests that arrive apart.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Arrival order is only defined for requests that arrive apart; 40 ms
+        // apart they queue behind the first 200 ms answer in that order.
+        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     for c in calls {
         assert_eq!(c.await.unwrap().unwrap(), 200);
