@@ -463,24 +463,20 @@ async fn main() {
 
     // The simulator alone, so it is known not to be the bottleneck.
     // A finished message's poll: the gateway's most frequent upstream call.
-    let agent: Value = client
-        .post(format!("http://{sim_addr}/api/v1/agent/create"))
-        .json(&json!({"user_number": "5599000000000"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sent: Value = client
-        .post(format!("http://{sim_addr}/api/v1/message/webhook/agent"))
-        .json(&json!({"agent_id": agent["agent_id"], "message": "[delay=0] probe"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: &str, body: Value| {
+        let req = client.post(format!("http://{sim_addr}{path}")).json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let agent = post(
+        "/api/v1/agent/create",
+        json!({"user_number": "5599000000000"}),
+    )
+    .await;
+    let sent = post(
+        "/api/v1/message/webhook/agent",
+        json!({"agent_id": agent["agent_id"], "message": "[delay=0] probe"}),
+    )
+    .await;
     let probe = format!(
         "http://{sim_addr}/api/v1/message/response?message_id={}",
         sent["message_id"].as_str().unwrap_or_default()

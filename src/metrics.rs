@@ -93,9 +93,9 @@ pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
-/// Metric names the README documents; forces registration so a scrape lists
-/// them before the first request.
-pub fn init() -> [&'static str; 9] {
+/// Forces registration, so a scrape lists the plain metrics before the
+/// first request.
+pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&AGENT_SERVICE_CALLS);
@@ -105,17 +105,6 @@ pub fn init() -> [&'static str; 9] {
     LazyLock::force(&CHAT_OVERHEAD);
     LazyLock::force(&MAPPING_CACHE);
     LazyLock::force(&REJECTIONS);
-    [
-        "eai_gateway_requests_total",
-        "eai_gateway_request_duration_seconds",
-        "eai_gateway_agent_service_calls_total",
-        "eai_gateway_agent_service_call_duration_seconds",
-        "eai_gateway_agents_created_total",
-        "eai_gateway_chat_polls",
-        "eai_gateway_chat_overhead_seconds",
-        "eai_gateway_mapping_cache_total",
-        "eai_gateway_rejections_total",
-    ]
 }
 
 /// HTTP methods as a bounded label set.

@@ -110,7 +110,7 @@ impl ProxyHttp for Gateway {
                 .check(session.get_header("authorization").map(|v| v.as_bytes()))
         {
             reject("unauthorized");
-            ctx.status = routes::respond(session, &ctx.request_id, Err(e)).await?;
+            ctx.status = routes::respond(session, &ctx.request_id, Err(e), &[]).await?;
             return Ok(true);
         }
         match self.routes.lookup(&path) {
@@ -121,7 +121,7 @@ impl ProxyHttp for Gateway {
             }
             None => {
                 let err = GatewayError::new(ErrorKind::NotFound, "no route for this path");
-                ctx.status = routes::respond(session, &ctx.request_id, Err(err)).await?;
+                ctx.status = routes::respond(session, &ctx.request_id, Err(err), &[]).await?;
                 Ok(true)
             }
         }
@@ -242,6 +242,10 @@ impl Gateway {
         request_id: &str,
     ) -> Result<u16> {
         let open = matches!(native, Native::Healthz | Native::Readyz);
+        let extra = match &native {
+            Native::WrongMethod(_, allow) => vec![("allow", (*allow).to_owned())],
+            _ => Vec::new(),
+        };
         let authorized = if open {
             Ok(())
         } else {
@@ -272,7 +276,7 @@ impl Gateway {
         {
             reject(e.kind.label());
         }
-        routes::respond(session, request_id, result).await
+        routes::respond(session, request_id, result, &extra).await
     }
 
     async fn serve_chat(

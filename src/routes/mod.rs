@@ -100,13 +100,16 @@ fn method_is(
 }
 
 /// Writes a handler's result as JSON (or empty); returns the status written.
-/// Error details and `Retry-After` / `WWW-Authenticate` come from the error.
+/// Error details and `Retry-After` / `WWW-Authenticate` come from the error;
+/// `extra` carries what only the route knows (`Allow`).
 pub async fn respond(
     session: &mut Session,
     request_id: &str,
     result: GatewayResult<(u16, Option<Value>)>,
+    extra: &[(&'static str, String)],
 ) -> pingora::Result<u16> {
     let mut headers = vec![("x-request-id", request_id.to_owned())];
+    headers.extend_from_slice(extra);
     let (status, body) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -116,13 +119,8 @@ pub async fn respond(
             if let Some(secs) = e.retry_after {
                 headers.push(("retry-after", secs.to_string()));
             }
-            match e.kind {
-                ErrorKind::Unauthorized => headers.push(("www-authenticate", "Bearer".to_owned())),
-                ErrorKind::MethodNotAllowed => headers.push((
-                    "allow",
-                    e.detail.rsplit(' ').next().unwrap_or("").to_owned(),
-                )),
-                _ => {}
+            if e.kind == ErrorKind::Unauthorized {
+                headers.push(("www-authenticate", "Bearer".to_owned()));
             }
             (e.status(), Some(e.body()))
         }

@@ -225,6 +225,14 @@ async fn wrong_method_and_unknown_native_path() {
     let gw = GatewayProcess::start(GatewaySpec::new(Dialect::Eai, &db, sim_addr)).await;
     let r = reqwest::get(gw.url("/eai-gateway/chat")).await.unwrap();
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let r = reqwest::Client::new()
+        .put(gw.url("/eai-gateway/agent/5521987650008"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, DELETE");
     let r = reqwest::get(gw.url("/eai-gateway/nothing")).await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["detail"].is_string());

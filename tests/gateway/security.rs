@@ -8,6 +8,14 @@ use serde_json::{Value, json};
 
 use super::support::*;
 
+/// Reads the start of the response on `s` and checks its status code.
+fn assert_answers(s: &mut TcpStream, status: &str) {
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap();
+    let text = String::from_utf8_lossy(&head[..n]);
+    assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+}
+
 const TOKEN: &str = "gateway-token-0123456789abcdef";
 const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
 
@@ -262,13 +270,7 @@ async fn bodies_are_bounded_typed_and_timed() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"POST /eai-gateway/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"a\":")
         .unwrap();
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).unwrap();
-    assert!(
-        head[..n].starts_with(b"HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
+    assert_answers(&mut s, "413");
 
     // Chunked and too large: refused once the cap is crossed.
     let mut s = TcpStream::connect(gw.addr).unwrap();
@@ -286,26 +288,14 @@ async fn bodies_are_bounded_typed_and_timed() {
             break;
         }
     }
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).unwrap();
-    assert!(
-        head[..n].starts_with(b"HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
+    assert_answers(&mut s, "413");
 
     // A body that stops arriving times out with 408.
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"POST /eai-gateway/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user_number\"")
         .unwrap();
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).unwrap();
-    assert!(
-        head[..n].starts_with(b"HTTP/1.1 408"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
+    assert_answers(&mut s, "408");
 
     assert!(db.mappings().await.is_empty());
     assert_eq!(sim.stats().create_attempts, 0);
