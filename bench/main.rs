@@ -95,6 +95,10 @@ fn free_port() -> u16 {
 }
 
 fn gateway_bin() -> PathBuf {
+    // A wrapper (heaptrack, perf) can stand in for the binary when profiling.
+    if let Some(bin) = std::env::var_os("BENCH_GATEWAY_BIN") {
+        return bin.into();
+    }
     // target/release/examples/bench → target/release/eai-gateway
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()

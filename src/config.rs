@@ -227,6 +227,10 @@ pub struct AgentServiceConfig {
     /// Idle keep-alive connections kept to the agent service.
     #[serde(default = "defaults::max_idle_connections")]
     pub max_idle_connections: usize,
+    /// Calls in flight to the agent service at once (0: no limit); more
+    /// wait their turn. Synchronous Letta sends are not counted.
+    #[serde(default = "defaults::max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
     #[serde(default)]
     pub letta: LettaConfig,
     #[serde(default)]
@@ -395,8 +399,11 @@ mod defaults {
     pub fn threads() -> usize {
         2
     }
+    /// No socket-level read buffer: the first read of a request goes into
+    /// the parser's own buffer, so another one in front of it only costs
+    /// memory per connection.
     pub fn read_buffer_bytes() -> usize {
-        4096
+        0
     }
     pub fn drain_seconds() -> u64 {
         10
@@ -420,6 +427,9 @@ mod defaults {
         4 * 1024 * 1024
     }
     pub fn max_idle_connections() -> usize {
+        256
+    }
+    pub fn max_concurrent_calls() -> usize {
         256
     }
     pub fn pseudonym_key() -> String {
@@ -594,10 +604,10 @@ impl Config {
                 ));
             }
         }
-        if !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
+        if self.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
             return Err(ConfigError::new(
                 "read_buffer_bytes",
-                "must be between 1024 and 1048576",
+                "must be 0 (no buffer) or between 1024 and 1048576",
             ));
         }
         if !(1..=256).contains(&self.threads) {

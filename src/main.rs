@@ -5,6 +5,13 @@ use clap::{Parser, Subcommand};
 use eai_gateway::config::Config;
 use eai_gateway::{agents, demo, server};
 
+/// jemalloc, as Pingora runs in production: with thousands of connections
+/// each holding a few small buffers for minutes, glibc's malloc fragments
+/// far more (measured in the README's benchmark notes).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eai-gateway",

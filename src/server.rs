@@ -9,15 +9,17 @@ use tokio::sync::broadcast::error::RecvError;
 
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
 
 use crate::agents::LazyStore;
 use crate::chat::ChatService;
 use crate::config::Config;
 use crate::limits::ChatLimits;
-use crate::proxy::Gateway;
+use crate::proxy::front::Front;
 use crate::proxy::upstreams::RouteTable;
+use crate::proxy::{Gateway, GatewayProxy};
 
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
@@ -85,7 +87,7 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
     let agents = crate::upstream::build(&cfg.agent_service, &cfg.users.pseudonym_key)
         .map_err(|e| format!("agent_service: {e}"))?;
     let inflight = Arc::new(AtomicUsize::new(0));
-    let gateway = Gateway {
+    let gateway = Arc::new(Gateway {
         chat: ChatService::new(
             store,
             agents,
@@ -101,8 +103,9 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
         max_message_chars: cfg.chat.max_message_chars,
         body_timeout: Duration::from_millis(cfg.chat.body_timeout_ms),
         inflight: inflight.clone(),
-    };
-    let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "eai-gateway");
+    });
+    let proxy = http_proxy(&server.configuration, GatewayProxy(gateway.clone()));
+    let mut proxy = Service::new("eai-gateway".to_owned(), Front::new(gateway, proxy));
     // Pingora's default read buffer is 64 KiB per client connection: with
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.

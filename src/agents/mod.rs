@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::DatabaseConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -29,16 +30,40 @@ pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Err
 /// The configured store, built on first use. sqlx pools spawn maintenance
 /// tasks on the runtime that creates them, and Pingora gives each service its
 /// own runtime, so the pool must be born inside the proxy's runtime.
+///
+/// Statements wait for one of `max_connections` slots here before they reach
+/// sqlx: a statement queued inside sqlx's pool holds about 4 KB of boxed
+/// state, one queued here a few bytes, and a burst of thousands of new chats
+/// queues thousands of statements.
 pub struct LazyStore {
     cfg: DatabaseConfig,
     cell: OnceLock<Result<Box<dyn MappingStore>, String>>,
+    slots: Semaphore,
+    wait: Duration,
 }
 
 impl LazyStore {
     pub fn new(cfg: DatabaseConfig) -> Self {
         Self {
+            slots: Semaphore::new(cfg.max_connections as usize),
+            wait: Duration::from_millis(cfg.acquire_timeout_ms),
             cfg,
             cell: OnceLock::new(),
+        }
+    }
+
+    /// The store and a slot to use it, within the acquire timeout (else 503).
+    async fn slot(&self) -> GatewayResult<(SemaphorePermit<'_>, &dyn MappingStore)> {
+        let store = self.store()?;
+        match tokio::time::timeout(self.wait, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok((permit, store)),
+            _ => {
+                tracing::warn!("No database connection became free in time.");
+                Err(GatewayError::new(
+                    ErrorKind::DatabaseUnavailable,
+                    "database unavailable",
+                ))
+            }
         }
     }
 
@@ -68,10 +93,12 @@ impl LazyStore {
 #[async_trait]
 impl MappingStore for LazyStore {
     async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        self.store()?.get(user).await
+        let (_slot, store) = self.slot().await?;
+        store.get(user).await
     }
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
-        self.store()?.claim(user, agent).await
+        let (_slot, store) = self.slot().await?;
+        store.claim(user, agent).await
     }
     async fn replace(
         &self,
@@ -79,10 +106,12 @@ impl MappingStore for LazyStore {
         old: &AgentId,
         new: &AgentId,
     ) -> GatewayResult<Option<AgentId>> {
-        self.store()?.replace(user, old, new).await
+        let (_slot, store) = self.slot().await?;
+        store.replace(user, old, new).await
     }
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        self.store()?.delete(user).await
+        let (_slot, store) = self.slot().await?;
+        store.delete(user).await
     }
     async fn try_lease(
         &self,
@@ -90,20 +119,19 @@ impl MappingStore for LazyStore {
         holder: &str,
         ttl: Duration,
     ) -> GatewayResult<bool> {
-        self.store()?.try_lease(user, holder, ttl).await
+        let (_slot, store) = self.slot().await?;
+        store.try_lease(user, holder, ttl).await
     }
-    async fn renew_lease(
-        &self,
-        user: &UserNumber,
-        holder: &str,
-        ttl: Duration,
-    ) -> GatewayResult<bool> {
-        self.store()?.renew_lease(user, holder, ttl).await
+    async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
+        let (_slot, store) = self.slot().await?;
+        store.renew_leases(holder_prefix, ttl).await
     }
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
-        self.store()?.release_lease(user, holder).await
+        let (_slot, store) = self.slot().await?;
+        store.release_lease(user, holder).await
     }
     async fn ping(&self) -> GatewayResult<()> {
-        self.store()?.ping().await
+        let (_slot, store) = self.slot().await?;
+        store.ping().await
     }
 }

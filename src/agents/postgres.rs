@@ -154,23 +154,17 @@ impl MappingStore for PgStore {
         Ok(row.is_some_and(|r| r.get::<String, _>(0) == holder))
     }
 
-    async fn renew_lease(
-        &self,
-        user: &UserNumber,
-        holder: &str,
-        ttl: Duration,
-    ) -> GatewayResult<bool> {
+    async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
         let done = sqlx::query(
-            "UPDATE chat_leases SET expires_at_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $3 \
-             WHERE user_number = $1 AND holder = $2",
+            "UPDATE chat_leases SET expires_at_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 \
+             WHERE holder LIKE $1",
         )
-        .bind(user.as_str())
-        .bind(holder)
+        .bind(format!("{holder_prefix}%"))
         .bind(ttl_ms(ttl))
         .execute(&self.pool)
         .await
         .map_err(|e| GatewayError::database(&e))?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected())
     }
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {

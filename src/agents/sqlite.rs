@@ -133,22 +133,14 @@ impl MappingStore for SqliteStore {
         Ok(row.is_some_and(|r| r.get::<String, _>(0) == holder))
     }
 
-    async fn renew_lease(
-        &self,
-        user: &UserNumber,
-        holder: &str,
-        ttl: Duration,
-    ) -> GatewayResult<bool> {
-        let done = sqlx::query(
-            "UPDATE chat_leases SET expires_at_ms = ?3 WHERE user_number = ?1 AND holder = ?2",
-        )
-        .bind(user.as_str())
-        .bind(holder)
-        .bind(now_ms().saturating_add(ttl_ms(ttl)))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| GatewayError::database(&e))?;
-        Ok(done.rows_affected() == 1)
+    async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
+        let done = sqlx::query("UPDATE chat_leases SET expires_at_ms = ?2 WHERE holder LIKE ?1")
+            .bind(format!("{holder_prefix}%"))
+            .bind(now_ms().saturating_add(ttl_ms(ttl)))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| GatewayError::database(&e))?;
+        Ok(done.rows_affected())
     }
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {

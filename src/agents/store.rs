@@ -38,13 +38,10 @@ pub trait MappingStore: Send + Sync {
         ttl: Duration,
     ) -> GatewayResult<bool>;
 
-    /// Extends a held lease; false when it was lost (expired and taken).
-    async fn renew_lease(
-        &self,
-        user: &UserNumber,
-        holder: &str,
-        ttl: Duration,
-    ) -> GatewayResult<bool>;
+    /// Extends every lease whose holder starts with `holder_prefix` (one
+    /// process's leases); returns how many it extended. A lease that expired
+    /// and was taken by another holder is not among them.
+    async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64>;
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()>;
 

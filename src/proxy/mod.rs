@@ -1,15 +1,21 @@
-//! The Pingora `ProxyHttp` implementation. It only routes: native requests go
-//! to `routes`, everything else to the upstream chosen by the route table.
-//! `logging` emits the access line and the request metrics in one place.
+//! The gateway's request handling. `front` decides per request whether the
+//! gateway answers it itself (native routes, on a lean path) or hands it to
+//! pingora-proxy, whose `ProxyHttp` hooks (`GatewayProxy`) only route:
+//! native requests that reach them go to `routes`, everything else to the
+//! upstream chosen by the route table. `record` emits the access line and the
+//! request metrics for both paths.
 
+pub mod front;
 pub mod upstreams;
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
 use serde_json::json;
 
@@ -38,11 +44,23 @@ pub struct Gateway {
     pub inflight: Arc<AtomicUsize>,
 }
 
+/// The `ProxyHttp` face of the gateway; the lean native path in `front`
+/// shares the same `Gateway`.
+pub struct GatewayProxy(pub Arc<Gateway>);
+
+impl Deref for GatewayProxy {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
 /// Counts a request as in flight for as long as its context lives.
 pub struct InflightGuard(Arc<AtomicUsize>);
 
 impl InflightGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         Self(counter.clone())
     }
@@ -71,8 +89,46 @@ fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The client's request id if it is acceptable, else a new one.
+fn request_id(session: &ServerSession) -> String {
+    match session.get_header("x-request-id").map(|v| v.as_bytes()) {
+        Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The access line and request metrics of one finished request. `route` is
+/// a template or `upstream:<name>`, never the raw path.
+fn record(
+    route: &str,
+    method: &http::Method,
+    status: u16,
+    started: Instant,
+    request_id: &str,
+    error: Option<&Error>,
+) {
+    let method = metrics::method_label(method);
+    let elapsed = started.elapsed();
+    let status_label = status.to_string();
+    metrics::REQUESTS
+        .with_label_values(&[route, method, &status_label])
+        .inc();
+    metrics::REQUEST_DURATION
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        request_id,
+        route,
+        method,
+        status,
+        ms = elapsed.as_secs_f64() * 1000.0,
+        error = error.map(|e| e.etype().as_str()),
+        "Request."
+    );
+}
+
 #[async_trait]
-impl ProxyHttp for Gateway {
+impl ProxyHttp for GatewayProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
@@ -92,10 +148,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_id = match session.get_header("x-request-id").map(|v| v.as_bytes()) {
-            Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),
-            _ => uuid::Uuid::new_v4().to_string(),
-        };
+        ctx.request_id = request_id(session);
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if let Some(native) = routes::match_native(&method, &path) {
@@ -213,31 +266,48 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|h| h.status.as_u16())
             .unwrap_or(ctx.status);
-        let method = metrics::method_label(&session.req_header().method);
-        let elapsed = ctx.started.elapsed();
-        let status_label = status.to_string();
-        metrics::REQUESTS
-            .with_label_values(&[&*ctx.route, method, &status_label])
-            .inc();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[&*ctx.route])
-            .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            request_id = %ctx.request_id,
-            route = &*ctx.route,
-            method,
+        record(
+            &ctx.route,
+            &session.req_header().method,
             status,
-            ms = elapsed.as_secs_f64() * 1000.0,
-            error = e.map(|e| e.etype().as_str()),
-            "Request."
+            ctx.started,
+            &ctx.request_id,
+            e,
         );
     }
 }
 
 impl Gateway {
+    /// One native request on the lean path, from its parsed header to the
+    /// access line; the response is written when this returns `Ok`.
+    pub async fn serve_native_request(&self, session: &mut ServerSession) -> Result<()> {
+        let _inflight = InflightGuard::new(&self.inflight);
+        let started = Instant::now();
+        let request_id = request_id(session);
+        let method = session.req_header().method.clone();
+        let native = routes::match_native(&method, session.req_header().uri.path())
+            .unwrap_or(routes::Native::Unknown);
+        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
+        let route = native.template();
+        let result = self.serve_native(session, native, &request_id).await;
+        let status = match &result {
+            Ok(status) => *status,
+            Err(_) => session.response_written().map_or(0, |h| h.status.as_u16()),
+        };
+        record(
+            route,
+            &method,
+            status,
+            started,
+            &request_id,
+            result.as_ref().err().map(|e| &**e),
+        );
+        result.map(|_| ())
+    }
+
     async fn serve_native(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         native: Native,
         request_id: &str,
     ) -> Result<u16> {
@@ -276,17 +346,18 @@ impl Gateway {
         {
             reject(e.kind.label());
         }
-        routes::respond(session, request_id, result, &extra).await
+        // Boxed: see `front::Front::serve_native`.
+        Box::pin(routes::respond(session, request_id, result, &extra)).await
     }
 
     async fn serve_chat(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         request_id: &str,
     ) -> crate::error::GatewayResult<(u16, Option<serde_json::Value>)> {
         let body = tokio::time::timeout(
             self.body_timeout,
-            routes::read_json_body(session, self.max_body_bytes),
+            Box::pin(routes::read_json_body(session, self.max_body_bytes)),
         )
         .await
         .unwrap_or_else(|_| {

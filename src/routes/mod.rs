@@ -8,7 +8,7 @@ pub mod health;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use serde_json::Value;
 
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -42,6 +42,15 @@ impl Native {
     }
 }
 
+/// Whether the gateway answers this path itself. `match_native` gives
+/// `Some` exactly for these paths.
+pub fn is_native_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+        || path
+            .strip_prefix(NATIVE_PREFIX)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Which native route, if any, serves this request.
 pub fn match_native(method: &Method, path: &str) -> Option<Native> {
     const AGENT: &str = "/eai-gateway/agent/{user_number}";
@@ -68,10 +77,10 @@ pub fn match_native(method: &Method, path: &str) -> Option<Native> {
             "POST",
         ),
         _ => {
-            let rest = path.strip_prefix(NATIVE_PREFIX)?;
-            if !(rest.is_empty() || rest.starts_with('/')) {
+            if !is_native_path(path) {
                 return None;
             }
+            let rest = &path[NATIVE_PREFIX.len()..];
             match rest.strip_prefix("/agent/") {
                 Some(raw) => match *method {
                     Method::GET => Native::AgentGet(raw.to_owned()),
@@ -103,7 +112,7 @@ fn method_is(
 /// Error details and `Retry-After` / `WWW-Authenticate` come from the error;
 /// `extra` carries what only the route knows (`Allow`).
 pub async fn respond(
-    session: &mut Session,
+    session: &mut ServerSession,
     request_id: &str,
     result: GatewayResult<(u16, Option<Value>)>,
     extra: &[(&'static str, String)],
@@ -130,7 +139,7 @@ pub async fn respond(
 }
 
 pub async fn write_json(
-    session: &mut Session,
+    session: &mut ServerSession,
     status: u16,
     body: Option<&Value>,
     headers: &[(&'static str, String)],
@@ -149,17 +158,15 @@ pub async fn write_json(
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only || bytes.is_empty())
-        .await?;
+    session.write_response_header(Box::new(header)).await?;
     if !head_only && !bytes.is_empty() {
-        session.write_response_body(Some(bytes), true).await?;
+        session.write_response_body(bytes, true).await?;
     }
     Ok(())
 }
 
 /// Reads a JSON request body of at most `limit` bytes.
-pub async fn read_json_body(session: &mut Session, limit: usize) -> GatewayResult<Value> {
+pub async fn read_json_body(session: &mut ServerSession, limit: usize) -> GatewayResult<Value> {
     let headers = &session.req_header().headers;
     if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::AgentServiceConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -45,6 +46,11 @@ pub struct AgentHttp {
     base: Url,
     token: Option<String>,
     max_response_bytes: usize,
+    /// Bounds the connections a burst of chats opens at once: each costs
+    /// about 25 KB of buffers, and thousands of chats polling at the same
+    /// moment would otherwise open thousands.
+    slots: Option<Semaphore>,
+    slot_wait: Duration,
 }
 
 /// A response the agent service gave, whatever its status.
@@ -98,6 +104,8 @@ impl AgentHttp {
             base,
             token: cfg.token.clone(),
             max_response_bytes: cfg.max_response_bytes,
+            slots: (cfg.max_concurrent_calls > 0).then(|| Semaphore::new(cfg.max_concurrent_calls)),
+            slot_wait: Duration::from_millis(cfg.request_timeout_ms),
         })
     }
 
@@ -115,7 +123,9 @@ impl AgentHttp {
     }
 
     /// `call` with a timeout other than `agent_service.request_timeout_ms`
-    /// (a synchronous send waits for the whole answer).
+    /// (a synchronous send waits for the whole answer). Such calls skip the
+    /// `max_concurrent_calls` queue: each holds its connection for as long
+    /// as an answer takes, and queueing them would cap the chats in flight.
     pub async fn call_with_timeout(
         &self,
         operation: &'static str,
@@ -124,6 +134,12 @@ impl AgentHttp {
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> GatewayResult<Reply> {
+        // Waiting here is the gateway's own queueing, not the agent
+        // service's time: it stays out of the wait clock.
+        let _slot = match (&self.slots, timeout) {
+            (Some(slots), None) => Some(self.slot(slots, operation).await?),
+            _ => None,
+        };
         let started = Instant::now();
         let result = self.call_inner(method, path, body, timeout).await;
         let elapsed = started.elapsed();
@@ -142,6 +158,25 @@ impl AgentHttp {
             .with_label_values(&[operation, outcome])
             .inc();
         result
+    }
+
+    async fn slot<'a>(
+        &self,
+        slots: &'a Semaphore,
+        operation: &'static str,
+    ) -> GatewayResult<SemaphorePermit<'a>> {
+        match tokio::time::timeout(self.slot_wait, slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::AGENT_SERVICE_CALLS
+                    .with_label_values(&[operation, "queue_timeout"])
+                    .inc();
+                Err(GatewayError::new(
+                    ErrorKind::AgentServiceUnreachable,
+                    "too many agent-service calls in flight",
+                ))
+            }
+        }
     }
 
     async fn call_inner(

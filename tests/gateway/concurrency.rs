@@ -214,3 +214,46 @@ async fn delete_invalidates_the_local_cache_immediately() {
     assert_eq!(status, 200);
     assert_ne!(answering_agent(&first), answering_agent(&second));
 }
+
+/// One statement renews every lease of one process and no other's.
+async fn leases_renew_per_process(kind: DbKind) {
+    use eai_gateway::agents::{LazyStore, MappingStore};
+    use eai_gateway::config::DatabaseConfig;
+    use eai_gateway::ids::UserNumber;
+
+    let db = TestDb::new(kind);
+    let cfg = DatabaseConfig {
+        url: db.url.clone(),
+        schema: db.schema.clone(),
+        ..DatabaseConfig::default()
+    };
+    eai_gateway::agents::migrate(&cfg).await.expect("migrate");
+    let store = LazyStore::new(cfg);
+    let short = Duration::from_millis(800);
+    let long = Duration::from_secs(60);
+    let users: Vec<UserNumber> = ["5521000000001", "5521000000002", "5521000000003"]
+        .iter()
+        .map(|u| UserNumber::parse(u).expect("user"))
+        .collect();
+    assert!(store.try_lease(&users[0], "aa11:1", short).await.unwrap());
+    assert!(store.try_lease(&users[1], "aa11:2", short).await.unwrap());
+    assert!(store.try_lease(&users[2], "aa1:1", short).await.unwrap());
+    assert_eq!(store.renew_leases("aa11:", long).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Renewed leases are still held; the other process's lease expired.
+    assert!(!store.try_lease(&users[0], "bb:1", long).await.unwrap());
+    assert!(!store.try_lease(&users[1], "bb:2", long).await.unwrap());
+    assert!(store.try_lease(&users[2], "bb:3", long).await.unwrap());
+    // A lease taken over by another holder is no longer renewed by the old one.
+    assert_eq!(store.renew_leases("aa1:", long).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn leases_renew_per_process_postgres() {
+    leases_renew_per_process(DbKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn leases_renew_per_process_sqlite() {
+    leases_renew_per_process(DbKind::Sqlite).await;
+}

@@ -1,0 +1,256 @@
+//! The listener's application: one HTTP/1.1 request per call. The first read
+//! of a request decides its path. When it holds a request line for a native
+//! route, the request is answered here on Pingora's HTTP/1 session alone;
+//! everything else goes to pingora-proxy, which also answers native routes
+//! whose request line arrived in a later read.
+//!
+//! Why not let pingora-proxy take every request: a request it serves holds
+//! its per-request state (a boxed future of about 13 KB) and the per-connection
+//! HTTP/2-capable loop (about 9 KB) for as long as the request lasts. A chat
+//! waits seconds to minutes for its answer, so 10,000 waiting chats cost over
+//! 200 MB there; here a waiting chat holds its session, its stream and its
+//! own future, a few KB. Parsing stays Pingora's: the decision only looks at
+//! the request line, and the bytes read for it are handed to the session as
+//! already-read input, so neither path reads or parses anything twice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::prelude::*;
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v1::server::HttpSession as H1Session;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use super::{Gateway, GatewayProxy};
+use crate::routes;
+
+/// Pingora's own keep-alive default for HTTP/1.1 clients.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Pingora's initial request-header buffer; most requests fit in one read.
+const FIRST_READ_BYTES: usize = 4096;
+
+pub struct Front {
+    gateway: Arc<Gateway>,
+    proxy: Arc<HttpProxy<GatewayProxy>>,
+}
+
+impl Front {
+    pub fn new(gateway: Arc<Gateway>, proxy: HttpProxy<GatewayProxy>) -> Self {
+        Self {
+            gateway,
+            proxy: Arc::new(proxy),
+        }
+    }
+
+    /// Serves the request whose first bytes are `first`; the stream comes
+    /// back if the connection may carry another request.
+    ///
+    /// Memory is the point of this shape. A future is as large as its
+    /// largest state, and a chat's future stays allocated, at that size, for
+    /// as long as the answer takes. So each request gets exactly one box,
+    /// holding the session and a pointer to the step in progress; every step
+    /// (reading the header, answering, finishing) has a box of its own that
+    /// lives only as long as the step.
+    fn serve_one<'a>(
+        &'a self,
+        stream: Stream,
+        first: BytesMut,
+        shutdown: &'a ShutdownWatch,
+    ) -> Served<'a> {
+        let native = is_native(&first);
+        let first = if native && first.windows(4).any(|w| w == b"\r\n\r\n") {
+            // The parsed header keeps the buffer it was read into for the
+            // whole request, which for a chat is as long as its answer takes:
+            // an exact-size copy holds a few hundred bytes instead of 4 KiB.
+            BytesMut::from(&first[..])
+        } else {
+            first
+        };
+        let mut h1 = H1Session::new(stream);
+        h1.set_pipelined_prefix(first);
+        let mut session = ServerSession::H1(h1);
+        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
+        session.set_keepalive(keepalive);
+        if native {
+            // Boxed apart: held by value, the session would take space in
+            // more than one state of the future (1,392 bytes against 48).
+            Box::pin(self.serve_native(Box::new(session)))
+        } else {
+            Box::pin(async move {
+                // The returned settings only carry what this gateway leaves
+                // at Pingora's defaults (no reuse limit, no pipelining, no
+                // context).
+                let (stream, _settings) = self
+                    .proxy
+                    .process_new_http(session, shutdown)
+                    .await?
+                    .consume();
+                Some(stream)
+            })
+        }
+    }
+
+    /// Answers one native request.
+    async fn serve_native(&self, mut session: Box<ServerSession>) -> Option<Stream> {
+        if !Box::pin(read_header(&mut session)).await {
+            return None;
+        }
+        Box::pin(self.gateway.serve_native_request(&mut session))
+            .await
+            .ok()?;
+        let reusable = Box::pin((*session).finish()).await.ok()??;
+        Some(reusable.into_parts().0)
+    }
+
+    /// The rest of a connection whose request is native, in a task of its
+    /// own: every request on it, native or not, until it closes.
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: Stream,
+        first: BytesMut,
+        shutdown: ShutdownWatch,
+    ) {
+        let mut next = Some((stream, first));
+        while let Some((stream, first)) = next {
+            let Some(stream) = self.serve_one(stream, first, &shutdown).await else {
+                return;
+            };
+            next = Box::pin(next_request(stream, &shutdown)).await;
+        }
+    }
+}
+
+type Served<'a> = Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'a>>;
+
+/// Reads and parses the request header; false when there is no request to
+/// answer (the client left, or sent something unparseable, which gets what
+/// pingora-proxy answers: a bare 400, then the connection closes).
+async fn read_header(session: &mut ServerSession) -> bool {
+    match session.read_request().await {
+        Ok(read) => read,
+        Err(e) => {
+            if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                let _ = session.respond_error(400).await;
+            }
+            session.shutdown().await;
+            false
+        }
+    }
+}
+
+async fn next_request(mut stream: Stream, shutdown: &ShutdownWatch) -> Option<(Stream, BytesMut)> {
+    let first = first_read(&mut stream, shutdown).await?;
+    Some((stream, first))
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let first = first_read(&mut stream, shutdown).await?;
+        if is_native(&first) {
+            // Pingora's task for this connection is sized for a TLS
+            // handshake (about 6.6 KB) and would stay allocated while a chat
+            // waits for minutes; a task of our own holds only what serving
+            // needs. Pingora's task ends here.
+            tokio::spawn(
+                self.clone()
+                    .serve_connection(stream, first, shutdown.clone()),
+            );
+            return None;
+        }
+        self.serve_one(stream, first, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// Whether the first read holds a whole request line for a native route.
+fn is_native(first: &[u8]) -> bool {
+    request_path(first).is_some_and(routes::is_native_path)
+}
+
+/// The first bytes of the next request, or `None` when the client goes away,
+/// stays silent for the keep-alive period, or the server is shutting down.
+async fn first_read(stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
+    let mut shutdown = shutdown.clone();
+    let read = tokio::select! {
+        // A request already on its way is served even when shutdown begins.
+        biased;
+        read = tokio::time::timeout(KEEPALIVE, stream.read_buf(&mut buf)) => read,
+        _ = shutdown.wait_for(|down| *down) => return None,
+    };
+    match read {
+        Ok(Ok(n)) if n > 0 => Some(buf),
+        _ => None,
+    }
+}
+
+/// The path of the request line, if the first read holds a whole one. Only a
+/// routing hint: Pingora parses and validates the request either way.
+fn request_path(buf: &[u8]) -> Option<&str> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let mut parts = buf[..end].split(|&b| b == b' ');
+    let _method = parts.next()?;
+    let target = parts.next()?;
+    let path = target.split(|&b| b == b'?').next()?;
+    std::str::from_utf8(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_path_needs_a_whole_request_line() {
+        assert_eq!(
+            request_path(b"POST /eai-gateway/chat HTTP/1.1\r\nHost: x\r\n"),
+            Some("/eai-gateway/chat")
+        );
+        assert_eq!(
+            request_path(b"GET /eai-gateway/agent/5521?x=1 HTTP/1.1\r\n"),
+            Some("/eai-gateway/agent/5521")
+        );
+        assert_eq!(request_path(b"POST /eai-gateway/chat HTTP/1."), None);
+        assert_eq!(request_path(b"\r\n"), None);
+        assert_eq!(
+            request_path(b"GET http://h/eai-gateway/chat HTTP/1.1\r\n"),
+            Some("http://h/eai-gateway/chat")
+        );
+    }
+
+    #[test]
+    fn only_native_paths_take_the_lean_path() {
+        for (path, native) in [
+            ("/eai-gateway/chat", true),
+            ("/eai-gateway", true),
+            ("/eai-gateway/agent/1", true),
+            ("/healthz", true),
+            ("/readyz", true),
+            ("/eai-gatewayx", false),
+            ("/api/x", false),
+            ("http://h/eai-gateway/chat", false),
+        ] {
+            assert_eq!(routes::is_native_path(path), native, "{path}");
+            assert_eq!(
+                routes::match_native(&http::Method::GET, path).is_some(),
+                native,
+                "{path}"
+            );
+        }
+    }
+}
