@@ -216,3 +216,125 @@ async fn unreachable_backend_is_502_with_json_detail() {
         "{body}"
     );
 }
+
+/// A gateway with a live simulator behind its native routes and the echo
+/// backend as its default upstream.
+async fn chatting_gateway(db: &TestDb) -> (eai_gateway::sim::Simulator, GatewayProcess) {
+    let up = backend("main").await;
+    let (sim, sim_addr) = simulator(10).await;
+    let mut spec = GatewaySpec::new(Dialect::Eai, db, sim_addr);
+    spec.default_upstream = Some(up.to_string());
+    (sim, GatewayProcess::start(spec).await)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body off a raw stream.
+async fn read_response(
+    s: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    s.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        s.read_line(&mut line).await.expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').expect("header");
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().expect("length"))
+        .expect("content-length");
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.expect("body");
+    (status, headers, body)
+}
+
+/// Native and proxied requests take different paths inside the gateway
+/// (decided from the first read of each request); one keep-alive connection
+/// carrying both, in any order, gets every answer right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_alternates_native_and_proxied_requests() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, gw) = chatting_gateway(&db).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let mut s = tokio::io::BufReader::new(tcp);
+    let chat = r#"{"user_number":"5521987650001","message":"oi"}"#;
+    let requests = [
+        "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        format!(
+            "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}",
+            chat.len()
+        ),
+        "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /eai-gateway/agent/5521987650001 HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_owned(),
+    ];
+    let mut answers = Vec::new();
+    for req in &requests {
+        s.get_mut().write_all(req.as_bytes()).await.expect("write");
+        answers.push(read_response(&mut s).await);
+    }
+    let body = |i: usize| String::from_utf8_lossy(&answers[i].2).into_owned();
+    assert_eq!((answers[0].0, body(0)), (200, "main".to_owned()));
+    assert_eq!(answers[1].0, 200, "{}", body(1));
+    let agent = answering_agent(&serde_json::from_str(&body(1)).expect("json"));
+    assert_eq!((answers[2].0, body(2)), (200, "main".to_owned()));
+    assert_eq!(answers[3].0, 200);
+    assert!(body(3).contains(&agent), "{}", body(3));
+    assert_eq!(answers[4].0, 200);
+    assert_eq!((answers[5].0, body(5)), (200, "hello".to_owned()));
+    // Native answers carry a request id like proxied ones do.
+    for (status, headers, _) in &answers {
+        assert!(
+            headers.iter().any(|(k, _)| k == "x-request-id"),
+            "{status} without x-request-id"
+        );
+    }
+}
+
+/// A request line split across reads is routed by pingora-proxy, which
+/// serves native routes too: the chat is answered all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_in_pieces_is_still_served() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, gw) = chatting_gateway(&db).await;
+    let chat = r#"{"user_number":"5521987650002","message":"oi"}"#;
+    let req = format!(
+        "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}",
+        chat.len()
+    );
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut s = tokio::io::BufReader::new(tcp);
+    for piece in [&req[..7], &req[7..30], &req[30..]] {
+        s.get_mut()
+            .write_all(piece.as_bytes())
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        answer_text(&serde_json::from_slice(&body).expect("json")),
+        "echo: oi"
+    );
+}
