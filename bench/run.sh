@@ -17,7 +17,7 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
 fi
 
-cargo build --release --locked --bin eai-gateway --example bench
+cargo build --release --locked --bin eai-gateway --example bench --example pingora_floor
 # 10,000 chats in flight need 10,000+ sockets in the load generator and the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/examples/bench "$@"

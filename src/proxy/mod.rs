@@ -56,6 +56,11 @@ impl Deref for GatewayProxy {
     }
 }
 
+/// The route label of a request no route claimed (yet); shared, so a
+/// request does not allocate it.
+static UNMATCHED: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("unmatched"));
+
 /// Counts a request as in flight for as long as its context lives.
 pub struct InflightGuard(Arc<AtomicUsize>);
 
@@ -135,7 +140,7 @@ impl ProxyHttp for GatewayProxy {
         Ctx {
             _inflight: InflightGuard::new(&self.inflight),
             started: Instant::now(),
-            route: Arc::from("unmatched"),
+            route: UNMATCHED.clone(),
             request_id: String::new(),
             upstream: None,
             status: 0,
