@@ -257,3 +257,39 @@ async fn leases_renew_per_process_postgres() {
 async fn leases_renew_per_process_sqlite() {
     leases_renew_per_process(DbKind::Sqlite).await;
 }
+
+/// With one database slot and one agent-service slot, a burst of chats
+/// queues for them and every chat is still answered: no step holds a slot
+/// while it waits for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_database_slot_and_one_agent_service_slot_serve_a_burst() {
+    let db = TestDb::new(DbKind::Postgres);
+    let (_sim, sim_addr) = simulator(30).await;
+    let mut spec = replica(&db, sim_addr);
+    spec.database_extra = "  max_connections: 1\n".to_owned();
+    spec.agent_extra = "  max_concurrent_calls: 1\n".to_owned();
+    let gw = GatewayProcess::start(spec).await;
+    let client = reqwest::Client::new();
+    let calls = (0..20).map(|i| {
+        let (client, gw) = (client.clone(), &gw);
+        async move {
+            let user = format!("55219880{:05}", i % 10);
+            post_chat(
+                &client,
+                gw,
+                json!({"user_number": user, "message": format!("m{i}")}),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(db.mappings().await.len(), 10);
+    let metrics = gw.metrics_text().await;
+    assert!(
+        !metrics.contains("queue_timeout"),
+        "no call should have timed out waiting for its slot"
+    );
+}
