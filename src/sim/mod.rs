@@ -71,6 +71,15 @@ pub(crate) fn chance(rate: f64) -> bool {
     rate > 0.0 && fastrand::f64() < rate
 }
 
+/// One request being handled, for `SimStats::peak_in_flight`.
+struct InFlight(Simulator);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.world().in_flight -= 1;
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SimStats {
     /// Create calls received, failed ones included.
@@ -81,6 +90,8 @@ pub struct SimStats {
     pub messages: u64,
     /// Messages that arrived while their agent was still processing another.
     pub overlaps: u64,
+    /// Most HTTP requests being handled at once.
+    pub peak_in_flight: u64,
 }
 
 pub(crate) struct Agent {
@@ -110,6 +121,7 @@ pub(crate) struct World {
     pub agents: HashMap<String, Agent>,
     pub messages: HashMap<String, Message>,
     pub stats: SimStats,
+    in_flight: u64,
 }
 
 #[derive(Clone)]
@@ -327,17 +339,24 @@ impl Simulator {
                 move |req: axum::extract::Request, next: axum::middleware::Next| {
                     let sim = recorder.clone();
                     async move {
-                        if let Some(id) = req
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
                         {
                             let mut world = sim.world();
-                            if world.request_ids.len() >= 1000 {
-                                world.request_ids.remove(0);
+                            if let Some(id) = req
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                            {
+                                if world.request_ids.len() >= 1000 {
+                                    world.request_ids.remove(0);
+                                }
+                                world.request_ids.push(id.to_owned());
                             }
-                            world.request_ids.push(id.to_owned());
+                            world.in_flight += 1;
+                            world.stats.peak_in_flight =
+                                world.stats.peak_in_flight.max(world.in_flight);
                         }
+                        // Counted down even when the client hangs up mid-request.
+                        let _in_flight = InFlight(sim);
                         next.run(req).await
                     }
                 },

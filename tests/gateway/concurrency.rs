@@ -258,22 +258,23 @@ async fn leases_renew_per_process_sqlite() {
     leases_renew_per_process(DbKind::Sqlite).await;
 }
 
-/// With one database slot and one agent-service slot, a burst of chats
-/// queues for them and every chat is still answered: no step holds a slot
-/// while it waits for another.
+/// With one database slot and one agent-service slot, a burst of 80 chats
+/// (40 new users) queues for them and every chat is still answered: no step
+/// holds a slot while it waits for another, and the agent service never sees
+/// two calls at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_database_slot_and_one_agent_service_slot_serve_a_burst() {
     let db = TestDb::new(DbKind::Postgres);
-    let (_sim, sim_addr) = simulator(30).await;
+    let (sim, sim_addr) = simulator(30).await;
     let mut spec = replica(&db, sim_addr);
     spec.database_extra = "  max_connections: 1\n".to_owned();
     spec.agent_extra = "  max_concurrent_calls: 1\n".to_owned();
     let gw = GatewayProcess::start(spec).await;
     let client = reqwest::Client::new();
-    let calls = (0..20).map(|i| {
+    let calls = (0..80).map(|i| {
         let (client, gw) = (client.clone(), &gw);
         async move {
-            let user = format!("55219880{:05}", i % 10);
+            let user = format!("55219880{:05}", i % 40);
             post_chat(
                 &client,
                 gw,
@@ -286,7 +287,12 @@ async fn one_database_slot_and_one_agent_service_slot_serve_a_burst() {
     for (status, body) in &results {
         assert_eq!(*status, 200, "{body}");
     }
-    assert_eq!(db.mappings().await.len(), 10);
+    assert_eq!(db.mappings().await.len(), 40);
+    assert_eq!(
+        sim.stats().peak_in_flight,
+        1,
+        "the agent service saw more than one call at once"
+    );
     let metrics = gw.metrics_text().await;
     assert!(
         !metrics.contains("queue_timeout"),
