@@ -44,44 +44,40 @@ impl Proc {
 
     /// User + system CPU seconds so far.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the ")" of the command name: utime is the 12th, stime the 13th.
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / clock_ticks()
+        proc_stat(self.pid()).map_or(0.0, |(_, cpu)| cpu)
     }
+}
+
+/// Parent pid and user + system CPU seconds of a process, from /proc.
+fn proc_stat(pid: u32) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" of the command name: ppid is the 2nd, utime the
+    // 12th, stime the 13th.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let ppid = fields.get(1)?.parse().ok()?;
+    Some((ppid, (field(11)? + field(12)?) / clock_ticks()))
 }
 
 /// CPU seconds of `pid` and its direct children (nginx's workers).
 fn tree_cpu_secs(pid: u32) -> f64 {
-    let mut total = 0.0;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    for entry in dir.flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-        if p == pid || field(1) == Some(f64::from(pid)) {
-            total += (field(11).unwrap_or(0.0) + field(12).unwrap_or(0.0)) / clock_ticks();
-        }
-    }
-    total
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, proc_stat(p)?)))
+        .filter(|&(p, (ppid, _))| p == pid || ppid == pid)
+        .map(|(_, (_, cpu))| cpu)
+        .sum()
+}
+
+/// Starts a helper process and gives it half a second to listen.
+fn launch(cmd: &mut Command, name: &'static str) -> Option<Proc> {
+    let child = cmd.spawn().ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Some(Proc { child, name })
 }
 
 impl Drop for Proc {
@@ -237,23 +233,16 @@ fn start_nginx(backend: SocketAddr) -> Option<(Proc, SocketAddr, tempfile::TempD
     );
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).ok()?;
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(500));
-    Some((
-        Proc {
-            child,
-            name: "nginx",
-        },
-        addr,
-        dir,
-    ))
+    let proc = launch(
+        Command::new(bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(Stdio::null()),
+        "nginx",
+    )?;
+    Some((proc, addr, dir))
 }
 
 /// pingora-proxy alone (`bench/pingora_floor.rs`) in front of the same backend.
@@ -263,22 +252,15 @@ fn start_floor(backend: SocketAddr) -> Option<(Proc, SocketAddr)> {
         .ok()?
         .with_file_name("pingora_floor");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().ok()?;
-    let child = Command::new(bin)
-        .arg(addr.to_string())
-        .arg(backend.to_string())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(500));
-    Some((
-        Proc {
-            child,
-            name: "pingora-floor",
-        },
-        addr,
-    ))
+    let proc = launch(
+        Command::new(bin)
+            .arg(addr.to_string())
+            .arg(backend.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "pingora-floor",
+    )?;
+    Some((proc, addr))
 }
 
 // ------------------------------------------------------------------- load

@@ -158,7 +158,6 @@ impl ProxyHttp for GatewayProxy {
         let path = session.req_header().uri.path().to_owned();
         if let Some(native) = routes::match_native(&method, &path) {
             ctx.route = Arc::from(native.template());
-            session.set_read_timeout(Some(BODY_READ_TIMEOUT));
             ctx.status = self.serve_native(session, native, &ctx.request_id).await?;
             return Ok(true);
         }
@@ -292,7 +291,6 @@ impl Gateway {
         let method = session.req_header().method.clone();
         let native = routes::match_native(&method, session.req_header().uri.path())
             .unwrap_or(routes::Native::Unknown);
-        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let route = native.template();
         let result = self.serve_native(session, native, &request_id).await;
         let status = match &result {
@@ -316,6 +314,7 @@ impl Gateway {
         native: Native,
         request_id: &str,
     ) -> Result<u16> {
+        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let open = matches!(native, Native::Healthz | Native::Readyz);
         let extra = match &native {
             Native::WrongMethod(_, allow) => vec![("allow", (*allow).to_owned())],

@@ -136,9 +136,9 @@ impl AgentHttp {
     ) -> GatewayResult<Reply> {
         // Waiting here is the gateway's own queueing, not the agent
         // service's time: it stays out of the wait clock.
-        let _slot = match (&self.slots, timeout) {
-            (Some(slots), None) => Some(self.slot(slots, operation).await?),
-            _ => None,
+        let _slot = match timeout {
+            None => self.slot(operation).await?,
+            Some(_) => None,
         };
         let started = Instant::now();
         let result = self.call_inner(method, path, body, timeout).await;
@@ -160,13 +160,13 @@ impl AgentHttp {
         result
     }
 
-    async fn slot<'a>(
-        &self,
-        slots: &'a Semaphore,
-        operation: &'static str,
-    ) -> GatewayResult<SemaphorePermit<'a>> {
+    /// A turn among `max_concurrent_calls`; none needed without a limit.
+    async fn slot(&self, operation: &'static str) -> GatewayResult<Option<SemaphorePermit<'_>>> {
+        let Some(slots) = &self.slots else {
+            return Ok(None);
+        };
         match tokio::time::timeout(self.slot_wait, slots.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Some(permit)),
             _ => {
                 metrics::AGENT_SERVICE_CALLS
                     .with_label_values(&[operation, "queue_timeout"])
