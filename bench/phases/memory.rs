@@ -1,0 +1,56 @@
+//! Memory: a fresh gateway idle, then with 10,000 chats in flight.
+
+use std::time::{Duration, Instant};
+
+use crate::load::{chat_body, open_loop, user};
+use crate::procs::{proc_rss_mb, start_gateway};
+use crate::{Ctx, Rows, verdict};
+
+pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
+    let mg = start_gateway("memory", "eai", "poll", cx.sim).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh_idle = mg.proc.rss_mb();
+    let url = mg.chat_url();
+    let total = 10_000;
+    let launch_rate = 1_000.0;
+    let sampler = {
+        let pid = mg.proc.pid();
+        tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            let end = Instant::now() + Duration::from_secs(45);
+            while Instant::now() < end {
+                if let Some(mb) = proc_rss_mb(pid) {
+                    peak = peak.max(mb);
+                    if std::env::var_os("BENCH_TRACE_RSS").is_some() {
+                        eprintln!("rss {mb:.1} MB");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            peak
+        })
+    };
+    let samples = open_loop(
+        cx.client,
+        &url,
+        launch_rate,
+        Duration::from_secs_f64(total as f64 / launch_rate),
+        |i| (chat_body(&user(10, i), 30_000), Duration::from_secs(30)),
+    )
+    .await;
+    let peak = sampler.await.unwrap_or(0.0);
+    let ok = samples.iter().filter(|s| s.ok).count();
+    rows.add(
+        "gateway RSS, idle (fresh instance)",
+        format!("{fresh_idle:.1} MB"),
+        "—",
+        "—",
+    );
+    rows.add(
+        "gateway RSS, 10,000 chats in flight (30 s processing)",
+        format!("{peak:.1} MB peak ({ok}/{total} answered 200)"),
+        "< 150 MB",
+        verdict(peak < 150.0 && ok == total),
+    );
+    drop(mg);
+}

@@ -1,0 +1,83 @@
+//! Pass-through of a 1 KiB GET: direct, nginx, bare pingora-proxy and the
+//! gateway, the three proxies measured in turn, twice, each keeping its
+//! better run (the machine is shared and noisy). CPU per request is read
+//! from /proc, which load on the other core does not distort.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::load::{closed_loop, millis, percentile};
+use crate::procs::{start_floor, start_nginx, tree_cpu_secs};
+use crate::{Ctx, Rows, verdict};
+
+pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
+    let (client, gw, sim_addr) = (cx.client, cx.gw, cx.sim);
+    let conns = 64;
+    let dur = Duration::from_secs(if cx.quick { 3 } else { 5 });
+    let path = "/sim/payload?bytes=1024";
+    let (d_rps, d_lat) = closed_loop(client, &format!("http://{sim_addr}{path}"), conns, dur).await;
+    rows.add(
+        "pass-through 1 KiB GET, direct to backend",
+        format!(
+            "{d_rps:.0} req/s, p99 {:.2} ms",
+            percentile(&millis(&d_lat), 99.0)
+        ),
+        "—",
+        "—",
+    );
+    let nginx = start_nginx(sim_addr);
+    let floor = start_floor(sim_addr);
+    let mut proxies: Vec<(&str, SocketAddr, u32)> = vec![("eai-gateway", gw.addr, gw.proc.pid())];
+    if let Some((p, addr, _)) = &nginx {
+        proxies.push(("nginx", *addr, p.pid()));
+    }
+    if let Some((p, addr)) = &floor {
+        proxies.push(("pingora-proxy alone (floor)", *addr, p.pid()));
+    }
+    let mut best: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+    for _ in 0..2 {
+        for &(name, addr, pid) in &proxies {
+            let cpu0 = tree_cpu_secs(pid);
+            let (rps, lat) = closed_loop(client, &format!("http://{addr}{path}"), conns, dur).await;
+            let cpu_us = (tree_cpu_secs(pid) - cpu0) * 1e6 / (rps * dur.as_secs_f64()).max(1.0);
+            let p99 = percentile(&millis(&lat), 99.0);
+            let entry = best.entry(name).or_insert((0.0, f64::MAX, f64::MAX));
+            if rps > entry.0 {
+                *entry = (rps, p99, cpu_us);
+            }
+        }
+    }
+    let show = |(rps, p99, cpu): (f64, f64, f64)| {
+        format!("{rps:.0} req/s, p99 {p99:.2} ms, {cpu:.0} µs CPU per request")
+    };
+    let nginx_best = best.get("nginx").copied();
+    for (name, result) in &best {
+        if *name == "eai-gateway" {
+            continue;
+        }
+        rows.add(
+            &format!("pass-through 1 KiB GET, {name}"),
+            show(*result),
+            "—",
+            "—",
+        );
+    }
+    let gw_best = best.get("eai-gateway").copied().unwrap_or((0.0, 0.0, 0.0));
+    match nginx_best {
+        Some(n) => rows.add(
+            "pass-through 1 KiB GET, eai-gateway",
+            show(gw_best),
+            "req/s ≥ nginx, p99 ≤ nginx",
+            verdict(gw_best.0 >= n.0 && gw_best.1 <= n.1),
+        ),
+        None => rows.add(
+            "pass-through 1 KiB GET, eai-gateway",
+            show(gw_best),
+            "req/s ≥ nginx, p99 ≤ nginx",
+            "nginx not installed",
+        ),
+    }
+    drop(nginx);
+    drop(floor);
+}
