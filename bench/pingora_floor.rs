@@ -5,6 +5,7 @@
 //! gateway adds.
 //!
 //! Usage: pingora_floor LISTEN_ADDR BACKEND_ADDR
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
 use pingora::prelude::*;

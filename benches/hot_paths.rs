@@ -1,26 +1,34 @@
 //! Criterion micro-benchmarks of the per-request hot paths:
 //! `cargo bench --bench hot_paths`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use eai_gateway::agents::cache::MappingCache;
-use eai_gateway::ids::{AgentId, UserNumber};
+use eai_gateway::chat::{ChatAnswer, CompletedMessage};
+use eai_gateway::ids::{AgentId, UserNumber, UserRules};
+use eai_gateway::mapping::cache::MappingCache;
 use eai_gateway::routes::{self, chat};
 use http::Method;
 use serde_json::{Value, json};
 
 fn decoding(c: &mut Criterion) {
     let body = r#"{"user_number": "+5521999999999", "message": "Olá, preciso renovar meu documento. Como faço?", "metadata": {"channel": "whatsapp"}}"#.as_bytes();
+    let rules = chat::ChatRules {
+        users: UserRules::standard(),
+        max_message_chars: 4096,
+    };
     c.bench_function("decode and validate a chat body", |b| {
         b.iter(|| {
             let value: Value = serde_json::from_slice(black_box(body)).unwrap();
-            chat::decode(&value, 4096).unwrap()
+            chat::decode(&value, &rules).unwrap()
         })
     });
     c.bench_function("validate a path user number", |b| {
-        b.iter(|| routes::agent::user_from_path(black_box("%2B5521999999999")).unwrap())
+        b.iter(|| {
+            routes::agent::user_from_path(&rules.users, black_box("%2B5521999999999")).unwrap()
+        })
     });
     c.bench_function("match a native route", |b| {
         b.iter(|| {
@@ -34,8 +42,9 @@ fn decoding(c: &mut Criterion) {
 
 fn cache(c: &mut Criterion) {
     let cache = MappingCache::new(100_000, Duration::from_secs(30));
+    let rules = UserRules::standard();
     let users: Vec<UserNumber> = (0..10_000)
-        .map(|i| UserNumber::parse(&format!("5521{i:09}")).unwrap())
+        .map(|i| rules.parse(&format!("5521{i:09}")).unwrap())
         .collect();
     for (i, u) in users.iter().enumerate() {
         cache.put(u, &AgentId::parse(&format!("agent-{i}")).unwrap());
@@ -60,9 +69,14 @@ fn response(c: &mut Criterion) {
                       "usage": {"completion_tokens": 13, "prompt_tokens": 706, "total_tokens": 719}});
     c.bench_function("assemble and serialise the chat response", |b| {
         b.iter(|| {
-            let envelope = json!({"response": {"status": "completed",
-                "message_id": "run-1361c679-40ca-4022-b2c8-0615dda0f016", "data": black_box(&data).clone()}});
-            envelope.to_string()
+            let answer = ChatAnswer {
+                response: CompletedMessage {
+                    status: "completed",
+                    message_id: "run-1361c679-40ca-4022-b2c8-0615dda0f016".into(),
+                    data: black_box(&data).clone(),
+                },
+            };
+            serde_json::to_vec(&answer).unwrap()
         })
     });
 }

@@ -9,9 +9,16 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct TokenSet {
     digests: Vec<[u8; 32]>,
+}
+
+/// Says how many tokens there are, never which.
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenSet({} tokens)", self.digests.len())
+    }
 }
 
 impl TokenSet {

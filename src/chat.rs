@@ -12,19 +12,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::agents::MappingStore;
-use crate::agents::cache::MappingCache;
-use crate::agents::lanes::UserLanes;
-use crate::agents::lease::ChatLeases;
-use crate::config::{AgentsConfig, ChatConfig, PollConfig};
+use crate::agent_service::{AgentService, Deleted, Poll, Sent, poll};
+use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
+use crate::mapping::cache::MappingCache;
+use crate::mapping::lanes::UserLanes;
+use crate::mapping::lease::ChatLeases;
+use crate::mapping::{LeaseStore, MappingStore};
 use crate::metrics;
-use crate::upstream::http::{REQUEST_ID, UPSTREAM_WAIT};
-use crate::upstream::{AgentService, Deleted, Poll, Sent, poll};
+use crate::settings::{PollSettings, Settings, limit};
 
 pub struct ChatRequest {
     pub user: UserNumber,
@@ -32,8 +33,22 @@ pub struct ChatRequest {
     /// Asked-for budget; capped by `chat.timeout_seconds`.
     pub timeout: Option<Duration>,
     pub metadata: Option<Value>,
-    /// Sent to the agent service as `X-Request-Id`.
-    pub request_id: Option<String>,
+}
+
+/// The agent's answer to one message, as the route returns it:
+/// `{"response": {"status": "completed", "message_id": …, "data": …}}`.
+#[derive(Debug, Serialize)]
+pub struct ChatAnswer {
+    pub response: CompletedMessage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletedMessage {
+    /// Always `completed`: anything else is an error, not an answer.
+    pub status: &'static str,
+    pub message_id: String,
+    /// The dialect's messages, agent id and usage.
+    pub data: Value,
 }
 
 #[derive(Clone)]
@@ -47,24 +62,22 @@ struct Inner {
     cache: MappingCache,
     lanes: UserLanes,
     leases: ChatLeases,
-    poll: PollConfig,
+    poll: PollSettings,
     budget: Duration,
     delete_upstream: bool,
     max_queued: Option<usize>,
 }
 
 enum Attempt {
-    Answered(Value),
+    Answered(ChatAnswer),
     AgentGone,
 }
 
 impl ChatService {
-    pub fn new(
-        store: Arc<dyn MappingStore>,
+    pub fn new<S: MappingStore + LeaseStore + 'static>(
+        settings: &Settings,
+        store: Arc<S>,
         agents: Arc<dyn AgentService>,
-        chat: &ChatConfig,
-        agents_cfg: &AgentsConfig,
-        user_queue_max: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -72,14 +85,14 @@ impl ChatService {
                 store,
                 agents,
                 cache: MappingCache::new(
-                    agents_cfg.cache_capacity,
-                    Duration::from_secs(agents_cfg.cache_ttl_seconds),
+                    settings.mapping.cache_capacity,
+                    settings.mapping.cache_ttl,
                 ),
                 lanes: UserLanes::default(),
-                poll: chat.poll.clone(),
-                budget: Duration::from_secs_f64(chat.timeout_seconds),
-                delete_upstream: agents_cfg.delete_upstream_on_delete,
-                max_queued: (user_queue_max > 0).then_some(user_queue_max),
+                poll: settings.chat.poll.clone(),
+                budget: settings.chat.timeout,
+                delete_upstream: settings.mapping.delete_upstream_on_delete,
+                max_queued: limit(settings.limits.user_queue_max),
             }),
         }
     }
@@ -88,7 +101,9 @@ impl ChatService {
         self.inner.store.as_ref()
     }
 
-    pub async fn chat(&self, req: ChatRequest) -> GatewayResult<Value> {
+    /// Runs one chat to its answer. Everything from the user's lane on runs
+    /// in a task of its own (see the module comment).
+    pub async fn chat(&self, ctx: RequestContext, req: ChatRequest) -> GatewayResult<ChatAnswer> {
         let budget = req
             .timeout
             .map_or(self.inner.budget, |t| t.min(self.inner.budget));
@@ -98,30 +113,24 @@ impl ChatService {
             .lanes
             .enqueue(&req.user, self.inner.max_queued)
             .map_err(|_| {
-                crate::limits::reject("user_queue");
                 GatewayError::new(
-                    ErrorKind::RateLimited,
+                    ErrorKind::UserQueueFull,
                     "too many messages of this user are waiting for an answer",
                 )
                 .retry_after(1)
             })?;
         let inner = self.inner.clone();
-        let request_id = req.request_id.clone().unwrap_or_default();
-        let clock = UPSTREAM_WAIT.try_with(Arc::clone).unwrap_or_default();
-        let task = tokio::spawn(UPSTREAM_WAIT.scope(
-            clock,
-            REQUEST_ID.scope(request_id, async move {
-                let _lane = tokio::time::timeout_at(deadline, ticket.wait())
-                    .await
-                    .map_err(|_| {
-                        GatewayError::new(
-                            ErrorKind::PollTimeout,
-                            "earlier messages of this user are still being answered",
-                        )
-                    })?;
-                inner.chat_in_turn(req, deadline).await
-            }),
-        ));
+        let task = tokio::spawn(async move {
+            let _lane = tokio::time::timeout_at(deadline, ticket.wait())
+                .await
+                .map_err(|_| {
+                    GatewayError::new(
+                        ErrorKind::PollTimeout,
+                        "earlier messages of this user are still being answered",
+                    )
+                })?;
+            inner.chat_in_turn(&ctx, req, deadline).await
+        });
         task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "Chat task failed.");
             Err(GatewayError::new(ErrorKind::Internal, "internal error"))
@@ -133,7 +142,7 @@ impl ChatService {
     }
 
     /// Removes the mapping (and the agent upstream when configured).
-    pub async fn forget(&self, user: &UserNumber) -> GatewayResult<()> {
+    pub async fn forget(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<()> {
         let inner = &self.inner;
         inner.cache.remove(user);
         let Some(agent) = inner.store.delete(user).await? else {
@@ -143,7 +152,7 @@ impl ChatService {
             ));
         };
         if inner.delete_upstream {
-            match inner.agents.delete_agent(&agent).await {
+            match inner.agents.delete_agent(ctx, &agent).await {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; leave a trace for cleanup.
                 Err(e) => {
@@ -157,21 +166,31 @@ impl ChatService {
 
 impl Inner {
     /// Runs while holding the user's lane.
-    async fn chat_in_turn(&self, req: ChatRequest, deadline: Instant) -> GatewayResult<Value> {
+    async fn chat_in_turn(
+        &self,
+        ctx: &RequestContext,
+        req: ChatRequest,
+        deadline: Instant,
+    ) -> GatewayResult<ChatAnswer> {
         let lease = self.leases.acquire(&req.user, deadline).await?;
-        let result = self.converse(&req, deadline).await;
+        let result = self.converse(ctx, &req, deadline).await;
         lease.release().await;
         result
     }
 
-    async fn converse(&self, req: &ChatRequest, deadline: Instant) -> GatewayResult<Value> {
-        let agent = self.agent_for(&req.user).await?;
-        if let Attempt::Answered(v) = self.attempt(&agent, req, deadline).await? {
+    async fn converse(
+        &self,
+        ctx: &RequestContext,
+        req: &ChatRequest,
+        deadline: Instant,
+    ) -> GatewayResult<ChatAnswer> {
+        let agent = self.agent_for(ctx, &req.user).await?;
+        if let Attempt::Answered(v) = self.attempt(ctx, &agent, req, deadline).await? {
             return Ok(v);
         }
         tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone upstream; replacing it.");
-        let agent = self.heal(&req.user, &agent).await?;
-        match self.attempt(&agent, req, deadline).await? {
+        let agent = self.heal(ctx, &req.user, &agent).await?;
+        match self.attempt(ctx, &agent, req, deadline).await? {
             Attempt::Answered(v) => Ok(v),
             // Once only: a second disappearance is reported, not chased.
             Attempt::AgentGone => Err(GatewayError::agent_service(
@@ -182,6 +201,7 @@ impl Inner {
 
     async fn attempt(
         &self,
+        ctx: &RequestContext,
         agent: &AgentId,
         req: &ChatRequest,
         deadline: Instant,
@@ -189,12 +209,12 @@ impl Inner {
         let budget = deadline.saturating_duration_since(Instant::now());
         let sent = self
             .agents
-            .send(agent, &req.message, req.metadata.as_ref(), budget)
+            .send(ctx, agent, &req.message, req.metadata.as_ref(), budget)
             .await?;
         let (id, finished) = match sent {
             Sent::Accepted(id) => {
                 let finished =
-                    poll::until_done(self.agents.as_ref(), agent, &id, &self.poll, deadline)
+                    poll::until_done(ctx, self.agents.as_ref(), agent, &id, &self.poll, deadline)
                         .await?;
                 (id, finished)
             }
@@ -204,9 +224,13 @@ impl Inner {
         };
         metrics::CHAT_POLLS.observe(f64::from(finished.polls));
         match finished.outcome {
-            Poll::Completed(data) => Ok(Attempt::Answered(json!({
-                "response": {"status": "completed", "message_id": id, "data": data}
-            }))),
+            Poll::Completed(data) => Ok(Attempt::Answered(ChatAnswer {
+                response: CompletedMessage {
+                    status: "completed",
+                    message_id: id,
+                    data,
+                },
+            })),
             Poll::Failed(reason) => Err(GatewayError::agent_service(reason)),
             Poll::AgentGone => Ok(Attempt::AgentGone),
             Poll::Pending => Err(GatewayError::new(
@@ -217,7 +241,7 @@ impl Inner {
     }
 
     /// The user's agent: cache, then store, then created and claimed.
-    async fn agent_for(&self, user: &UserNumber) -> GatewayResult<AgentId> {
+    async fn agent_for(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
         if let Some(agent) = self.cache.get(user) {
             return Ok(agent);
         }
@@ -225,16 +249,21 @@ impl Inner {
             self.cache.put(user, &agent);
             return Ok(agent);
         }
-        let created = self.create(user).await?;
+        let created = self.create(ctx, user).await?;
         let claimed = self.store.claim(user, &created).await;
-        let winner = self.settle(created, claimed)?;
+        let winner = self.settle(ctx, created, claimed)?;
         self.cache.put(user, &winner);
         Ok(winner)
     }
 
     /// Replaces `stale` (gone upstream) with a new agent, unless another
     /// replica already did.
-    async fn heal(&self, user: &UserNumber, stale: &AgentId) -> GatewayResult<AgentId> {
+    async fn heal(
+        &self,
+        ctx: &RequestContext,
+        user: &UserNumber,
+        stale: &AgentId,
+    ) -> GatewayResult<AgentId> {
         self.cache.remove(user);
         if let Some(current) = self.store.get(user).await?
             && &current != stale
@@ -242,46 +271,52 @@ impl Inner {
             self.cache.put(user, &current);
             return Ok(current);
         }
-        let created = self.create(user).await?;
+        let created = self.create(ctx, user).await?;
         let swapped = match self.store.replace(user, stale, &created).await {
             Ok(Some(current)) => Ok(current),
             // Deleted meanwhile: the new agent becomes the mapping.
             Ok(None) => self.store.claim(user, &created).await,
             Err(e) => Err(e),
         };
-        let winner = self.settle(created, swapped)?;
+        let winner = self.settle(ctx, created, swapped)?;
         self.cache.put(user, &winner);
         Ok(winner)
     }
 
     /// After creating `created`, keeps it if it became the mapping and
     /// deletes it upstream otherwise, so no agent is left unmapped.
-    fn settle(&self, created: AgentId, mapped: GatewayResult<AgentId>) -> GatewayResult<AgentId> {
+    fn settle(
+        &self,
+        ctx: &RequestContext,
+        created: AgentId,
+        mapped: GatewayResult<AgentId>,
+    ) -> GatewayResult<AgentId> {
         match mapped {
             Ok(winner) => {
                 if winner != created {
-                    self.discard(created);
+                    self.discard(ctx, created);
                 }
                 Ok(winner)
             }
             Err(e) => {
-                self.discard(created);
+                self.discard(ctx, created);
                 Err(e)
             }
         }
     }
 
-    async fn create(&self, user: &UserNumber) -> GatewayResult<AgentId> {
-        let agent = self.agents.create_agent(user).await?;
+    async fn create(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
+        let agent = self.agents.create_agent(ctx, user).await?;
         metrics::AGENTS_CREATED.inc();
         tracing::info!(user = %user.masked(), agent = %agent, "Agent created.");
         Ok(agent)
     }
 
-    fn discard(&self, agent: AgentId) {
+    fn discard(&self, ctx: &RequestContext, agent: AgentId) {
         let agents = self.agents.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            match agents.delete_agent(&agent).await {
+            match agents.delete_agent(&ctx, &agent).await {
                 Ok(_) => tracing::info!(agent = %agent, "Surplus agent deleted upstream."),
                 Err(e) => {
                     tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted upstream.")

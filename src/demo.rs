@@ -1,49 +1,53 @@
 //! `eai-gateway demo`: the simulator and the gateway on loopback with a
 //! SQLite file, plus curl commands to paste.
 
-use crate::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::settings::{AgentServiceSettings, DatabaseUrl, Dialect, Settings, UpstreamSettings};
 use crate::sim::{SimSettings, Simulator};
 
 pub struct DemoOptions {
-    pub listen: String,
-    pub metrics_listen: String,
-    pub simulator_listen: String,
-    pub dialect: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub simulator_listen: SocketAddr,
+    pub dialect: Dialect,
     pub delay_ms: u64,
-    pub database: String,
+    pub database: PathBuf,
 }
 
-pub fn demo_config(opts: &DemoOptions, simulator: &str) -> Result<Config, String> {
-    let yaml = format!(
-        "listen: {listen}\nmetrics_listen: {metrics}\nshutdown: {{drain_seconds: 1}}\n\
-         database: {{url: 'sqlite://{db}'}}\n\
-         agent_service: {{dialect: {dialect}, url: 'http://{sim}'}}\n\
-         upstreams: {{simulator: {{backends: ['{sim}']}}}}\n\
-         default_upstream: simulator\n",
-        listen = opts.listen,
-        metrics = opts.metrics_listen,
-        db = opts.database,
-        dialect = opts.dialect,
-        sim = simulator,
+/// The defaults, pointed at the simulator for both the agent service and
+/// pass-through.
+pub fn demo_settings(opts: &DemoOptions, simulator: SocketAddr) -> Settings {
+    let url = reqwest::Url::parse(&format!("http://{simulator}"))
+        .unwrap_or_else(|_| unreachable!("a socket address makes a valid URL"));
+    let mut settings = Settings::new(AgentServiceSettings::new(opts.dialect, url));
+    settings.listen = opts.listen;
+    settings.metrics_listen = Some(opts.metrics_listen);
+    settings.shutdown.drain = Duration::from_secs(1);
+    settings.database.url = DatabaseUrl::Sqlite(format!("sqlite://{}", opts.database.display()));
+    settings.upstreams.insert(
+        "simulator".into(),
+        UpstreamSettings::with_backends([simulator.to_string()]),
     );
-    let config = Config::from_yaml(&yaml).map_err(|e| e.to_string())?;
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    settings.default_upstream = Some("simulator".into());
+    settings
 }
 
 /// Starts the simulator on its own runtime thread; returns its address.
 pub fn start_simulator(
-    addr: &str,
+    addr: SocketAddr,
     delay_ms: u64,
     threads: usize,
-) -> Result<std::net::SocketAddr, String> {
+) -> Result<SocketAddr, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let bound = runtime
-        .block_on(Simulator::new(SimSettings::with_delay(delay_ms)).spawn(addr))
+        .block_on(Simulator::new(SimSettings::with_delay(delay_ms)).spawn(&addr.to_string()))
         .map_err(|e| format!("simulator listen {addr}: {e}"))?;
     // The runtime must outlive this function: park it on a thread for the
     // life of the process.
@@ -51,9 +55,11 @@ pub fn start_simulator(
     Ok(bound)
 }
 
-pub fn banner(config: &Config, simulator: &str) -> String {
-    let gw = &config.listen;
-    let metrics = config.metrics_listen.as_deref().unwrap_or("-");
+pub fn banner(settings: &Settings, simulator: SocketAddr) -> String {
+    let gw = settings.listen;
+    let metrics = settings
+        .metrics_listen
+        .map_or_else(|| "-".to_owned(), |m| m.to_string());
     format!(
         "\nEAI Gateway demo\n  gateway    http://{gw}\n  metrics    http://{metrics}/metrics\n  \
          simulator  http://{simulator} ({} dialect)\n  database   {}\n\nTry:\n\
@@ -63,7 +69,30 @@ pub fn banner(config: &Config, simulator: &str) -> String {
          curl -s -X DELETE -i http://{gw}/eai-gateway/agent/5521999999999\n\
          curl -s http://{gw}/v1/health/        # passed through to the simulator\n\
          curl -s http://{metrics}/metrics | grep eai_gateway_\n\nCtrl-C stops.\n",
-        config.agent_service.dialect.as_str(),
-        config.database.url
+        settings.agent_service.dialect.as_str(),
+        settings.database.url.redacted()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_settings_are_valid() {
+        let opts = DemoOptions {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            metrics_listen: "127.0.0.1:9091".parse().unwrap(),
+            simulator_listen: "127.0.0.1:8300".parse().unwrap(),
+            dialect: Dialect::Letta,
+            delay_ms: 300,
+            database: "demo.db".into(),
+        };
+        let settings = demo_settings(&opts, opts.simulator_listen);
+        settings.validate().unwrap();
+        assert_eq!(
+            settings.agent_service.url.as_str(),
+            "http://127.0.0.1:8300/"
+        );
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use http::StatusCode;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The body is not JSON at all.
@@ -16,35 +18,52 @@ pub enum ErrorKind {
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
-    RateLimited,
+    /// The user sent more chats this minute than `limits.user_rate_per_min`.
+    UserRateLimited,
+    /// The user has `limits.user_queue_max` chats running or queued.
+    UserQueueFull,
     /// The agent service answered with an error, a failed run, or garbage.
     AgentService,
     /// The agent service could not be reached at all.
     AgentServiceUnreachable,
-    /// A pass-through backend could not be reached or failed mid-response.
-    BadGateway,
     DatabaseUnavailable,
+    /// `limits.max_inflight_chats` chats are in flight.
     AtCapacity,
     PollTimeout,
     Internal,
 }
 
 impl ErrorKind {
-    pub fn status(self) -> u16 {
+    pub fn status(self) -> StatusCode {
         match self {
-            Self::MalformedJson => 400,
-            Self::Unauthorized => 401,
-            Self::NotFound => 404,
-            Self::RequestTimeout => 408,
-            Self::MethodNotAllowed => 405,
-            Self::PayloadTooLarge => 413,
-            Self::UnsupportedMediaType => 415,
-            Self::InvalidInput => 422,
-            Self::RateLimited => 429,
-            Self::AgentService | Self::AgentServiceUnreachable | Self::BadGateway => 502,
-            Self::DatabaseUnavailable | Self::AtCapacity => 503,
-            Self::PollTimeout => 504,
-            Self::Internal => 500,
+            Self::MalformedJson => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UserRateLimited | Self::UserQueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::AgentService | Self::AgentServiceUnreachable => StatusCode::BAD_GATEWAY,
+            Self::DatabaseUnavailable | Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PollTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason` label of `eai_gateway_rejections_total` when this error
+    /// refuses a request before any work was done.
+    pub fn rejection(self) -> Option<&'static str> {
+        match self {
+            Self::Unauthorized => Some("unauthorized"),
+            Self::UserRateLimited => Some("user_rate"),
+            Self::UserQueueFull => Some("user_queue"),
+            Self::AtCapacity => Some("max_inflight"),
+            Self::PayloadTooLarge => Some("payload_too_large"),
+            Self::UnsupportedMediaType => Some("unsupported_media_type"),
+            Self::RequestTimeout => Some("request_timeout"),
+            _ => None,
         }
     }
 
@@ -59,10 +78,10 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited => "rate_limited",
+            Self::UserRateLimited => "user_rate_limited",
+            Self::UserQueueFull => "user_queue_full",
             Self::AgentService => "agent_service",
             Self::AgentServiceUnreachable => "agent_service_unreachable",
-            Self::BadGateway => "bad_gateway",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::AtCapacity => "at_capacity",
             Self::PollTimeout => "poll_timeout",
@@ -105,7 +124,7 @@ impl GatewayError {
         self
     }
 
-    pub fn status(&self) -> u16 {
+    pub fn status(&self) -> StatusCode {
         self.kind.status()
     }
 
@@ -133,7 +152,7 @@ impl fmt::Display for GatewayError {
             f,
             "{} ({}): {}",
             self.kind.label(),
-            self.status(),
+            self.status().as_u16(),
             self.detail
         )
     }

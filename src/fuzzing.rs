@@ -1,32 +1,36 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the test that
 //! replays their corpus, so the corpus is exercised by every `cargo test`.
 
-use crate::config::Config;
+use crate::ids::UserRules;
 use crate::routes;
+use crate::routes::chat::ChatRules;
+use crate::settings::Settings;
 
 /// Request decoding and validation of the native routes: JSON body of a
 /// chat, then the same bytes as a path parameter.
 pub fn decode_request(data: &[u8]) {
+    let rules = ChatRules {
+        users: UserRules::standard(),
+        max_message_chars: 4096,
+    };
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data)
-        && let Ok(req) = routes::chat::decode(&value, 4096)
+        && let Ok(req) = routes::chat::decode(&value, &rules)
     {
         // What passed validation must be safe to log and to put in a URL.
         assert!(!req.user.masked().contains(req.user.as_str()));
         assert!(req.user.as_str().bytes().all(|b| b.is_ascii_graphic()));
     }
     if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(user) = routes::agent::user_from_path(text)
+        && let Ok(user) = routes::agent::user_from_path(&rules.users, text)
     {
         assert!(!user.as_str().contains('/'));
     }
 }
 
-/// Config parsing and validation (without the environment).
+/// Settings parsing and validation (without the environment).
 pub fn parse_config(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(config) = Config::from_yaml(text)
-    {
-        let _ = config.validate();
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Settings::parse(text, |_| None);
     }
 }
 

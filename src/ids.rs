@@ -2,87 +2,100 @@
 //! function that takes one never has to re-check its input.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
-use regex::Regex;
 use sha2::{Digest, Sha256};
 
-pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
+use crate::settings::{UserPattern, UserSettings};
+
 const MAX_USER_LEN: usize = 64;
 
-/// Process-wide rules for user numbers, fixed at start-up from config.
+/// The rules for user numbers (`users:`), built once from the settings.
+/// Every `UserNumber` keeps a pointer to the rules it was checked by, so it
+/// can mask itself in logs without a global.
 pub struct UserRules {
-    pattern: Regex,
-    /// Key of the hash in masked log values.
-    log_key: String,
+    pattern: UserPattern,
+    pseudonym_key: String,
 }
 
 impl UserRules {
-    pub fn new(pattern: &str, log_key: &str) -> Result<Self, String> {
-        let pattern = Regex::new(pattern).map_err(|e| e.to_string())?;
-        Ok(Self {
-            pattern,
-            log_key: log_key.to_owned(),
+    pub fn new(settings: &UserSettings) -> Arc<Self> {
+        Arc::new(Self {
+            pattern: settings.pattern.clone(),
+            pseudonym_key: settings.pseudonym_key.clone(),
         })
     }
-}
 
-static RULES: OnceLock<UserRules> = OnceLock::new();
+    /// The default rules (tests, benchmarks, fuzzing).
+    pub fn standard() -> Arc<Self> {
+        Self::new(&UserSettings::default())
+    }
 
-/// Installs the configured rules; the first call wins.
-pub fn configure(rules: UserRules) {
-    let _ = RULES.set(rules);
-}
-
-fn rules() -> &'static UserRules {
-    RULES.get_or_init(|| {
-        UserRules::new(DEFAULT_USER_PATTERN, "eai-gateway").expect("default pattern compiles")
-    })
-}
-
-/// A user's phone number, validated by the configured pattern (default: an
-/// optional `+`, then 8–15 ASCII digits).
-///
-/// `+5521999999999` and `5521999999999` are the same user: the canonical form
-/// (what is stored, hashed and sent upstream) drops one leading `+`.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct UserNumber(String);
-
-impl UserNumber {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        // Whatever the pattern allows, never control characters, spaces,
-        // non-ASCII or unbounded length.
+    /// Validates a user number: whatever the pattern allows, never control
+    /// characters, spaces, non-ASCII or unbounded length.
+    ///
+    /// `+5521999999999` and `5521999999999` are the same user: the canonical
+    /// form (what is stored, hashed and sent upstream) drops one leading `+`.
+    pub fn parse(self: &Arc<Self>, raw: &str) -> Result<UserNumber, String> {
         let plain = !raw.is_empty()
             && raw.len() <= MAX_USER_LEN
             && raw.bytes().all(|b| b.is_ascii_graphic());
-        if !plain || !rules().pattern.is_match(raw) {
+        if !plain || !self.pattern.is_match(raw) {
             return Err("user_number does not match the allowed pattern (default: optional '+' then 8-15 digits)".into());
         }
         let canonical = raw.strip_prefix('+').unwrap_or(raw);
         if canonical.is_empty() {
             return Err("user_number is empty".into());
         }
-        Ok(Self(canonical.to_owned()))
+        Ok(UserNumber {
+            number: canonical.into(),
+            rules: self.clone(),
+        })
     }
+}
 
+/// A user's phone number, validated by the configured rules. Only
+/// `UserRules::parse` builds one.
+#[derive(Clone)]
+pub struct UserNumber {
+    number: Box<str>,
+    rules: Arc<UserRules>,
+}
+
+impl PartialEq for UserNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.number == other.number
+    }
+}
+
+impl Eq for UserNumber {}
+
+impl Hash for UserNumber {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.number.hash(state);
+    }
+}
+
+impl UserNumber {
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.number
     }
 
     /// Safe to log: the last four characters plus a keyed hash, enough to
     /// follow one user through the logs without revealing the number.
     pub fn masked(&self) -> String {
-        let tail = &self.0[self.0.len().saturating_sub(4)..];
-        format!("***{tail}#{}", &self.pseudonym(&rules().log_key)[..8])
+        let tail = &self.number[self.number.len().saturating_sub(4)..];
+        format!("***{tail}#{}", &self.pseudonym()[..8])
     }
 
     /// A stable pseudonym for naming things outside the gateway (upstream agent
     /// names and tags) without handing out the raw number.
-    pub fn pseudonym(&self, key: &str) -> String {
+    pub fn pseudonym(&self) -> String {
         let mut hasher = Sha256::new();
-        hasher.update(key.as_bytes());
+        hasher.update(self.rules.pseudonym_key.as_bytes());
         hasher.update([0u8]);
-        hasher.update(self.0.as_bytes());
+        hasher.update(self.number.as_bytes());
         hex::encode(&hasher.finalize()[..10])
     }
 }
@@ -130,10 +143,14 @@ impl fmt::Display for AgentId {
 mod tests {
     use super::*;
 
+    fn parse(raw: &str) -> Result<UserNumber, String> {
+        UserRules::standard().parse(raw)
+    }
+
     #[test]
     fn plus_and_bare_digits_are_the_same_user() {
-        let a = UserNumber::parse("+5521999999999").unwrap();
-        let b = UserNumber::parse("5521999999999").unwrap();
+        let a = parse("+5521999999999").unwrap();
+        let b = parse("5521999999999").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.as_str(), "5521999999999");
     }
@@ -153,18 +170,28 @@ mod tests {
             "1' OR '1'='1",
             "../../etc/passwd",
         ] {
-            assert!(UserNumber::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn masked_and_debug_hide_the_number() {
-        let n = UserNumber::parse("5521987654321").unwrap();
+        let n = parse("5521987654321").unwrap();
         assert!(n.masked().starts_with("***4321#"), "{}", n.masked());
         assert!(!format!("{n:?}").contains("552198765"));
-        assert_ne!(n.pseudonym("k1"), n.pseudonym("k2"));
-        assert_eq!(n.pseudonym("k"), n.pseudonym("k"));
-        assert_eq!(n.pseudonym("k").len(), 20);
+        let keyed = |key: &str| {
+            let settings = UserSettings {
+                pseudonym_key: key.into(),
+                ..UserSettings::default()
+            };
+            UserRules::new(&settings).parse("5521987654321").unwrap()
+        };
+        assert_ne!(
+            keyed("key-one-1").pseudonym(),
+            keyed("key-two-2").pseudonym()
+        );
+        assert_eq!(n.pseudonym(), parse("+5521987654321").unwrap().pseudonym());
+        assert_eq!(n.pseudonym().len(), 20);
     }
 
     #[test]

@@ -2,22 +2,26 @@
 //! long-lived agent and turns the agent service's send-then-poll protocol
 //! into one synchronous call. See README.md for the architecture.
 
-pub mod agents;
-pub mod auth;
+// Public: what the binary, the tests, the benches and the fuzz targets use.
+// Everything else is private, so the compiler reports what nothing uses.
+mod agent_service;
+mod auth;
 pub mod chat;
-pub mod config;
+mod context;
 pub mod demo;
-pub mod error;
+mod error;
 pub mod fuzzing;
 pub mod ids;
-pub mod limits;
-pub mod metrics;
-pub mod metrics_http;
-pub mod proxy;
+mod inflight;
+mod limits;
+pub mod mapping;
+mod metrics;
+mod metrics_http;
+mod proxy;
 pub mod routes;
 pub mod server;
+pub mod settings;
 pub mod sim;
-pub mod upstream;
 
 /// Installs the tracing subscriber (which also takes Pingora's `log` lines).
 /// `EAI_GATEWAY_LOG_FORMAT=json` selects JSON lines; `RUST_LOG` filters.

@@ -2,15 +2,14 @@
 //! two-window estimator), and a global cap on chats in flight. The per-user
 //! queue cap lives with the lanes, where the queue is.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pingora_limits::rate::Rate;
 
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserNumber;
-use crate::metrics;
+use crate::inflight::{InFlight, InflightGuard};
+use crate::settings::{LimitSettings, limit};
 
 const WINDOW: Duration = Duration::from_secs(60);
 // Count-min sketch size: wide enough that unrelated users rarely share all
@@ -21,39 +20,28 @@ const SLOTS: usize = 16 * 1024;
 pub struct ChatLimits {
     user_rate: Option<(Rate, u32)>,
     max_inflight: Option<usize>,
-    inflight: Arc<AtomicUsize>,
-}
-
-/// Holds one slot of the global in-flight cap.
-pub struct InflightSlot(Arc<AtomicUsize>);
-
-impl Drop for InflightSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    inflight: InFlight,
 }
 
 impl ChatLimits {
-    /// `0` turns a limit off.
-    pub fn new(user_rate_per_min: u32, max_inflight: usize) -> Self {
+    pub fn new(cfg: &LimitSettings) -> Self {
         Self {
-            user_rate: (user_rate_per_min > 0).then(|| {
+            user_rate: limit(cfg.user_rate_per_min).map(|per_min| {
                 (
                     Rate::new_with_estimator_config(WINDOW, HASHES, SLOTS),
-                    user_rate_per_min,
+                    per_min,
                 )
             }),
-            max_inflight: (max_inflight > 0).then_some(max_inflight),
-            inflight: Arc::default(),
+            max_inflight: limit(cfg.max_inflight_chats),
+            inflight: InFlight::default(),
         }
     }
 
-    /// Takes a global slot or answers 503 with `Retry-After`.
-    pub fn begin(&self) -> GatewayResult<InflightSlot> {
-        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        let slot = InflightSlot(self.inflight.clone());
-        if self.max_inflight.is_some_and(|max| now > max) {
-            reject("max_inflight");
+    /// Takes a place among the chats in flight or answers 503 with
+    /// `Retry-After`.
+    pub fn begin(&self) -> GatewayResult<InflightGuard> {
+        let slot = self.inflight.enter();
+        if self.max_inflight.is_some_and(|max| slot.position > max) {
             return Err(GatewayError::new(
                 ErrorKind::AtCapacity,
                 "the gateway is at capacity; retry shortly",
@@ -76,10 +64,9 @@ impl ChatLimits {
             (est, c.current_interval_fraction)
         });
         if estimate >= f64::from(*limit) {
-            reject("user_rate");
             let wait = ((1.0 - fraction) * WINDOW.as_secs_f64()).ceil() as u64;
             return Err(GatewayError::new(
-                ErrorKind::RateLimited,
+                ErrorKind::UserRateLimited,
                 format!("too many messages from this user; the limit is {limit} per minute"),
             )
             .retry_after(wait));
@@ -89,19 +76,19 @@ impl ChatLimits {
     }
 }
 
-pub fn reject(reason: &'static str) {
-    metrics::REJECTIONS.with_label_values(&[reason]).inc();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn user_rate_limits_one_user_not_others() {
-        let limits = ChatLimits::new(3, 0);
-        let a = UserNumber::parse("5521000000001").unwrap();
-        let b = UserNumber::parse("5521000000002").unwrap();
+        let limits = ChatLimits::new(&LimitSettings {
+            user_rate_per_min: 3,
+            ..LimitSettings::default()
+        });
+        let rules = crate::ids::UserRules::standard();
+        let a = rules.parse("5521000000001").unwrap();
+        let b = rules.parse("5521000000002").unwrap();
         for _ in 0..3 {
             limits.admit(&a).unwrap();
         }
@@ -113,10 +100,13 @@ mod tests {
 
     #[test]
     fn inflight_cap_frees_slots_on_drop() {
-        let limits = ChatLimits::new(0, 2);
+        let limits = ChatLimits::new(&LimitSettings {
+            max_inflight_chats: 2,
+            ..LimitSettings::default()
+        });
         let s1 = limits.begin().unwrap();
         let _s2 = limits.begin().unwrap();
-        assert_eq!(limits.begin().err().map(|e| e.status()), Some(503));
+        assert_eq!(limits.begin().err().map(|e| e.status().as_u16()), Some(503));
         drop(s1);
         assert!(limits.begin().is_ok());
     }

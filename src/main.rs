@@ -1,9 +1,10 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use eai_gateway::config::Config;
-use eai_gateway::{agents, demo, server};
+use eai_gateway::settings::{Dialect, Settings};
+use eai_gateway::{demo, mapping, server};
 
 /// jemalloc, as Pingora runs in production: with thousands of connections
 /// each holding a few small buffers for minutes, glibc's malloc fragments
@@ -40,23 +41,23 @@ enum Command {
     /// Start the simulator and the gateway on loopback with a SQLite file.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9091")]
-        metrics_listen: String,
+        metrics_listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8300")]
-        simulator_listen: String,
-        #[arg(long, default_value = "eai", value_parser = ["eai", "letta"])]
-        dialect: String,
+        simulator_listen: SocketAddr,
+        #[arg(long, default_value = "eai", value_parser = parse_dialect)]
+        dialect: Dialect,
         /// Simulated agent processing time.
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
         #[arg(long, default_value = "eai-gateway-demo.db")]
-        database: String,
+        database: PathBuf,
     },
     /// Run only the agent-service simulator (both dialects).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8300")]
-        listen: String,
+        listen: SocketAddr,
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
         /// Worker threads of the simulator's runtime.
@@ -105,23 +106,19 @@ fn main() -> ExitCode {
                 delay_ms,
                 database,
             };
-            let sim = match demo::start_simulator(&opts.simulator_listen, opts.delay_ms, 1) {
-                Ok(addr) => addr.to_string(),
+            let sim = match demo::start_simulator(opts.simulator_listen, opts.delay_ms, 1) {
+                Ok(addr) => addr,
                 Err(e) => return fail(&e),
             };
-            match demo::demo_config(&opts, &sim) {
-                Ok(cfg) => {
-                    println!("{}", demo::banner(&cfg, &sim));
-                    serve(&cfg)
-                }
-                Err(e) => fail(&e),
-            }
+            let cfg = demo::demo_settings(&opts, sim);
+            println!("{}", demo::banner(&cfg, sim));
+            serve(&cfg)
         }
         Command::Simulate {
             listen,
             delay_ms,
             threads,
-        } => match demo::start_simulator(&listen, delay_ms, threads) {
+        } => match demo::start_simulator(listen, delay_ms, threads) {
             Ok(addr) => {
                 println!("simulator listening on http://{addr}");
                 loop {
@@ -133,25 +130,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(path: &std::path::Path) -> Result<Settings, ExitCode> {
+    Settings::load(path).map_err(|e| {
         eprintln!("config error: {e}");
         ExitCode::from(2)
     })
 }
 
-fn migrate(cfg: &Config) -> Result<(), String> {
+fn migrate(cfg: &Settings) -> Result<(), String> {
     // A throwaway runtime: Pingora builds its own per service later.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime
-        .block_on(agents::migrate(&cfg.database))
+        .block_on(mapping::migrate(&cfg.database))
         .map_err(|e| format!("database migration failed: {e}"))
 }
 
-fn serve(cfg: &Config) -> ExitCode {
+fn serve(cfg: &Settings) -> ExitCode {
     if let Err(e) = migrate(cfg) {
         return fail(&e);
     }
@@ -160,6 +157,10 @@ fn serve(cfg: &Config) -> ExitCode {
         Ok(never) => match never {},
         Err(e) => fail(&e),
     }
+}
+
+fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    Dialect::parse(s).ok_or_else(|| format!("{s:?} is not one of letta, eai"))
 }
 
 fn fail(message: &str) -> ExitCode {

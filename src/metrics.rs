@@ -1,6 +1,9 @@
 //! Metric definitions. Labels are bounded by construction: route templates
 //! and upstream names come from config, never from the request path, and no
 //! label ever carries a user number or message text.
+// Registration fails only on a duplicate name or a malformed definition,
+// programming errors that the first test run catches.
+#![allow(clippy::expect_used)]
 
 use std::sync::LazyLock;
 
@@ -9,8 +12,6 @@ use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec,
 };
 
-// Registration only fails on a duplicate name or a malformed definition, both
-// programming errors caught by the first test run.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "eai_gateway_requests_total",

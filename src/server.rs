@@ -1,7 +1,6 @@
-//! Assembles the Pingora server from a validated config.
+//! Assembles the Pingora server from the settings.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pingora::server::ExecutionPhase;
@@ -13,13 +12,16 @@ use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
-use crate::agents::LazyStore;
 use crate::chat::ChatService;
-use crate::config::Config;
+use crate::ids::UserRules;
+use crate::inflight::InFlight;
 use crate::limits::ChatLimits;
+use crate::mapping::LazyStore;
 use crate::proxy::front::Front;
 use crate::proxy::upstreams::RouteTable;
 use crate::proxy::{Gateway, GatewayProxy};
+use crate::routes::chat::ChatRules;
+use crate::settings::Settings;
 
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
@@ -27,13 +29,13 @@ const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
 /// A built server and its count of requests in flight.
 pub struct Built {
     pub server: Server,
-    pub inflight: Arc<AtomicUsize>,
+    pub inflight: InFlight,
 }
 
 /// Serves until a signal ends the process. On SIGTERM, Pingora stops
 /// accepting and then sleeps the whole grace period; the drain watcher ends
 /// the process as soon as the last in-flight request has finished instead.
-pub fn run(cfg: &Config) -> Result<std::convert::Infallible, String> {
+pub fn run(cfg: &Settings) -> Result<std::convert::Infallible, String> {
     let Built { server, inflight } = build_server(cfg)?;
     let phases = server.watch_execution_phase();
     std::thread::Builder::new()
@@ -43,10 +45,7 @@ pub fn run(cfg: &Config) -> Result<std::convert::Infallible, String> {
     server.run_forever()
 }
 
-fn watch_drain(
-    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
-    inflight: Arc<AtomicUsize>,
-) {
+fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, inflight: InFlight) {
     loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -54,18 +53,18 @@ fn watch_drain(
             Err(RecvError::Closed) => return,
         }
     }
-    while inflight.load(Ordering::SeqCst) > 0 {
+    while inflight.count() > 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("Drained: no request in flight; exiting.");
     std::process::exit(0);
 }
 
-pub fn build_server(cfg: &Config) -> Result<Built, String> {
+pub fn build_server(cfg: &Settings) -> Result<Built, String> {
     let conf = ServerConf {
         threads: cfg.threads,
         // Pingora's default is 300 s: far longer than any chat may take.
-        grace_period_seconds: Some(cfg.shutdown.drain_seconds),
+        grace_period_seconds: Some(cfg.shutdown.drain.as_secs()),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
         ..ServerConf::default()
     };
@@ -73,35 +72,28 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
     server.bootstrap();
 
     crate::metrics::init();
-    crate::ids::configure(
-        crate::ids::UserRules::new(&cfg.users.pattern, &cfg.users.pseudonym_key)
-            .map_err(|e| format!("users.pattern: {e}"))?,
-    );
-    let tokens = cfg.tokens()?;
+    let tokens = cfg.auth.tokens.clone();
     if !tokens.is_enabled() {
         tracing::warn!(
             "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
         );
     }
-    let store = Arc::new(LazyStore::new(cfg.database.clone()));
-    let agents = crate::upstream::build(&cfg.agent_service, &cfg.users.pseudonym_key)
+    let store = Arc::new(LazyStore::new(&cfg.database));
+    let agents = crate::agent_service::build(&cfg.agent_service)
         .map_err(|e| format!("agent_service: {e}"))?;
-    let inflight = Arc::new(AtomicUsize::new(0));
+    let inflight = InFlight::default();
     let gateway = Arc::new(Gateway {
-        chat: ChatService::new(
-            store,
-            agents,
-            &cfg.chat,
-            &cfg.agents,
-            cfg.limits.user_queue_max,
-        ),
-        routes: RouteTable::from_config(cfg)?,
-        limits: ChatLimits::new(cfg.limits.user_rate_per_min, cfg.limits.max_inflight_chats),
+        chat: ChatService::new(cfg, store, agents),
+        routes: RouteTable::new(cfg)?,
+        limits: ChatLimits::new(&cfg.limits),
         tokens,
         protect_passthrough: cfg.auth.protect_passthrough,
         max_body_bytes: cfg.chat.max_body_bytes,
-        max_message_chars: cfg.chat.max_message_chars,
-        body_timeout: Duration::from_millis(cfg.chat.body_timeout_ms),
+        chat_rules: ChatRules {
+            users: UserRules::new(&cfg.users),
+            max_message_chars: cfg.chat.max_message_chars,
+        },
+        body_timeout: cfg.chat.body_timeout,
         inflight: inflight.clone(),
     });
     let proxy = http_proxy(&server.configuration, GatewayProxy(gateway.clone()));
@@ -110,14 +102,14 @@ pub fn build_server(cfg: &Config) -> Result<Built, String> {
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.
     proxy.add_listener(
-        ListenerConfig::tcp(cfg.listen.clone())
+        ListenerConfig::tcp(cfg.listen.to_string())
             .l4_buffer(L4BufferSettings::default().read(cfg.read_buffer_bytes)),
     );
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {
-        let mut metrics = crate::metrics_http::service(cfg.metrics_tokens()?);
-        metrics.add_tcp(addr);
+        let mut metrics = crate::metrics_http::service(cfg.auth.metrics_tokens.clone());
+        metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
     Ok(Built { server, inflight })

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary over HTTP on loopback, against real
 //! PostgreSQL and SQLite, with the bundled simulator in both dialects.
 //! One test binary keeps link time down on small machines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gateway {
     pub mod bad_input;

@@ -4,6 +4,7 @@
 //! letta-conformance`; `tests/run-all.sh` starts the server and runs it.
 //! Every test drives the gateway over HTTP, started the way operators do:
 //! `eai-gateway run --config conf/letta-local.yaml` plus the environment.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[allow(dead_code)]
 #[path = "gateway/support.rs"]
@@ -12,7 +13,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use eai_gateway::ids::UserNumber;
+use eai_gateway::ids::UserRules;
+use eai_gateway::settings::UserSettings;
 use serde_json::{Value, json};
 use support::*;
 
@@ -70,7 +72,11 @@ async fn mapping(gw: &GatewayProcess, user: &str) -> Value {
 
 /// Agents Letta holds for a user, found by the tag the gateway sets.
 async fn letta_agents_of(user: &str) -> Vec<String> {
-    let pseudonym = UserNumber::parse(user).unwrap().pseudonym(PSEUDONYM_KEY);
+    let rules = UserRules::new(&UserSettings {
+        pseudonym_key: PSEUDONYM_KEY.into(),
+        ..UserSettings::default()
+    });
+    let pseudonym = rules.parse(user).unwrap().pseudonym();
     let (status, list) =
         letta_get(&format!("/v1/agents/?tags=eai-user-{pseudonym}&limit=100")).await;
     assert_eq!(status, 200, "{list}");

@@ -10,10 +10,11 @@ pub mod upstreams;
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::StatusCode;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
@@ -21,11 +22,13 @@ use serde_json::json;
 
 use crate::auth::TokenSet;
 use crate::chat::ChatService;
-use crate::error::{ErrorKind, GatewayError};
-use crate::limits::{ChatLimits, reject};
+use crate::context::{RequestContext, RequestId};
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::inflight::{InFlight, InflightGuard};
+use crate::limits::ChatLimits;
 use crate::metrics;
-use crate::routes::{self, Native};
-use crate::upstream::http::UPSTREAM_WAIT;
+use crate::routes::chat::ChatRules;
+use crate::routes::{self, Native, Reply};
 use upstreams::{RouteTable, Upstream};
 
 /// Silence tolerated between two reads of a native request body.
@@ -38,10 +41,10 @@ pub struct Gateway {
     pub tokens: TokenSet,
     pub protect_passthrough: bool,
     pub max_body_bytes: usize,
-    pub max_message_chars: usize,
+    pub chat_rules: ChatRules,
     pub body_timeout: Duration,
     /// Requests being served; shutdown waits for it to reach zero.
-    pub inflight: Arc<AtomicUsize>,
+    pub inflight: InFlight,
 }
 
 /// The `ProxyHttp` face of the gateway; the lean native path in `front`
@@ -61,60 +64,40 @@ impl Deref for GatewayProxy {
 static UNMATCHED: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("unmatched"));
 
-/// Counts a request as in flight for as long as its context lives.
-pub struct InflightGuard(Arc<AtomicUsize>);
-
-impl InflightGuard {
-    pub fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
+/// Per-request state of a proxied request. Pingora creates it before the
+/// request header is read, so the id is known only from `request_filter` on.
 pub struct Ctx {
+    /// Counts the request as in flight for as long as it lives.
     _inflight: InflightGuard,
     started: Instant,
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
-    request_id: String,
+    request_id: Option<RequestId>,
     upstream: Option<Arc<Upstream>>,
-    status: u16,
+    /// What the gateway itself answered, when it answered.
+    status: Option<StatusCode>,
 }
 
-/// An incoming `X-Request-Id` is kept only if it is short and plain.
-fn valid_request_id(v: &[u8]) -> bool {
-    (1..=128).contains(&v.len())
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// The client's request id if it is acceptable, else a new one.
-fn request_id(session: &ServerSession) -> String {
-    match session.get_header("x-request-id").map(|v| v.as_bytes()) {
-        Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),
-        _ => uuid::Uuid::new_v4().to_string(),
-    }
+fn request_id(session: &ServerSession) -> RequestId {
+    RequestId::from_header(session.get_header("x-request-id").map(|v| v.as_bytes()))
 }
 
 /// The access line and request metrics of one finished request. `route` is
-/// a template or `upstream:<name>`, never the raw path.
+/// a template or `upstream:<name>`, never the raw path; no status means the
+/// client went away before any response.
 fn record(
     route: &str,
     method: &http::Method,
-    status: u16,
+    status: Option<StatusCode>,
     started: Instant,
-    request_id: &str,
+    request_id: Option<&RequestId>,
     error: Option<&Error>,
 ) {
     let method = metrics::method_label(method);
     let elapsed = started.elapsed();
+    let status = status.map_or(0, |s| s.as_u16());
     let status_label = status.to_string();
+    let request_id = request_id.map(RequestId::as_str);
     metrics::REQUESTS
         .with_label_values(&[route, method, &status_label])
         .inc();
@@ -138,12 +121,12 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _inflight: InflightGuard::new(&self.inflight),
+            _inflight: self.inflight.enter(),
             started: Instant::now(),
             route: UNMATCHED.clone(),
-            request_id: String::new(),
+            request_id: None,
             upstream: None,
-            status: 0,
+            status: None,
         }
     }
 
@@ -153,35 +136,44 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_id = request_id(session);
+        let id = request_id(session);
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if let Some(native) = routes::match_native(&method, &path) {
             ctx.route = Arc::from(native.template());
-            ctx.status = self.serve_native(session, native, &ctx.request_id).await?;
+            let served = self.serve_native(session, native, &id).await;
+            ctx.request_id = Some(id);
+            ctx.status = Some(served?);
             return Ok(true);
         }
-        if self.protect_passthrough
+        let refusal = if self.protect_passthrough
             && let Err(e) = self
                 .tokens
                 .check(session.get_header("authorization").map(|v| v.as_bytes()))
         {
-            reject("unauthorized");
-            ctx.status = routes::respond(session, &ctx.request_id, Err(e), &[]).await?;
-            return Ok(true);
-        }
-        match self.routes.lookup(&path) {
-            Some(upstream) => {
-                ctx.route = upstream.label.clone();
-                ctx.upstream = Some(upstream.clone());
-                Ok(false)
+            Some(e)
+        } else {
+            match self.routes.lookup(&path) {
+                Some(upstream) => {
+                    ctx.route = upstream.label.clone();
+                    ctx.upstream = Some(upstream.clone());
+                    None
+                }
+                None => Some(GatewayError::new(
+                    ErrorKind::NotFound,
+                    "no route for this path",
+                )),
             }
-            None => {
-                let err = GatewayError::new(ErrorKind::NotFound, "no route for this path");
-                ctx.status = routes::respond(session, &ctx.request_id, Err(err), &[]).await?;
-                Ok(true)
+        };
+        let answered = match refusal {
+            Some(e) => {
+                ctx.status = Some(routes::respond(session, &id, Err(e), &[]).await?);
+                true
             }
-        }
+            None => false,
+        };
+        ctx.request_id = Some(id);
+        Ok(answered)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -214,7 +206,9 @@ impl ProxyHttp for GatewayProxy {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header("x-request-id", id.as_str())?;
+        }
         Ok(())
     }
 
@@ -224,12 +218,14 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header("x-request-id", id.as_str())?;
+        }
         Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
+        let code: u16 = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
@@ -241,7 +237,10 @@ impl ProxyHttp for GatewayProxy {
             },
         };
         // Once the response has started, the only honest signal is a closed connection.
-        if code > 0 && session.response_written().is_none() {
+        let status = StatusCode::from_u16(code).ok();
+        if let Some(status) = status
+            && session.response_written().is_none()
+        {
             let detail = match code {
                 502 => format!(
                     "upstream {} failed: {}",
@@ -251,14 +250,17 @@ impl ProxyHttp for GatewayProxy {
                 400 => "malformed request".to_owned(),
                 _ => "proxy error".to_owned(),
             };
-            let headers = [("x-request-id", ctx.request_id.clone())];
-            if let Err(err) =
-                routes::write_json(session, code, Some(&json!({"detail": detail})), &headers).await
-            {
+            let headers: Vec<_> = ctx
+                .request_id
+                .iter()
+                .map(|id| ("x-request-id", id.to_string()))
+                .collect();
+            let body = Bytes::from(json!({ "detail": detail }).to_string());
+            if let Err(err) = routes::write_json(session, status, Some(body), &headers).await {
                 tracing::debug!(error = %err, "Could not send the error response.");
             }
         }
-        ctx.status = code;
+        ctx.status = status;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -266,16 +268,13 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session
-            .response_written()
-            .map(|h| h.status.as_u16())
-            .unwrap_or(ctx.status);
+        let status = session.response_written().map(|h| h.status).or(ctx.status);
         record(
             &ctx.route,
             &session.req_header().method,
             status,
             ctx.started,
-            &ctx.request_id,
+            ctx.request_id.as_ref(),
             e,
         );
     }
@@ -285,7 +284,7 @@ impl Gateway {
     /// One native request on the lean path, from its parsed header to the
     /// access line; the response is written when this returns `Ok`.
     pub async fn serve_native_request(&self, session: &mut ServerSession) -> Result<()> {
-        let _inflight = InflightGuard::new(&self.inflight);
+        let _inflight = self.inflight.enter();
         let started = Instant::now();
         let request_id = request_id(session);
         let method = session.req_header().method.clone();
@@ -294,15 +293,15 @@ impl Gateway {
         let route = native.template();
         let result = self.serve_native(session, native, &request_id).await;
         let status = match &result {
-            Ok(status) => *status,
-            Err(_) => session.response_written().map_or(0, |h| h.status.as_u16()),
+            Ok(status) => Some(*status),
+            Err(_) => session.response_written().map(|h| h.status),
         };
         record(
             route,
             &method,
             status,
             started,
-            &request_id,
+            Some(&request_id),
             result.as_ref().err().map(|e| &**e),
         );
         result.map(|_| ())
@@ -312,8 +311,8 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         native: Native,
-        request_id: &str,
-    ) -> Result<u16> {
+        request_id: &RequestId,
+    ) -> Result<StatusCode> {
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let open = matches!(native, Native::Healthz | Native::Readyz);
         let extra = match &native {
@@ -325,31 +324,24 @@ impl Gateway {
         } else {
             self.tokens
                 .check(session.get_header("authorization").map(|v| v.as_bytes()))
-                .inspect_err(|_| reject("unauthorized"))
         };
+        let users = &self.chat_rules.users;
+        let ctx = RequestContext::new(request_id.clone());
         let result = match (authorized, native) {
             (Err(e), _) => Err(e),
             (Ok(()), Native::Healthz) => routes::health::healthz(),
             (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
-            (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, &raw).await,
-            (Ok(()), Native::AgentDelete(raw)) => routes::agent::delete(&self.chat, &raw).await,
-            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
+            (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, users, &raw).await,
+            (Ok(()), Native::AgentDelete(raw)) => {
+                routes::agent::delete(&self.chat, users, &ctx, &raw).await
+            }
+            (Ok(()), Native::Chat) => self.serve_chat(session, &ctx).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
             )),
             (Ok(()), Native::Unknown) => Err(GatewayError::new(ErrorKind::NotFound, "not found")),
         };
-        if let Err(e) = &result
-            && matches!(
-                e.kind,
-                ErrorKind::PayloadTooLarge
-                    | ErrorKind::UnsupportedMediaType
-                    | ErrorKind::RequestTimeout
-            )
-        {
-            reject(e.kind.label());
-        }
         // Boxed: see `front::Front::serve_native`.
         Box::pin(routes::respond(session, request_id, result, &extra)).await
     }
@@ -357,8 +349,8 @@ impl Gateway {
     async fn serve_chat(
         &self,
         session: &mut ServerSession,
-        request_id: &str,
-    ) -> crate::error::GatewayResult<(u16, Option<serde_json::Value>)> {
+        ctx: &RequestContext,
+    ) -> GatewayResult<Reply> {
         let body = tokio::time::timeout(
             self.body_timeout,
             Box::pin(routes::read_json_body(session, self.max_body_bytes)),
@@ -370,22 +362,13 @@ impl Gateway {
                 "the request body did not arrive in time",
             ))
         });
-        let started = Instant::now();
-        let (result, waited) = UPSTREAM_WAIT
-            .scope(Default::default(), async {
-                let result = routes::chat::handle(
-                    &self.chat,
-                    &self.limits,
-                    self.max_message_chars,
-                    body,
-                    request_id,
-                )
-                .await;
-                (result, UPSTREAM_WAIT.with(|w| w.get()))
-            })
-            .await;
+        // The overhead clock starts once the body is in: a slow client is
+        // not the gateway's cost.
+        let ctx = RequestContext::new(ctx.id.clone());
+        let result =
+            routes::chat::handle(&self.chat, &self.limits, &self.chat_rules, body, &ctx).await;
         if result.is_ok() {
-            metrics::CHAT_OVERHEAD.observe(started.elapsed().saturating_sub(waited).as_secs_f64());
+            metrics::CHAT_OVERHEAD.observe(ctx.own_time().as_secs_f64());
         }
         result
     }

@@ -1,23 +1,22 @@
 //! The pass-through route table: path prefix → named upstream → round-robin backend.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Config, UpstreamConfig};
+use crate::settings::{Settings, UpstreamSettings};
 
 pub struct Upstream {
     /// `upstream:<name>`: the route label in logs and metrics.
     pub label: Arc<str>,
     lb: LoadBalancer<RoundRobin>,
-    cfg: UpstreamConfig,
+    cfg: UpstreamSettings,
 }
 
 impl Upstream {
-    fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, String> {
+    fn new(name: &str, cfg: &UpstreamSettings) -> Result<Self, String> {
         let lb = LoadBalancer::try_from_iter(cfg.backends.iter().map(String::as_str))
             .map_err(|e| format!("upstreams.{name}.backends: {e}"))?;
         Ok(Self {
@@ -38,8 +37,8 @@ impl Upstream {
                 .unwrap_or_default()
         });
         let mut peer = HttpPeer::new(backend, self.cfg.tls, sni);
-        peer.options.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
-        peer.options.read_timeout = Some(Duration::from_millis(self.cfg.read_timeout_ms));
+        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
+        peer.options.read_timeout = Some(self.cfg.read_timeout);
         Some(peer)
     }
 }
@@ -51,7 +50,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+    pub fn new(cfg: &Settings) -> Result<Self, String> {
         let mut built = std::collections::BTreeMap::new();
         for (name, u) in &cfg.upstreams {
             built.insert(name.clone(), Arc::new(Upstream::new(name, u)?));
@@ -96,14 +95,22 @@ mod tests {
 
     #[test]
     fn longest_segment_prefix_wins_then_default() {
-        let cfg = Config::from_yaml(
-            "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n\
-             upstreams:\n  a: {backends: ['127.0.0.1:1001']}\n  b: {backends: ['127.0.0.1:1002']}\n  d: {backends: ['127.0.0.1:1003']}\n\
-             routes:\n  - {prefix: /api, upstream: a}\n  - {prefix: /api/v2, upstream: b}\n\
-             default_upstream: d\n",
-        )
-        .unwrap();
-        let t = RouteTable::from_config(&cfg).unwrap();
+        use crate::settings::{AgentServiceSettings, RouteSettings};
+        let mut cfg = Settings::new(AgentServiceSettings::default());
+        for (name, port) in [("a", 1001), ("b", 1002), ("d", 1003)] {
+            let backend = format!("127.0.0.1:{port}");
+            cfg.upstreams
+                .insert(name.into(), UpstreamSettings::with_backends([backend]));
+        }
+        for (prefix, upstream) in [("/api", "a"), ("/api/v2", "b")] {
+            cfg.routes.push(RouteSettings {
+                prefix: prefix.into(),
+                upstream: upstream.into(),
+            });
+        }
+        cfg.default_upstream = Some("d".into());
+        cfg.validate().unwrap();
+        let t = RouteTable::new(&cfg).unwrap();
         let label = |p: &str| t.lookup(p).map(|u| u.label.to_string());
         assert_eq!(label("/api").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/x").as_deref(), Some("upstream:a"));

@@ -1,33 +1,43 @@
 //! `GET` and `DELETE /eai-gateway/agent/{user_number}`.
 
-use serde_json::{Value, json};
+use std::sync::Arc;
 
+use http::StatusCode;
+use serde_json::json;
+
+use super::Reply;
 use crate::chat::ChatService;
+use crate::context::RequestContext;
 use crate::error::{GatewayError, GatewayResult};
-use crate::ids::UserNumber;
+use crate::ids::{UserNumber, UserRules};
 
 /// The path segment, percent-decoded (so `%2B5521…` works) and validated;
 /// an encoded slash or any other byte outside the pattern is a 422.
-pub fn user_from_path(raw: &str) -> GatewayResult<UserNumber> {
+pub fn user_from_path(rules: &Arc<UserRules>, raw: &str) -> GatewayResult<UserNumber> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| GatewayError::invalid("user_number in the path is not valid UTF-8"))?;
-    UserNumber::parse(&decoded).map_err(GatewayError::invalid)
+    rules.parse(&decoded).map_err(GatewayError::invalid)
 }
 
-pub async fn get(chat: &ChatService, raw: &str) -> GatewayResult<(u16, Option<Value>)> {
-    let user = user_from_path(raw)?;
+pub async fn get(chat: &ChatService, rules: &Arc<UserRules>, raw: &str) -> GatewayResult<Reply> {
+    let user = user_from_path(rules, raw)?;
     let agent = chat.agent_of(&user).await?;
-    Ok((
-        200,
-        Some(json!({"agent_id": agent.as_ref().map(|a| a.as_str())})),
-    ))
+    Reply::json(
+        StatusCode::OK,
+        &json!({"agent_id": agent.as_ref().map(|a| a.as_str())}),
+    )
 }
 
-pub async fn delete(chat: &ChatService, raw: &str) -> GatewayResult<(u16, Option<Value>)> {
-    let user = user_from_path(raw)?;
-    chat.forget(&user).await?;
-    Ok((204, None))
+pub async fn delete(
+    chat: &ChatService,
+    rules: &Arc<UserRules>,
+    ctx: &RequestContext,
+    raw: &str,
+) -> GatewayResult<Reply> {
+    let user = user_from_path(rules, raw)?;
+    chat.forget(ctx, &user).await?;
+    Ok(Reply::empty(StatusCode::NO_CONTENT))
 }
 
 #[cfg(test)]
@@ -36,8 +46,9 @@ mod tests {
 
     #[test]
     fn path_users_are_decoded_then_validated() {
+        let rules = UserRules::standard();
         assert_eq!(
-            user_from_path("%2B5521999999999").unwrap().as_str(),
+            user_from_path(&rules, "%2B5521999999999").unwrap().as_str(),
             "5521999999999"
         );
         for bad in [
@@ -47,7 +58,7 @@ mod tests {
             "%FF%FE",
             "1%27%20OR%201=1",
         ] {
-            assert!(user_from_path(bad).is_err(), "{bad}");
+            assert!(user_from_path(&rules, bad).is_err(), "{bad}");
         }
     }
 }

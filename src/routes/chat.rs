@@ -1,21 +1,32 @@
 //! `POST /eai-gateway/chat`: decode and validate, then hand over to `ChatService`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use serde_json::Value;
 
+use super::Reply;
 use crate::chat::{ChatRequest, ChatService};
+use crate::context::RequestContext;
 use crate::error::{GatewayError, GatewayResult};
-use crate::ids::UserNumber;
+use crate::ids::UserRules;
 use crate::limits::ChatLimits;
 
+/// What a chat body may be, from `users:` and `chat:`.
+pub struct ChatRules {
+    pub users: Arc<UserRules>,
+    pub max_message_chars: usize,
+}
+
 /// Validates a decoded body into a request; every failure is a 422 naming the field.
-pub fn decode(body: &Value, max_message_chars: usize) -> GatewayResult<ChatRequest> {
+pub fn decode(body: &Value, rules: &ChatRules) -> GatewayResult<ChatRequest> {
+    let max_message_chars = rules.max_message_chars;
     let obj = body
         .as_object()
         .ok_or_else(|| GatewayError::invalid("body must be a JSON object"))?;
     let user = match obj.get("user_number") {
-        Some(Value::String(s)) => UserNumber::parse(s).map_err(GatewayError::invalid)?,
+        Some(Value::String(s)) => rules.users.parse(s).map_err(GatewayError::invalid)?,
         Some(_) => return Err(GatewayError::invalid("user_number must be a string")),
         None => return Err(GatewayError::invalid("user_number: field required")),
     };
@@ -61,7 +72,6 @@ pub fn decode(body: &Value, max_message_chars: usize) -> GatewayResult<ChatReque
         message,
         timeout,
         metadata,
-        request_id: None,
     })
 }
 
@@ -70,16 +80,15 @@ pub fn decode(body: &Value, max_message_chars: usize) -> GatewayResult<ChatReque
 pub async fn handle(
     chat: &ChatService,
     limits: &ChatLimits,
-    max_message_chars: usize,
+    rules: &ChatRules,
     body: GatewayResult<Value>,
-    request_id: &str,
-) -> GatewayResult<(u16, Option<Value>)> {
-    let mut request = decode(&body?, max_message_chars)?;
-    request.request_id = Some(request_id.to_owned());
+    ctx: &RequestContext,
+) -> GatewayResult<Reply> {
+    let request = decode(&body?, rules)?;
     let _slot = limits.begin()?;
     limits.admit(&request.user)?;
-    let answer = chat.chat(request).await?;
-    Ok((200, Some(answer)))
+    let answer = chat.chat(ctx.clone(), request).await?;
+    Reply::json(StatusCode::OK, &answer)
 }
 
 #[cfg(test)]
@@ -87,15 +96,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn rules() -> ChatRules {
+        ChatRules {
+            users: UserRules::standard(),
+            max_message_chars: MAX,
+        }
+    }
+
     const MAX: usize = 4096;
 
     #[test]
     fn decodes_valid_body() {
         let r = decode(
             &json!({"user_number": "+5521999999999", "message": "oi", "timeout": 5, "metadata": {"a": 1}}),
-            MAX,
+            &rules(),
         )
-            .unwrap();
+        .unwrap();
         assert_eq!(r.user.as_str(), "5521999999999");
         assert_eq!(r.timeout, Some(Duration::from_secs(5)));
     }
@@ -113,7 +129,7 @@ mod tests {
             json!({"user_number": "5521999999999", "message": "oi", "timeout": -1}),
             json!({"user_number": "5521999999999", "message": "oi", "metadata": "x"}),
         ] {
-            let err = decode(&body, MAX)
+            let err = decode(&body, &rules())
                 .err()
                 .unwrap_or_else(|| panic!("accepted {body}"));
             assert_eq!(err.status(), 422, "{body}");

@@ -2,18 +2,20 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use http::StatusCode;
+use serde_json::json;
 
-use crate::agents::MappingStore;
+use super::Reply;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::mapping::MappingStore;
 
-pub fn healthz() -> GatewayResult<(u16, Option<Value>)> {
-    Ok((200, Some(json!({"status": "ok"}))))
+pub fn healthz() -> GatewayResult<Reply> {
+    Reply::json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-pub async fn readyz(store: &dyn MappingStore) -> GatewayResult<(u16, Option<Value>)> {
+pub async fn readyz(store: &dyn MappingStore) -> GatewayResult<Reply> {
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
-        Ok(Ok(())) => Ok((200, Some(json!({"status": "ready"})))),
+        Ok(Ok(())) => Reply::json(StatusCode::OK, &json!({"status": "ready"})),
         _ => Err(GatewayError::new(
             ErrorKind::DatabaseUnavailable,
             "database unavailable",

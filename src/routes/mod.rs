@@ -6,12 +6,15 @@ pub mod chat;
 pub mod health;
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
+use http::{Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use serde::Serialize;
 use serde_json::Value;
 
+use crate::context::RequestId;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::metrics;
 
 pub const NATIVE_PREFIX: &str = "/eai-gateway";
 
@@ -108,22 +111,49 @@ fn method_is(
     }
 }
 
-/// Writes a handler's result as JSON (or empty); returns the status written.
-/// Error details and `Retry-After` / `WWW-Authenticate` come from the error;
-/// `extra` carries what only the route knows (`Allow`).
+/// What a handler answers: a status and, unless it is empty, a JSON body.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Option<Bytes>,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, body: &impl Serialize) -> GatewayResult<Self> {
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            tracing::error!(error = %e, "Response could not be serialised.");
+            GatewayError::new(ErrorKind::Internal, "internal error")
+        })?;
+        Ok(Self {
+            status,
+            body: Some(Bytes::from(bytes)),
+        })
+    }
+
+    pub fn empty(status: StatusCode) -> Self {
+        Self { status, body: None }
+    }
+}
+
+/// Writes a handler's result; returns the status written. Error details,
+/// `Retry-After` and `WWW-Authenticate` come from the error, and a refusal
+/// is counted here, once; `extra` carries what only the route knows
+/// (`Allow`).
 pub async fn respond(
     session: &mut ServerSession,
-    request_id: &str,
-    result: GatewayResult<(u16, Option<Value>)>,
+    request_id: &RequestId,
+    result: GatewayResult<Reply>,
     extra: &[(&'static str, String)],
-) -> pingora::Result<u16> {
-    let mut headers = vec![("x-request-id", request_id.to_owned())];
+) -> pingora::Result<StatusCode> {
+    let mut headers = vec![("x-request-id", request_id.to_string())];
     headers.extend_from_slice(extra);
-    let (status, body) = match result {
-        Ok(ok) => ok,
+    let reply = match result {
+        Ok(reply) => reply,
         Err(e) => {
-            if e.status() >= 500 {
-                tracing::warn!(request_id, kind = e.kind.label(), detail = %e.detail, "Request failed.");
+            if e.status().is_server_error() {
+                tracing::warn!(request_id = %request_id, kind = e.kind.label(), detail = %e.detail, "Request failed.");
+            }
+            if let Some(reason) = e.kind.rejection() {
+                metrics::REJECTIONS.with_label_values(&[reason]).inc();
             }
             if let Some(secs) = e.retry_after {
                 headers.push(("retry-after", secs.to_string()));
@@ -131,29 +161,32 @@ pub async fn respond(
             if e.kind == ErrorKind::Unauthorized {
                 headers.push(("www-authenticate", "Bearer".to_owned()));
             }
-            (e.status(), Some(e.body()))
+            Reply {
+                status: e.status(),
+                body: Some(Bytes::from(e.body().to_string())),
+            }
         }
     };
-    write_json(session, status, body.as_ref(), &headers).await?;
-    Ok(status)
+    write_json(session, reply.status, reply.body, &headers).await?;
+    Ok(reply.status)
 }
 
 pub async fn write_json(
     session: &mut ServerSession,
-    status: u16,
-    body: Option<&Value>,
+    status: StatusCode,
+    body: Option<Bytes>,
     headers: &[(&'static str, String)],
 ) -> pingora::Result<()> {
-    let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let mut header = ResponseHeader::build(status, Some(4 + headers.len()))?;
     if body.is_some() {
         header.insert_header("content-type", "application/json")?;
     }
+    let bytes = body.unwrap_or_default();
     header.insert_header("content-length", bytes.len().to_string())?;
     for (name, value) in headers {
         header.insert_header(*name, value.as_str())?;
     }
-    if matches!(status, 400 | 408 | 413 | 415) {
+    if matches!(status.as_u16(), 400 | 408 | 413 | 415) {
         // The rest of a rejected body may still be on the wire.
         session.set_keepalive(None);
     }

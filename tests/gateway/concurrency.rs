@@ -157,7 +157,7 @@ async fn different_users_do_not_wait_on_each_other() {
 
 /// Two replicas with the given mapping-cache TTL; returns (agent before the
 /// DELETE on replica B, agent replica A answers with right after it).
-async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, String) {
+async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Metrics) {
     let (_sim, sim_addr) = simulator(5).await;
     let db = TestDb::new(DbKind::Postgres);
     let spec = |db| {
@@ -177,7 +177,7 @@ async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Stri
     (
         answering_agent(&first),
         answering_agent(&after),
-        a.metrics_text().await,
+        a.metrics().await,
     )
 }
 
@@ -186,13 +186,18 @@ async fn another_replica_may_use_a_deleted_mapping_until_the_cache_ttl() {
     let (before, after, metrics) = delete_seen_by_other_replica(30).await;
     // Documented bound: up to agents.cache_ttl_seconds on other replicas.
     assert_eq!(before, after);
-    assert!(
-        metrics.contains(r#"eai_gateway_mapping_cache_total{result="hit"} 2"#),
-        "{metrics}"
+    let cache = "eai_gateway_mapping_cache_total";
+    assert_eq!(
+        metrics.value(cache, &[("result", "hit")]),
+        Some(2.0),
+        "{}",
+        metrics.page
     );
-    assert!(
-        metrics.contains(r#"eai_gateway_mapping_cache_total{result="miss"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        metrics.value(cache, &[("result", "miss")]),
+        Some(1.0),
+        "{}",
+        metrics.page
     );
 }
 
@@ -217,23 +222,19 @@ async fn delete_invalidates_the_local_cache_immediately() {
 
 /// One statement renews every lease of one process and no other's.
 async fn leases_renew_per_process(kind: DbKind) {
-    use eai_gateway::agents::{LazyStore, MappingStore};
-    use eai_gateway::config::DatabaseConfig;
-    use eai_gateway::ids::UserNumber;
+    use eai_gateway::ids::{UserNumber, UserRules};
+    use eai_gateway::mapping::{LazyStore, LeaseStore};
 
     let db = TestDb::new(kind);
-    let cfg = DatabaseConfig {
-        url: db.url.clone(),
-        schema: db.schema.clone(),
-        ..DatabaseConfig::default()
-    };
-    eai_gateway::agents::migrate(&cfg).await.expect("migrate");
-    let store = LazyStore::new(cfg);
+    let cfg = db.settings();
+    eai_gateway::mapping::migrate(&cfg).await.expect("migrate");
+    let store = LazyStore::new(&cfg);
+    let rules = UserRules::standard();
     let short = Duration::from_millis(800);
     let long = Duration::from_secs(60);
     let users: Vec<UserNumber> = ["5521000000001", "5521000000002", "5521000000003"]
         .iter()
-        .map(|u| UserNumber::parse(u).expect("user"))
+        .map(|u| rules.parse(u).expect("user"))
         .collect();
     assert!(store.try_lease(&users[0], "aa11:1", short).await.unwrap());
     assert!(store.try_lease(&users[1], "aa11:2", short).await.unwrap());

@@ -109,12 +109,18 @@ async fn send_failure_is_502_and_not_repeated() {
         });
         let (status, body) = gw.chat(USER, "oi").await;
         assert_eq!(status, 502, "{body}");
-        let calls = gw.metrics_text().await;
-        assert!(
-            calls.contains(
-                r#"eai_gateway_agent_service_calls_total{operation="send",outcome="http_5xx"} 1"#
-            ),
-            "a send is never retried:\n{calls}"
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            metrics.with_label("eai_gateway_agent_service_calls_total", "operation", "send"),
+            [(
+                vec![
+                    ("operation".to_owned(), "send".to_owned()),
+                    ("outcome".to_owned(), "http_5xx".to_owned())
+                ],
+                1.0
+            )],
+            "a send is never retried:\n{}",
+            metrics.page
         );
     }
 }

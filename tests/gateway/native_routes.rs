@@ -264,8 +264,13 @@ async fn letta_sync_delivery_answers_without_polling_and_heals() {
     let (status, body) = gw.chat("5521987650007", "de novo").await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(answering_agent(&body), old);
-    let page = gw.metrics_text().await;
-    assert!(page.contains("eai_gateway_chat_polls_sum 0"), "{page}");
+    let metrics = gw.metrics().await;
+    let page = &metrics.page;
+    assert_eq!(
+        metrics.value("eai_gateway_chat_polls_sum", &[]),
+        Some(0.0),
+        "{page}"
+    );
     assert!(
         page.contains(r#"operation="send_sync",outcome="ok""#),
         "{page}"

@@ -14,7 +14,8 @@ async fn metrics_list_documented_names_and_no_phone_number() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let page = gw.metrics_text().await;
+    let metrics = gw.metrics().await;
+    let page = &metrics.page;
     for name in [
         "eai_gateway_requests_total",
         "eai_gateway_request_duration_seconds_bucket",
@@ -26,16 +27,41 @@ async fn metrics_list_documented_names_and_no_phone_number() {
     ] {
         assert!(page.contains(name), "{name} missing from:\n{page}");
     }
-    assert!(
-        page.contains(r#"route="/eai-gateway/agent/{user_number}""#),
+    let agent_route = "/eai-gateway/agent/{user_number}";
+    let chat_route = "/eai-gateway/chat";
+    let requests = "eai_gateway_requests_total";
+    assert_eq!(
+        metrics.value(
+            requests,
+            &[("route", agent_route), ("method", "GET"), ("status", "200")]
+        ),
+        Some(1.0),
         "{page}"
     );
-    assert!(
-        page.contains(r#"operation="create_agent",outcome="ok""#),
+    assert_eq!(
+        metrics.value(
+            requests,
+            &[("route", chat_route), ("method", "POST"), ("status", "200")]
+        ),
+        Some(1.0),
         "{page}"
     );
-    assert!(
-        page.contains("eai_gateway_agents_created_total 1"),
+    let calls = "eai_gateway_agent_service_calls_total";
+    for operation in ["create_agent", "send"] {
+        assert_eq!(
+            metrics.value(calls, &[("operation", operation), ("outcome", "ok")]),
+            Some(1.0),
+            "{operation}: {page}"
+        );
+    }
+    assert_eq!(
+        metrics.value("eai_gateway_agents_created_total", &[]),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metrics.value("eai_gateway_mapping_cache_total", &[("result", "miss")]),
+        Some(1.0),
         "{page}"
     );
     assert!(

@@ -104,11 +104,15 @@ async fn bearer_tokens_guard_native_routes_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains(r#"eai_gateway_rejections_total{reason="unauthorized"} 5"#)
+    let metrics = Metrics::parse(&r.text().await.unwrap());
+    assert_eq!(
+        metrics.value(
+            "eai_gateway_rejections_total",
+            &[("reason", "unauthorized")]
+        ),
+        Some(5.0),
+        "{}",
+        metrics.page
     );
 }
 
@@ -169,10 +173,12 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     let (status, _) = gw.chat("5521933330003", "outro usuário").await;
     assert_eq!(status, 200, "other users are not limited");
     assert_eq!(sim.stats().messages, 4);
-    assert!(
-        gw.metrics_text()
-            .await
-            .contains(r#"eai_gateway_rejections_total{reason="user_rate"} 1"#)
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metrics.value("eai_gateway_rejections_total", &[("reason", "user_rate")]),
+        Some(1.0),
+        "{}",
+        metrics.page
     );
 }
 
@@ -236,15 +242,15 @@ async fn per_user_queue_cap_and_global_inflight_cap() {
         2,
         "{results:?}"
     );
-    let page = gw.metrics_text().await;
-    assert!(
-        page.contains(r#"eai_gateway_rejections_total{reason="user_queue"} 2"#),
-        "{page}"
-    );
-    assert!(
-        page.contains(r#"eai_gateway_rejections_total{reason="max_inflight"} 2"#),
-        "{page}"
-    );
+    let metrics = gw.metrics().await;
+    for reason in ["user_queue", "max_inflight"] {
+        assert_eq!(
+            metrics.value("eai_gateway_rejections_total", &[("reason", reason)]),
+            Some(2.0),
+            "{reason}: {}",
+            metrics.page
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

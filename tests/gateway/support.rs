@@ -80,6 +80,16 @@ impl TestDb {
         }
     }
 
+    /// The `database:` settings of this test's database.
+    pub fn settings(&self) -> eai_gateway::settings::DatabaseSettings {
+        let url = eai_gateway::settings::DatabaseUrl::parse(&self.url).expect("test database url");
+        eai_gateway::settings::DatabaseSettings {
+            url,
+            schema: self.schema.clone(),
+            ..Default::default()
+        }
+    }
+
     /// YAML `database:` section, with `extra` lines (indented) appended.
     pub fn yaml_with(&self, extra: &str) -> String {
         let schema = match &self.schema {
@@ -323,6 +333,11 @@ impl GatewayProcess {
             .expect("metrics body")
     }
 
+    /// The metrics page, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.metrics_text().await)
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -445,4 +460,70 @@ pub async fn post_chat(client: &reqwest::Client, gw: &GatewayProcess, body: Valu
         .expect("chat request");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Label pairs of one sample, sorted by name.
+pub type Labels = Vec<(String, String)>;
+
+/// A Prometheus text page as samples: name, exact label set, value.
+pub struct Metrics {
+    pub page: String,
+    samples: Vec<(String, Labels, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(page: &str) -> Self {
+        let samples = page
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("sample line");
+                let value: f64 = value.parse().expect("sample value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => {
+                        let body = rest.strip_suffix('}').expect("closing brace");
+                        let mut labels: Labels = body
+                            .split("\",")
+                            .filter(|kv| !kv.is_empty())
+                            .map(|kv| {
+                                let (k, v) = kv.split_once("=\"").expect("label");
+                                (k.to_owned(), v.trim_end_matches('"').to_owned())
+                            })
+                            .collect();
+                        labels.sort();
+                        (name.to_owned(), labels)
+                    }
+                    None => (series.to_owned(), Vec::new()),
+                };
+                (name, labels, value)
+            })
+            .collect();
+        Self {
+            page: page.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the sample with exactly these labels; None when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut want: Labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        want.sort();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map(|(_, _, v)| *v)
+    }
+
+    /// Every label set of `name` that has `label` = `value`, e.g. all
+    /// outcomes of one operation.
+    pub fn with_label(&self, name: &str, label: &str, value: &str) -> Vec<(Labels, f64)> {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.iter().any(|(k, v)| k == label && v == value))
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect()
+    }
 }

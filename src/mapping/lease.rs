@@ -19,16 +19,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::MappingStore;
+use super::LeaseStore;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserNumber;
 
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(5);
 const RETRY_CAP: Duration = Duration::from_millis(50);
 
 pub struct ChatLeases {
-    store: Arc<dyn MappingStore>,
+    store: Arc<dyn LeaseStore>,
     /// Unique per process, so holders never collide across replicas; every
     /// holder is `<process>:<n>`.
     process: String,
@@ -38,7 +38,7 @@ pub struct ChatLeases {
 }
 
 pub struct Lease {
-    store: Arc<dyn MappingStore>,
+    store: Arc<dyn LeaseStore>,
     user: UserNumber,
     holder: String,
     held: Arc<AtomicUsize>,
@@ -46,7 +46,7 @@ pub struct Lease {
 }
 
 impl ChatLeases {
-    pub fn new(store: Arc<dyn MappingStore>) -> Self {
+    pub fn new(store: Arc<dyn LeaseStore>) -> Self {
         Self {
             store,
             // Hex only: safe inside a LIKE pattern.
@@ -94,7 +94,7 @@ impl ChatLeases {
 }
 
 /// Extends every lease this process holds, for the life of the process.
-async fn renew(store: Arc<dyn MappingStore>, prefix: String, held: Arc<AtomicUsize>) {
+async fn renew(store: Arc<dyn LeaseStore>, prefix: String, held: Arc<AtomicUsize>) {
     let mut tick = tokio::time::interval(LEASE_TTL / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -1,9 +1,9 @@
-//! Agent-service clients: one trait, one implementation per dialect, and the
-//! polling loop they share.
+//! The agent-service client: one trait, one implementation per dialect
+//! (Letta, EAI), the HTTP path they share and the polling loop.
 
-pub mod eai;
-pub mod http;
-pub mod letta;
+mod eai;
+mod http;
+mod letta;
 pub mod poll;
 
 use std::sync::Arc;
@@ -11,9 +11,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::{AgentServiceConfig, Dialect};
+use crate::context::RequestContext;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
+use crate::settings::{AgentServiceSettings, Dialect};
 
 /// What a send returned.
 pub enum Sent {
@@ -45,28 +46,27 @@ pub enum Deleted {
 
 #[async_trait]
 pub trait AgentService: Send + Sync {
-    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId>;
-    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted>;
+    async fn create_agent(&self, ctx: &RequestContext, user: &UserNumber)
+    -> GatewayResult<AgentId>;
+    async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted>;
     /// Never retried: each call may create a message upstream. `budget` is
     /// what is left of the chat's polling budget.
     async fn send(
         &self,
+        ctx: &RequestContext,
         agent: &AgentId,
         message: &str,
         metadata: Option<&Value>,
         budget: std::time::Duration,
     ) -> GatewayResult<Sent>;
     /// Idempotent; safe to retry.
-    async fn poll(&self, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
+    async fn poll(&self, ctx: &RequestContext, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
 }
 
-pub fn build(
-    cfg: &AgentServiceConfig,
-    pseudonym_key: &str,
-) -> Result<Arc<dyn AgentService>, String> {
+pub fn build(cfg: &AgentServiceSettings) -> Result<Arc<dyn AgentService>, String> {
     let http = http::AgentHttp::new(cfg)?;
     Ok(match cfg.dialect {
-        Dialect::Letta => Arc::new(letta::LettaClient::new(http, cfg, pseudonym_key)),
+        Dialect::Letta => Arc::new(letta::LettaClient::new(http, cfg)),
         Dialect::Eai => Arc::new(eai::EaiClient::new(http, cfg)),
     })
 }

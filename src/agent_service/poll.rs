@@ -6,9 +6,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{AgentService, Poll};
-use crate::config::PollConfig;
+use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
+use crate::settings::PollSettings;
 
 /// When to poll: first after `initial_delay` (short: a quick answer is seen
 /// quickly), then every `dense_interval` while the answer is likely to come
@@ -34,18 +35,19 @@ pub struct PollSchedule {
 }
 
 impl PollSchedule {
-    pub fn new(cfg: &PollConfig) -> Self {
-        let initial = cfg.initial_delay();
+    pub fn new(cfg: &PollSettings) -> Self {
+        let initial = cfg.initial_delay;
         Self {
             initial,
-            dense_interval: Duration::from_millis(cfg.dense_interval_ms),
-            dense_until: Duration::from_millis(cfg.dense_until_ms),
-            next: Duration::from_millis(cfg.dense_until_ms)
+            dense_interval: cfg.dense_interval,
+            dense_until: cfg.dense_until,
+            next: cfg
+                .dense_until
                 .mul_f64(cfg.multiplier - 1.0)
                 .max(initial)
-                .min(cfg.max_delay()),
+                .min(cfg.max_delay),
             elapsed: Duration::ZERO,
-            max: cfg.max_delay(),
+            max: cfg.max_delay,
             multiplier: cfg.multiplier,
             jitter: cfg.jitter,
         }
@@ -77,10 +79,11 @@ pub struct Finished {
 
 /// Polls until a terminal state or the deadline (then 504).
 pub async fn until_done(
+    ctx: &RequestContext,
     service: &dyn AgentService,
     agent: &AgentId,
     id: &str,
-    cfg: &PollConfig,
+    cfg: &PollSettings,
     deadline: Instant,
 ) -> GatewayResult<Finished> {
     let mut schedule = PollSchedule::new(cfg);
@@ -102,9 +105,9 @@ pub async fn until_done(
         let slept = Instant::now();
         tokio::time::sleep_until(wake).await;
         // Waiting between polls is waiting on the agent, not gateway overhead.
-        super::http::WaitClock::record(slept.elapsed());
+        ctx.add_upstream_wait(slept.elapsed());
         polls += 1;
-        match service.poll(agent, id).await {
+        match service.poll(ctx, agent, id).await {
             Ok(Poll::Pending) => {}
             Ok(outcome) => return Ok(Finished { outcome, polls }),
             // Polls are idempotent: a transient failure is retried on the
@@ -122,15 +125,15 @@ pub async fn until_done(
 mod tests {
     use super::*;
 
-    fn cfg(jitter: f64) -> PollConfig {
-        PollConfig {
+    fn cfg(jitter: f64) -> PollSettings {
+        PollSettings {
             jitter,
-            ..PollConfig::default()
+            ..PollSettings::default()
         }
     }
 
     /// Poll times (ms after the send) up to `until`.
-    fn poll_times(cfg: &PollConfig, until: u128) -> Vec<u128> {
+    fn poll_times(cfg: &PollSettings, until: u128) -> Vec<u128> {
         let mut s = PollSchedule::new(cfg);
         let mut t = Duration::ZERO;
         let mut times = Vec::new();
@@ -174,11 +177,12 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_bounds() {
-        let cfg = PollConfig {
-            initial_delay_ms: 100,
-            dense_interval_ms: 100,
-            dense_until_ms: 0,
-            max_delay_ms: 100,
+        let ms = Duration::from_millis;
+        let cfg = PollSettings {
+            initial_delay: ms(100),
+            dense_interval: ms(100),
+            dense_until: Duration::ZERO,
+            max_delay: ms(100),
             multiplier: 2.0,
             jitter: 0.5,
         };

@@ -9,15 +9,15 @@ use super::http::AgentHttp;
 use super::{AgentService, Deleted, Poll, Sent, safe_id};
 use std::time::Duration;
 
-use crate::config::{AgentServiceConfig, LettaDelivery};
+use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
+use crate::settings::{AgentServiceSettings, LettaDelivery};
 
-pub struct LettaClient {
+pub(crate) struct LettaClient {
     http: AgentHttp,
     delivery: LettaDelivery,
     template: serde_json::Map<String, Value>,
-    pseudonym_key: String,
 }
 
 /// Tag carried by every agent the gateway creates.
@@ -34,7 +34,7 @@ const FAILED_STOP_REASONS: &[&str] = &[
 ];
 
 impl LettaClient {
-    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig, pseudonym_key: &str) -> Self {
+    pub(crate) fn new(http: AgentHttp, cfg: &AgentServiceSettings) -> Self {
         Self {
             delivery: cfg.letta.delivery,
             http,
@@ -44,7 +44,6 @@ impl LettaClient {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
-            pseudonym_key: pseudonym_key.to_owned(),
         }
     }
 
@@ -64,6 +63,7 @@ impl LettaClient {
     /// echo of the user message, unlike `GET /v1/runs/{id}/messages`).
     async fn send_sync(
         &self,
+        ctx: &RequestContext,
         agent: &AgentId,
         body: &Value,
         budget: Duration,
@@ -71,7 +71,14 @@ impl LettaClient {
         let path = format!("v1/agents/{agent}/messages");
         let reply = match self
             .http
-            .call_with_timeout("send_sync", Method::POST, &path, Some(body), Some(budget))
+            .call_with_timeout(
+                ctx,
+                "send_sync",
+                Method::POST,
+                &path,
+                Some(body),
+                Some(budget),
+            )
             .await
         {
             Ok(reply) => reply,
@@ -119,12 +126,18 @@ impl LettaClient {
         Ok(Sent::Answered { id, outcome })
     }
 
-    async fn finished(&self, run_id: &str, run: &Value, succeeded: bool) -> GatewayResult<Poll> {
+    async fn finished(
+        &self,
+        ctx: &RequestContext,
+        run_id: &str,
+        run: &Value,
+        succeeded: bool,
+    ) -> GatewayResult<Poll> {
         // Read the messages even on failure: Letta can fail with output present.
         let path = format!("v1/runs/{run_id}/messages?order=asc&limit=1000");
         let messages = self
             .http
-            .call("fetch_messages", Method::GET, &path, None)
+            .call(ctx, "fetch_messages", Method::GET, &path, None)
             .await?;
         if !messages.status.is_success() || !messages.body.is_array() {
             let err = GatewayError::agent_service(format!(
@@ -152,6 +165,7 @@ impl LettaClient {
         let usage = self
             .http
             .call(
+                ctx,
                 "fetch_usage",
                 Method::GET,
                 &format!("v1/runs/{run_id}/usage"),
@@ -172,8 +186,12 @@ impl LettaClient {
 
 #[async_trait]
 impl AgentService for LettaClient {
-    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId> {
-        let pseudonym = user.pseudonym(&self.pseudonym_key);
+    async fn create_agent(
+        &self,
+        ctx: &RequestContext,
+        user: &UserNumber,
+    ) -> GatewayResult<AgentId> {
+        let pseudonym = user.pseudonym();
         let mut body = self.template.clone();
         body.insert("name".into(), Value::String(Self::agent_name(&pseudonym)));
         let mut tags: Vec<Value> = body
@@ -187,6 +205,7 @@ impl AgentService for LettaClient {
         let reply = self
             .http
             .call(
+                ctx,
                 "create_agent",
                 Method::POST,
                 "v1/agents/",
@@ -203,10 +222,11 @@ impl AgentService for LettaClient {
         AgentId::parse(&id).map_err(GatewayError::agent_service)
     }
 
-    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
+    async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted> {
         let reply = self
             .http
             .call(
+                ctx,
                 "delete_agent",
                 Method::DELETE,
                 &format!("v1/agents/{agent}"),
@@ -225,6 +245,7 @@ impl AgentService for LettaClient {
 
     async fn send(
         &self,
+        ctx: &RequestContext,
         agent: &AgentId,
         message: &str,
         _metadata: Option<&Value>,
@@ -232,11 +253,12 @@ impl AgentService for LettaClient {
     ) -> GatewayResult<Sent> {
         let body = json!({"messages": [{"role": "user", "content": message}]});
         if self.delivery == LettaDelivery::Sync {
-            return self.send_sync(agent, &body, budget).await;
+            return self.send_sync(ctx, agent, &body, budget).await;
         }
         let reply = self
             .http
             .call(
+                ctx,
                 "send",
                 Method::POST,
                 &format!("v1/agents/{agent}/messages/async"),
@@ -253,10 +275,15 @@ impl AgentService for LettaClient {
         }
     }
 
-    async fn poll(&self, _agent: &AgentId, run_id: &str) -> GatewayResult<Poll> {
+    async fn poll(
+        &self,
+        ctx: &RequestContext,
+        _agent: &AgentId,
+        run_id: &str,
+    ) -> GatewayResult<Poll> {
         let reply = self
             .http
-            .call("poll", Method::GET, &format!("v1/runs/{run_id}"), None)
+            .call(ctx, "poll", Method::GET, &format!("v1/runs/{run_id}"), None)
             .await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(Poll::Failed("agent run not found".into()));
@@ -278,12 +305,14 @@ impl AgentService for LettaClient {
         let status = run.get("status").and_then(Value::as_str).unwrap_or("");
         let stop_reason = run.get("stop_reason").and_then(Value::as_str);
         match (status, stop_reason) {
-            ("completed", _) => self.finished(run_id, &run, true).await,
-            ("failed" | "cancelled" | "expired", _) => self.finished(run_id, &run, false).await,
+            ("completed", _) => self.finished(ctx, run_id, &run, true).await,
+            ("failed" | "cancelled" | "expired", _) => {
+                self.finished(ctx, run_id, &run, false).await
+            }
             // A terminal stop reason on a run still marked running is terminal.
             (_, Some(reason)) => {
                 let ok = !FAILED_STOP_REASONS.contains(&reason);
-                self.finished(run_id, &run, ok).await
+                self.finished(ctx, run_id, &run, ok).await
             }
             _ => Ok(Poll::Pending),
         }

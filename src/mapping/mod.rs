@@ -1,11 +1,12 @@
-//! Where the user → agent mapping lives: the SQL stores behind one trait.
+//! Whose turn it is and which agent is theirs: the user → agent mapping
+//! (SQL store and its cache), the per-user lanes and the cluster-wide chat
+//! leases.
 
 pub mod cache;
-pub mod lanes;
-pub mod lease;
-pub mod postgres;
-pub mod sqlite;
-pub mod store;
+pub(crate) mod lanes;
+pub(crate) mod lease;
+mod sql;
+mod store;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,18 +14,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::config::DatabaseConfig;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
-pub use store::MappingStore;
+use crate::settings::DatabaseSettings;
+use sql::SqlStore;
+pub use store::{LeaseStore, MappingStore};
 
 /// Applies the migrations of the configured database.
-pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Error>> {
-    if cfg.url.starts_with("sqlite:") {
-        sqlite::SqliteStore::migrate(cfg).await
-    } else {
-        postgres::PgStore::migrate(cfg).await
-    }
+pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
+    SqlStore::migrate(cfg).await
 }
 
 /// The configured store, built on first use. sqlx pools spawn maintenance
@@ -36,24 +34,24 @@ pub async fn migrate(cfg: &DatabaseConfig) -> Result<(), Box<dyn std::error::Err
 /// state, one queued here a few bytes, and a burst of thousands of new chats
 /// queues thousands of statements.
 pub struct LazyStore {
-    cfg: DatabaseConfig,
-    cell: OnceLock<Result<Box<dyn MappingStore>, String>>,
+    cfg: DatabaseSettings,
+    cell: OnceLock<Result<SqlStore, String>>,
     slots: Semaphore,
     wait: Duration,
 }
 
 impl LazyStore {
-    pub fn new(cfg: DatabaseConfig) -> Self {
+    pub fn new(cfg: &DatabaseSettings) -> Self {
         Self {
             slots: Semaphore::new(cfg.max_connections as usize),
-            wait: Duration::from_millis(cfg.acquire_timeout_ms),
-            cfg,
+            wait: cfg.acquire_timeout,
+            cfg: cfg.clone(),
             cell: OnceLock::new(),
         }
     }
 
     /// The store and a slot to use it, within the acquire timeout (else 503).
-    async fn slot(&self) -> GatewayResult<(SemaphorePermit<'_>, &dyn MappingStore)> {
+    async fn slot(&self) -> GatewayResult<(SemaphorePermit<'_>, &SqlStore)> {
         let store = self.store()?;
         match tokio::time::timeout(self.wait, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok((permit, store)),
@@ -67,18 +65,12 @@ impl LazyStore {
         }
     }
 
-    fn store(&self) -> GatewayResult<&dyn MappingStore> {
-        let built = self.cell.get_or_init(|| {
-            let store: Result<Box<dyn MappingStore>, sqlx::Error> =
-                if self.cfg.url.starts_with("sqlite:") {
-                    sqlite::SqliteStore::connect_lazy(&self.cfg).map(|s| Box::new(s) as _)
-                } else {
-                    postgres::PgStore::connect_lazy(&self.cfg).map(|s| Box::new(s) as _)
-                };
-            store.map_err(|e| e.to_string())
-        });
+    fn store(&self) -> GatewayResult<&SqlStore> {
+        let built = self
+            .cell
+            .get_or_init(|| SqlStore::connect_lazy(&self.cfg).map_err(|e| e.to_string()));
         match built {
-            Ok(store) => Ok(store.as_ref()),
+            Ok(store) => Ok(store),
             Err(e) => {
                 tracing::error!(error = %e, "Database pool could not be built.");
                 Err(GatewayError::new(
@@ -113,6 +105,14 @@ impl MappingStore for LazyStore {
         let (_slot, store) = self.slot().await?;
         store.delete(user).await
     }
+    async fn ping(&self) -> GatewayResult<()> {
+        let (_slot, store) = self.slot().await?;
+        store.ping().await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for LazyStore {
     async fn try_lease(
         &self,
         user: &UserNumber,
@@ -129,9 +129,5 @@ impl MappingStore for LazyStore {
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
         let (_slot, store) = self.slot().await?;
         store.release_lease(user, holder).await
-    }
-    async fn ping(&self) -> GatewayResult<()> {
-        let (_slot, store) = self.slot().await?;
-        store.ping().await
     }
 }

@@ -6,17 +6,18 @@ use serde_json::{Value, json};
 
 use super::http::AgentHttp;
 use super::{AgentService, Deleted, Poll, Sent, safe_id};
-use crate::config::AgentServiceConfig;
+use crate::context::RequestContext;
 use crate::error::{GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
+use crate::settings::AgentServiceSettings;
 
-pub struct EaiClient {
+pub(crate) struct EaiClient {
     http: AgentHttp,
     agent_fields: serde_json::Map<String, Value>,
 }
 
 impl EaiClient {
-    pub fn new(http: AgentHttp, cfg: &AgentServiceConfig) -> Self {
+    pub(crate) fn new(http: AgentHttp, cfg: &AgentServiceSettings) -> Self {
         Self {
             http,
             agent_fields: cfg.eai.agent_fields.clone(),
@@ -32,12 +33,17 @@ fn mentions_missing_agent(text: &str) -> bool {
 
 #[async_trait]
 impl AgentService for EaiClient {
-    async fn create_agent(&self, user: &UserNumber) -> GatewayResult<AgentId> {
+    async fn create_agent(
+        &self,
+        ctx: &RequestContext,
+        user: &UserNumber,
+    ) -> GatewayResult<AgentId> {
         let mut body = self.agent_fields.clone();
         body.insert("user_number".into(), Value::String(user.as_str().into()));
         let reply = self
             .http
             .call(
+                ctx,
                 "create_agent",
                 Method::POST,
                 "api/v1/agent/create",
@@ -54,10 +60,11 @@ impl AgentService for EaiClient {
         AgentId::parse(&id).map_err(GatewayError::agent_service)
     }
 
-    async fn delete_agent(&self, agent: &AgentId) -> GatewayResult<Deleted> {
+    async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted> {
         let reply = self
             .http
             .call(
+                ctx,
                 "delete_agent",
                 Method::DELETE,
                 &format!("api/v1/agent/{agent}"),
@@ -79,6 +86,7 @@ impl AgentService for EaiClient {
 
     async fn send(
         &self,
+        ctx: &RequestContext,
         agent: &AgentId,
         message: &str,
         metadata: Option<&Value>,
@@ -88,6 +96,7 @@ impl AgentService for EaiClient {
         let reply = self
             .http
             .call(
+                ctx,
                 "send",
                 Method::POST,
                 "api/v1/message/webhook/agent",
@@ -107,9 +116,17 @@ impl AgentService for EaiClient {
         }
     }
 
-    async fn poll(&self, _agent: &AgentId, message_id: &str) -> GatewayResult<Poll> {
+    async fn poll(
+        &self,
+        ctx: &RequestContext,
+        _agent: &AgentId,
+        message_id: &str,
+    ) -> GatewayResult<Poll> {
         let path = format!("api/v1/message/response?message_id={message_id}");
-        let reply = self.http.call("poll", Method::GET, &path, None).await?;
+        let reply = self
+            .http
+            .call(ctx, "poll", Method::GET, &path, None)
+            .await?;
         // Decide on the body's status; the HTTP code has changed across versions.
         let body = &reply.body;
         match body.get("status").and_then(Value::as_str) {

@@ -67,7 +67,8 @@ impl UserLanes {
     }
 
     /// Users with a chat running or queued.
-    pub fn active(&self) -> usize {
+    #[cfg(test)]
+    fn active(&self) -> usize {
         lock(&self.lanes).len()
     }
 }
@@ -100,7 +101,9 @@ mod tests {
     use std::time::Duration;
 
     fn user(n: u8) -> UserNumber {
-        UserNumber::parse(&format!("55210000000{n:02}")).unwrap()
+        crate::ids::UserRules::standard()
+            .parse(&format!("55210000000{n:02}"))
+            .unwrap()
     }
 
     #[tokio::test]

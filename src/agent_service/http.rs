@@ -1,47 +1,18 @@
 //! The one HTTP path to the agent service: auth header, per-call timeout,
 //! capped response size, metrics per operation and outcome.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::config::AgentServiceConfig;
+use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::metrics;
+use crate::settings::AgentServiceSettings;
 
-/// Time a chat spent waiting on the agent service (calls and the sleeps
-/// between polls), so the gateway can report its own overhead. Shared
-/// because the chat runs in its own task.
-#[derive(Default)]
-pub struct WaitClock(AtomicU64);
-
-impl WaitClock {
-    pub fn add(&self, d: Duration) {
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-
-    /// Adds to the current task's clock, if it has one.
-    pub fn record(d: Duration) {
-        let _ = UPSTREAM_WAIT.try_with(|w| w.add(d));
-    }
-}
-
-tokio::task_local! {
-    pub static UPSTREAM_WAIT: Arc<WaitClock>;
-    /// The request id of the chat being served, forwarded as `X-Request-Id`.
-    pub static REQUEST_ID: String;
-}
-
-pub struct AgentHttp {
+pub(crate) struct AgentHttp {
     client: reqwest::Client,
     base: Url,
     token: Option<String>,
@@ -54,14 +25,14 @@ pub struct AgentHttp {
 }
 
 /// A response the agent service gave, whatever its status.
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
 }
 
 impl Reply {
     /// Short, safe description of an error body for the client's detail.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let text = match &self.body {
             Value::Object(m) => m
                 .get("detail")
@@ -84,17 +55,17 @@ impl Reply {
 }
 
 impl AgentHttp {
-    pub fn new(cfg: &AgentServiceConfig) -> Result<Self, String> {
+    pub(crate) fn new(cfg: &AgentServiceSettings) -> Result<Self, String> {
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             // Idle keep-alive connections cost buffers each; thousands of
             // chats polling at once would otherwise leave thousands behind.
             .pool_max_idle_per_host(cfg.max_idle_connections)
             .build()
             .map_err(|e| e.to_string())?;
-        let mut base = Url::parse(&cfg.url).map_err(|e| e.to_string())?;
+        let mut base = cfg.url.clone();
         // Url::join drops the last segment of a base without a trailing slash.
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -105,20 +76,21 @@ impl AgentHttp {
             token: cfg.token.clone(),
             max_response_bytes: cfg.max_response_bytes,
             slots: (cfg.max_concurrent_calls > 0).then(|| Semaphore::new(cfg.max_concurrent_calls)),
-            slot_wait: Duration::from_millis(cfg.request_timeout_ms),
+            slot_wait: cfg.request_timeout,
         })
     }
 
     /// Sends one request. Transport failures become errors; any HTTP status
     /// comes back as a `Reply` for the dialect to interpret.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
+        ctx: &RequestContext,
         operation: &'static str,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> GatewayResult<Reply> {
-        self.call_with_timeout(operation, method, path, body, None)
+        self.call_with_timeout(ctx, operation, method, path, body, None)
             .await
     }
 
@@ -126,8 +98,9 @@ impl AgentHttp {
     /// (a synchronous send waits for the whole answer). Such calls skip the
     /// `max_concurrent_calls` queue: each holds its connection for as long
     /// as an answer takes, and queueing them would cap the chats in flight.
-    pub async fn call_with_timeout(
+    pub(crate) async fn call_with_timeout(
         &self,
+        ctx: &RequestContext,
         operation: &'static str,
         method: Method,
         path: &str,
@@ -141,9 +114,9 @@ impl AgentHttp {
             Some(_) => None,
         };
         let started = Instant::now();
-        let result = self.call_inner(method, path, body, timeout).await;
+        let result = self.call_inner(ctx, method, path, body, timeout).await;
         let elapsed = started.elapsed();
-        WaitClock::record(elapsed);
+        ctx.add_upstream_wait(elapsed);
         metrics::AGENT_SERVICE_DURATION
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
@@ -181,6 +154,7 @@ impl AgentHttp {
 
     async fn call_inner(
         &self,
+        ctx: &RequestContext,
         method: Method,
         path: &str,
         body: Option<&Value>,
@@ -196,9 +170,7 @@ impl AgentHttp {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        if let Ok(Some(id)) = REQUEST_ID.try_with(|id| (!id.is_empty()).then(|| id.clone())) {
-            req = req.header("x-request-id", id);
-        }
+        req = req.header("x-request-id", ctx.id.as_str());
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -1,6 +1,7 @@
-//! The user → agent mapping. Every operation is one atomic SQL statement, so a
-//! crash or a disconnect in the middle of a chat leaves the old mapping or the
-//! new one, never a mix.
+//! What the chat flow needs from the database: the user → agent mapping
+//! and the per-user chat leases, two traits over one SQL store. Every
+//! operation is one atomic SQL statement, so a crash or a disconnect in the
+//! middle of a chat leaves the old state or the new one, never a mix.
 
 use std::time::Duration;
 
@@ -29,8 +30,15 @@ pub trait MappingStore: Send + Sync {
     /// Removes the mapping; returns the agent it pointed to.
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
 
-    /// Takes the user's cluster-wide chat lease for `holder` when it is free
-    /// or expired; true when `holder` now has it.
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> GatewayResult<()>;
+}
+
+/// Cluster-wide "one chat at a time per user" (see `lease.rs`).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the user's chat lease for `holder` when it is free or expired;
+    /// true when `holder` now has it.
     async fn try_lease(
         &self,
         user: &UserNumber,
@@ -44,21 +52,4 @@ pub trait MappingStore: Send + Sync {
     async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64>;
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()>;
-
-    /// Cheap round trip for `/readyz`.
-    async fn ping(&self) -> GatewayResult<()>;
-}
-
-pub(crate) fn parse_stored(raw: String) -> GatewayResult<AgentId> {
-    AgentId::parse(&raw).map_err(|e| {
-        tracing::error!(error = %e, "Stored agent id is invalid.");
-        crate::error::GatewayError::new(
-            crate::error::ErrorKind::Internal,
-            "stored mapping is invalid",
-        )
-    })
-}
-
-pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }

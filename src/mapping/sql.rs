@@ -1,0 +1,292 @@
+//! The one SQL store, for PostgreSQL and SQLite: the same statements and
+//! logic, with the database's clock written in each dialect.
+//!
+//! With SQLite the guarantees hold for the gateway processes sharing the
+//! file on one host: each statement is atomic and writers are serialised by
+//! SQLite's lock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use super::store::{LeaseStore, MappingStore};
+use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::ids::{AgentId, UserNumber};
+use crate::settings::{DatabaseSettings, DatabaseUrl};
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same sqlx expression on whichever pool this is: the statements
+/// are written once, and sqlx's types differ per database.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Postgres($p) => $body,
+            Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// The statements, with the dialect's current time in milliseconds. Both
+/// dialects accept `$n` parameters, `EXCLUDED` and `RETURNING`.
+struct Statements {
+    try_lease: String,
+    renew_leases: String,
+}
+
+impl Statements {
+    fn new(now_ms: &str) -> Self {
+        Self {
+            // The database's clock decides expiry, so replicas need not agree on time.
+            try_lease: format!(
+                "INSERT INTO chat_leases (user_number, holder, expires_at_ms) \
+                 VALUES ($1, $2, {now_ms} + $3) \
+                 ON CONFLICT (user_number) DO UPDATE \
+                 SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms \
+                 WHERE chat_leases.expires_at_ms < {now_ms} \
+                 RETURNING holder"
+            ),
+            renew_leases: format!(
+                "UPDATE chat_leases SET expires_at_ms = {now_ms} + $2 WHERE holder LIKE $1"
+            ),
+        }
+    }
+}
+
+const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+const GET: &str = "SELECT agent_id FROM user_agents WHERE user_number = $1";
+// The no-op update makes RETURNING yield the existing row on conflict, so
+// the winner is known in the same statement.
+const CLAIM: &str = "INSERT INTO user_agents (user_number, agent_id) VALUES ($1, $2) \
+     ON CONFLICT (user_number) DO UPDATE SET user_number = EXCLUDED.user_number \
+     RETURNING agent_id";
+const REPLACE: &str = "UPDATE user_agents SET agent_id = $3, updated_at = CURRENT_TIMESTAMP \
+     WHERE user_number = $1 AND agent_id = $2";
+const DELETE: &str = "DELETE FROM user_agents WHERE user_number = $1 RETURNING agent_id";
+const RELEASE: &str = "DELETE FROM chat_leases WHERE user_number = $1 AND holder = $2";
+
+pub struct SqlStore {
+    pool: Pool,
+    sql: Statements,
+}
+
+fn pg_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let mut opts = PgConnectOptions::from_str(url)?;
+    if let Some(schema) = &cfg.schema {
+        // Validated at start-up to [a-z0-9_], so it needs no quoting.
+        opts = opts.options([("search_path", schema.as_str())]);
+    }
+    Ok(opts)
+}
+
+fn sqlite_options(cfg: &DatabaseSettings, url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(cfg.acquire_timeout))
+}
+
+impl SqlStore {
+    /// Builds the pool without connecting: the gateway starts (and recovers)
+    /// while the database is down; routes answer 503 meanwhile.
+    pub fn connect_lazy(cfg: &DatabaseSettings) -> Result<Self, sqlx::Error> {
+        Ok(match &cfg.url {
+            DatabaseUrl::Postgres(url) => Self {
+                pool: Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(cfg.max_connections)
+                        .acquire_timeout(cfg.acquire_timeout)
+                        .connect_lazy_with(pg_options(cfg, url)?),
+                ),
+                sql: Statements::new(PG_NOW_MS),
+            },
+            DatabaseUrl::Sqlite(url) => Self {
+                pool: Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(cfg.max_connections)
+                        .acquire_timeout(cfg.acquire_timeout)
+                        .connect_lazy_with(sqlite_options(cfg, url)?),
+                ),
+                sql: Statements::new(SQLITE_NOW_MS),
+            },
+        })
+    }
+
+    /// Creates the PostgreSQL schema when configured and applies the
+    /// migrations of the configured database.
+    pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
+        match &cfg.url {
+            DatabaseUrl::Postgres(url) => {
+                if let Some(schema) = &cfg.schema {
+                    create_schema(url, schema).await?;
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(pg_options(cfg, url)?)
+                    .await?;
+                PG_MIGRATOR.run(&pool).await?;
+                pool.close().await;
+            }
+            DatabaseUrl::Sqlite(url) => {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(sqlite_options(cfg, url)?)
+                    .await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                pool.close().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn create_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(PgConnectOptions::from_str(url)?)
+        .await?;
+    // Concurrent starters may race on CREATE SCHEMA; the loser's unique
+    // violation means the schema exists, which is the goal.
+    let create = sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+    if let Err(e) = sqlx::query(create).execute(&admin).await {
+        let exists = e
+            .as_database_error()
+            .is_some_and(|d| d.is_unique_violation());
+        if !exists {
+            return Err(e);
+        }
+    }
+    admin.close().await;
+    Ok(())
+}
+
+fn parse_stored(raw: String) -> GatewayResult<AgentId> {
+    AgentId::parse(&raw).map_err(|e| {
+        tracing::error!(error = %e, "Stored agent id is invalid.");
+        GatewayError::new(ErrorKind::Internal, "stored mapping is invalid")
+    })
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn db_error(e: sqlx::Error) -> GatewayError {
+    GatewayError::database(&e)
+}
+
+#[async_trait]
+impl MappingStore for SqlStore {
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        let row: Option<String> = on_pool!(&self.pool, |p| sqlx::query(GET)
+            .bind(user.as_str())
+            .fetch_optional(p)
+            .await
+            .map_err(db_error)?
+            .map(|r| r.get(0)));
+        row.map(parse_stored).transpose()
+    }
+
+    async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
+        let row: String = on_pool!(&self.pool, |p| sqlx::query(CLAIM)
+            .bind(user.as_str())
+            .bind(agent.as_str())
+            .fetch_one(p)
+            .await
+            .map_err(db_error)?
+            .get(0));
+        parse_stored(row)
+    }
+
+    async fn replace(
+        &self,
+        user: &UserNumber,
+        old: &AgentId,
+        new: &AgentId,
+    ) -> GatewayResult<Option<AgentId>> {
+        let updated = on_pool!(&self.pool, |p| sqlx::query(REPLACE)
+            .bind(user.as_str())
+            .bind(old.as_str())
+            .bind(new.as_str())
+            .execute(p)
+            .await
+            .map_err(db_error)?
+            .rows_affected());
+        if updated == 1 {
+            return Ok(Some(new.clone()));
+        }
+        self.get(user).await
+    }
+
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        let row: Option<String> = on_pool!(&self.pool, |p| sqlx::query(DELETE)
+            .bind(user.as_str())
+            .fetch_optional(p)
+            .await
+            .map_err(db_error)?
+            .map(|r| r.get(0)));
+        row.map(parse_stored).transpose()
+    }
+
+    async fn ping(&self) -> GatewayResult<()> {
+        on_pool!(&self.pool, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ())
+            .map_err(db_error))
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqlStore {
+    async fn try_lease(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        let sql = sqlx::AssertSqlSafe(self.sql.try_lease.as_str());
+        let winner: Option<String> = on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(user.as_str())
+            .bind(holder)
+            .bind(ttl_ms(ttl))
+            .fetch_optional(p)
+            .await
+            .map_err(db_error)?
+            .map(|r| r.get(0)));
+        Ok(winner.is_some_and(|w| w == holder))
+    }
+
+    async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
+        let sql = sqlx::AssertSqlSafe(self.sql.renew_leases.as_str());
+        on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(format!("{holder_prefix}%"))
+            .bind(ttl_ms(ttl))
+            .execute(p)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(db_error))
+    }
+
+    async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
+        on_pool!(&self.pool, |p| sqlx::query(RELEASE)
+            .bind(user.as_str())
+            .bind(holder)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .map_err(db_error))
+    }
+}

@@ -1,0 +1,165 @@
+//! `agent_service:` the Letta or EAI service that hosts the users' agents.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ConfigError, units};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentServiceSettings {
+    pub dialect: Dialect,
+    /// Base URL, e.g. `http://127.0.0.1:8283`.
+    #[serde(with = "units::http_url")]
+    pub url: reqwest::Url,
+    /// Bearer token; prefer the `AGENT_SERVICE_TOKEN` environment variable.
+    pub token: Option<String>,
+    #[serde(rename = "connect_timeout_ms", with = "units::millis")]
+    pub connect_timeout: Duration,
+    /// Bound on one call (create, send, one poll), not on the whole chat.
+    #[serde(rename = "request_timeout_ms", with = "units::millis")]
+    pub request_timeout: Duration,
+    /// Largest agent-service response body the gateway will read.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept to the agent service.
+    pub max_idle_connections: usize,
+    /// Calls in flight to the agent service at once (0: no limit); more
+    /// wait their turn. Synchronous Letta sends are not counted.
+    pub max_concurrent_calls: usize,
+    pub letta: LettaSettings,
+    pub eai: EaiSettings,
+}
+
+/// Letta's own default port on loopback: what `letta server` listens on.
+const DEFAULT_URL: &str = "http://127.0.0.1:8283";
+
+impl Default for AgentServiceSettings {
+    fn default() -> Self {
+        Self {
+            dialect: Dialect::Letta,
+            url: units::http_url::parse(DEFAULT_URL).unwrap_or_else(|_| unreachable!()),
+            token: None,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: 4 * 1024 * 1024,
+            max_idle_connections: 256,
+            max_concurrent_calls: 256,
+            letta: LettaSettings::default(),
+            eai: EaiSettings::default(),
+        }
+    }
+}
+
+impl AgentServiceSettings {
+    /// The defaults, for `dialect` at `url`.
+    pub fn new(dialect: Dialect, url: reqwest::Url) -> Self {
+        Self {
+            dialect,
+            url,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "agent_service.connect_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "agent_service.request_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(ConfigError::new(
+                "agent_service.max_response_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if !self.letta.agent_template.is_object() {
+            return Err(ConfigError::new(
+                "agent_service.letta.agent_template",
+                "must be a mapping (the body of POST /v1/agents/)",
+            ));
+        }
+        if self.eai.agent_fields.contains_key("user_number") {
+            return Err(ConfigError::new(
+                "agent_service.eai.agent_fields.user_number",
+                "is set by the gateway from the request",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Letta,
+    Eai,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Letta => "letta",
+            Self::Eai => "eai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "letta" => Some(Self::Letta),
+            "eai" => Some(Self::Eai),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LettaSettings {
+    /// Body of `POST /v1/agents/`; the gateway adds `name` and `tags`.
+    pub agent_template: Value,
+    /// How a message is delivered and its answer learned.
+    pub delivery: LettaDelivery,
+}
+
+impl Default for LettaSettings {
+    fn default() -> Self {
+        Self {
+            agent_template: json!({
+                "model": "openai/gpt-4o-mini",
+                "embedding": "openai/text-embedding-3-small",
+                "memory_blocks": [
+                    {"label": "human", "value": ""},
+                    {"label": "persona", "value": "I am a helpful citizen-service assistant."}
+                ]
+            }),
+            delivery: LettaDelivery::default(),
+        }
+    }
+}
+
+/// `poll`: async send, then poll the run (default; survives a dropped
+/// connection, works through proxies that cut long requests). `sync`: one
+/// synchronous send held open until the answer exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LettaDelivery {
+    #[default]
+    Poll,
+    Sync,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EaiSettings {
+    /// Extra fields of `POST /api/v1/agent/create` besides `user_number`.
+    pub agent_fields: serde_json::Map<String, Value>,
+}

@@ -1,0 +1,143 @@
+//! `chat:` what a chat request may carry and how its answer is polled for.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, units};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatSettings {
+    /// Largest accepted JSON body of the native routes.
+    pub max_body_bytes: usize,
+    /// Longest accepted `message`, in characters.
+    pub max_message_chars: usize,
+    /// A native request body must arrive completely within this time.
+    #[serde(rename = "body_timeout_ms", with = "units::millis")]
+    pub body_timeout: Duration,
+    /// Polling budget of one chat; a request may ask for less with `timeout`.
+    #[serde(rename = "timeout_seconds", with = "units::fractional_seconds")]
+    pub timeout: Duration,
+    pub poll: PollSettings,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 4096,
+            body_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(180),
+            poll: PollSettings::default(),
+        }
+    }
+}
+
+/// When to poll for an answer: see `agent_service::poll::PollSchedule`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollSettings {
+    /// Delay of the first poll after the send.
+    #[serde(rename = "initial_delay_ms", with = "units::millis")]
+    pub initial_delay: Duration,
+    /// Gap between polls during the dense phase.
+    #[serde(rename = "dense_interval_ms", with = "units::millis")]
+    pub dense_interval: Duration,
+    /// Poll every `dense_interval` until this long after the send, then
+    /// back off; 0 = back off from the first poll.
+    #[serde(rename = "dense_until_ms", with = "units::millis")]
+    pub dense_until: Duration,
+    #[serde(rename = "max_delay_ms", with = "units::millis")]
+    pub max_delay: Duration,
+    pub multiplier: f64,
+    /// Fraction of each delay that is randomised (0 = none, 0.5 = ±50 %).
+    pub jitter: f64,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(25),
+            dense_interval: Duration::from_millis(75),
+            dense_until: Duration::from_millis(400),
+            max_delay: Duration::from_secs(2),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl ChatSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.max_message_chars) {
+            return Err(ConfigError::new(
+                "chat.max_message_chars",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.body_timeout) {
+            return Err(ConfigError::new(
+                "chat.body_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(ConfigError::new(
+                "chat.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "chat.timeout_seconds",
+                "must be in (0, 3600]",
+            ));
+        }
+        self.poll.validate()
+    }
+}
+
+impl PollSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.initial_delay.is_zero() || self.initial_delay > MINUTE {
+            return Err(ConfigError::new(
+                "chat.poll.initial_delay_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.max_delay < self.initial_delay || self.max_delay > MINUTE {
+            return Err(ConfigError::new(
+                "chat.poll.max_delay_ms",
+                "must be between chat.poll.initial_delay_ms and 60000",
+            ));
+        }
+        if self.dense_interval.is_zero() || self.dense_interval > MINUTE {
+            return Err(ConfigError::new(
+                "chat.poll.dense_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.dense_until > MINUTE {
+            return Err(ConfigError::new(
+                "chat.poll.dense_until_ms",
+                "must be at most 60000",
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.multiplier) {
+            return Err(ConfigError::new(
+                "chat.poll.multiplier",
+                "must be between 1 and 10",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(ConfigError::new(
+                "chat.poll.jitter",
+                "must be between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}

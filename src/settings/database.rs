@@ -1,0 +1,111 @@
+//! `database:` where the user → agent mapping and the chat leases live.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+use super::{ConfigError, units};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://PATH` (the file is created when missing).
+    pub url: DatabaseUrl,
+    /// PostgreSQL only: schema holding the gateway's tables (created when missing).
+    pub schema: Option<String>,
+    pub max_connections: u32,
+    /// How long a query may wait for a connection before the route answers 503.
+    #[serde(rename = "acquire_timeout_ms", with = "units::millis")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::Sqlite("sqlite://eai-gateway.db".into()),
+            schema: None,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The database URL with its kind decided once, from its scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(Self::Postgres(raw.to_owned()))
+        } else if raw.starts_with("sqlite:") {
+            Ok(Self::Sqlite(raw.to_owned()))
+        } else {
+            Err("must start with postgres://, postgresql:// or sqlite:".into())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// Shows the scheme and host only: a PostgreSQL URL may carry a password.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl DatabaseUrl {
+    /// The URL without credentials, safe for logs and the demo banner.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(url) => url.clone(),
+            Self::Postgres(url) => match url.split_once("://") {
+                Some((scheme, rest)) => {
+                    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                    format!("{scheme}://{host}")
+                }
+                None => "postgres://".into(),
+            },
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(schema) = &self.schema {
+            let ok = schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && schema.bytes().next().is_some_and(|b| !b.is_ascii_digit());
+            if !ok {
+                return Err(ConfigError::new(
+                    "database.schema",
+                    "must be 1-63 lowercase letters, digits or '_', not starting with a digit",
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "database.acquire_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

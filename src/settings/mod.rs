@@ -1,0 +1,324 @@
+//! Settings: the YAML file and the environment overrides, parsed once into
+//! one immutable value of real types. Every component is built from it;
+//! nothing re-reads a file or re-parses a string after start-up. Each
+//! section lives in a module of its own, with its defaults (one `Default`
+//! per struct) and its validation; every error names the key or variable.
+
+mod agent_service;
+mod auth;
+mod chat;
+mod database;
+mod limits;
+mod mapping;
+mod units;
+mod upstreams;
+mod users;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use agent_service::{AgentServiceSettings, Dialect, EaiSettings, LettaDelivery, LettaSettings};
+pub use auth::AuthSettings;
+pub use chat::{ChatSettings, PollSettings};
+pub use database::{DatabaseSettings, DatabaseUrl};
+pub use limits::LimitSettings;
+pub(crate) use limits::limit;
+pub use mapping::MappingSettings;
+pub use upstreams::{RouteSettings, UpstreamSettings};
+pub use users::{DEFAULT_USER_PATTERN, UserPattern, UserSettings};
+
+use crate::auth::TokenSet;
+
+#[derive(Debug)]
+pub struct ConfigError {
+    /// Dotted config key or environment variable the error is about.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Everything the gateway is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Prometheus listener; no metrics listener when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Read buffer per client connection; 0 = none (the parser's own
+    /// buffer takes the first read, so another one only costs memory).
+    #[serde(default)]
+    pub read_buffer_bytes: usize,
+    #[serde(default)]
+    pub shutdown: ShutdownSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    pub agent_service: AgentServiceSettings,
+    #[serde(default)]
+    pub chat: ChatSettings,
+    /// The `agents:` section: the user → agent mapping.
+    #[serde(default, rename = "agents")]
+    pub mapping: MappingSettings,
+    #[serde(default)]
+    pub users: UserSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// Named pass-through upstreams.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    /// Path-prefix routes to upstreams; the longest matching prefix wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
+    /// Upstream receiving every request that no route claims; 404 when unset.
+    #[serde(default)]
+    pub default_upstream: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_threads() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After SIGTERM: how long in-flight requests may take to finish.
+    #[serde(rename = "drain_seconds", with = "units::seconds")]
+    pub drain: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The environment variables that override the file.
+pub mod env {
+    pub const LISTEN: &str = "EAI_GATEWAY_LISTEN";
+    pub const METRICS_LISTEN: &str = "EAI_GATEWAY_METRICS_LISTEN";
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    pub const DIALECT: &str = "AGENT_SERVICE_DIALECT";
+    pub const AGENT_URL: &str = "AGENT_SERVICE_URL";
+    pub const AGENT_TOKEN: &str = "AGENT_SERVICE_TOKEN";
+    pub const DEFAULT_UPSTREAM: &str = "EAI_GATEWAY_DEFAULT_UPSTREAM";
+    pub const TOKENS: &str = "EAI_GATEWAY_TOKENS";
+    pub const METRICS_TOKENS: &str = "EAI_GATEWAY_METRICS_TOKENS";
+    pub const USER_RATE_PER_MIN: &str = "EAI_GATEWAY_USER_RATE_PER_MIN";
+    pub const USER_QUEUE_MAX: &str = "EAI_GATEWAY_USER_QUEUE_MAX";
+    pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
+}
+
+/// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
+pub const ENV_DEFAULT_UPSTREAM_NAME: &str = "default";
+
+impl Settings {
+    /// The defaults, with this agent service: what tests and the demo
+    /// start from instead of writing YAML.
+    pub fn new(agent_service: AgentServiceSettings) -> Self {
+        Self {
+            listen: default_listen(),
+            metrics_listen: None,
+            threads: default_threads(),
+            read_buffer_bytes: 0,
+            shutdown: ShutdownSettings::default(),
+            database: DatabaseSettings::default(),
+            agent_service,
+            chat: ChatSettings::default(),
+            mapping: MappingSettings::default(),
+            users: UserSettings::default(),
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            default_upstream: None,
+        }
+    }
+
+    /// Reads the file, applies the process environment, reads the token
+    /// files and validates: what `run` and `check-config` both do.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        Self::parse(&text, |k| std::env::var(k).ok())
+    }
+
+    /// `load` for a text and an environment given by the caller.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut settings = Self::from_yaml(text)?;
+        settings.apply_env(env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The file alone, parsed but neither overridden nor validated.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // The path is tracked outside the YAML parser so that errors raised
+        // while converting a value (a duration, a URL, a pattern) name
+        // their key too, not just the section around it.
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .unwrap_or(&message)
+                .to_owned();
+            match path.as_str() {
+                "" | "." => ConfigError::new("<file>", message),
+                _ => ConfigError::new(path, message),
+            }
+        })
+    }
+
+    /// Applies the environment overrides and reads the token files.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let set = |k: &str| var(k).filter(|v| !v.is_empty());
+        let addr = |k: &str, v: String| -> Result<SocketAddr, ConfigError> {
+            v.parse()
+                .map_err(|_| ConfigError::new(k, format!("{v:?} is not an ip:port address")))
+        };
+        if let Some(v) = set(env::LISTEN) {
+            self.listen = addr(env::LISTEN, v)?;
+        }
+        if let Some(v) = set(env::METRICS_LISTEN) {
+            self.metrics_listen = Some(addr(env::METRICS_LISTEN, v)?);
+        }
+        if let Some(v) = set(env::DATABASE_URL) {
+            self.database.url =
+                DatabaseUrl::parse(&v).map_err(|e| ConfigError::new(env::DATABASE_URL, e))?;
+        }
+        if let Some(v) = set(env::DIALECT) {
+            self.agent_service.dialect = Dialect::parse(&v).ok_or_else(|| {
+                ConfigError::new(env::DIALECT, format!("{v:?} is not one of letta, eai"))
+            })?;
+        }
+        if let Some(v) = set(env::AGENT_URL) {
+            self.agent_service.url =
+                units::http_url::parse(&v).map_err(|e| ConfigError::new(env::AGENT_URL, e))?;
+        }
+        if let Some(v) = set(env::AGENT_TOKEN) {
+            self.agent_service.token = Some(v);
+        }
+        if let Some(v) = set(env::USER_RATE_PER_MIN) {
+            self.limits.user_rate_per_min = number(env::USER_RATE_PER_MIN, &v)?;
+        }
+        if let Some(v) = set(env::USER_QUEUE_MAX) {
+            self.limits.user_queue_max = number(env::USER_QUEUE_MAX, &v)?;
+        }
+        if let Some(v) = set(env::MAX_INFLIGHT_CHATS) {
+            self.limits.max_inflight_chats = number(env::MAX_INFLIGHT_CHATS, &v)?;
+        }
+        if let Some(v) = set(env::DEFAULT_UPSTREAM) {
+            let name = self
+                .default_upstream
+                .clone()
+                .unwrap_or_else(|| ENV_DEFAULT_UPSTREAM_NAME.to_owned());
+            self.upstreams
+                .entry(name.clone())
+                .and_modify(|u| u.backends = vec![v.clone()])
+                .or_insert_with(|| UpstreamSettings::with_backends([v]));
+            self.default_upstream = Some(name);
+        }
+        let auth = &mut self.auth;
+        auth.tokens = TokenSet::load(set(env::TOKENS).as_deref(), auth.tokens_file.as_deref())
+            .map_err(|e| ConfigError::new(format!("{} / auth.tokens_file", env::TOKENS), e))?;
+        auth.metrics_tokens = TokenSet::load(
+            set(env::METRICS_TOKENS).as_deref(),
+            auth.metrics_tokens_file.as_deref(),
+        )
+        .map_err(|e| {
+            ConfigError::new(
+                format!("{} / auth.metrics_tokens_file", env::METRICS_TOKENS),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Checks what a type alone cannot: ranges and cross-references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.metrics_listen == Some(self.listen) {
+            return Err(ConfigError::new(
+                "metrics_listen",
+                "must differ from listen",
+            ));
+        }
+        if self.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
+            return Err(ConfigError::new(
+                "read_buffer_bytes",
+                "must be 0 (no buffer) or between 1024 and 1048576",
+            ));
+        }
+        if !(1..=256).contains(&self.threads) {
+            return Err(ConfigError::new("threads", "must be between 1 and 256"));
+        }
+        if self.shutdown.drain > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "shutdown.drain_seconds",
+                "must be at most 3600",
+            ));
+        }
+        self.database.validate()?;
+        self.agent_service.validate()?;
+        self.chat.validate()?;
+        self.users.validate()?;
+        self.mapping.validate()?;
+        if self.auth.protect_passthrough && !self.auth.tokens.is_enabled() {
+            return Err(ConfigError::new(
+                "auth.protect_passthrough",
+                "needs tokens (EAI_GATEWAY_TOKENS or auth.tokens_file)",
+            ));
+        }
+        upstreams::validate(
+            &self.upstreams,
+            &self.routes,
+            self.default_upstream.as_deref(),
+        )
+    }
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("{v:?} is not a non-negative integer (0 = no limit)"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

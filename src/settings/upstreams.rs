@@ -1,0 +1,125 @@
+//! `upstreams:`, `routes:` and `default_upstream:` the pass-through table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, units};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// One or more `host:port`, used round robin.
+    pub backends: Vec<String>,
+    #[serde(rename = "connect_timeout_ms", with = "units::millis")]
+    pub connect_timeout: Duration,
+    /// Longest silence between two reads from the backend.
+    #[serde(rename = "read_timeout_ms", with = "units::millis")]
+    pub read_timeout: Duration,
+    pub tls: bool,
+    /// SNI and certificate name when `tls` is on; defaults to the host.
+    pub sni: Option<String>,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(60),
+            tls: false,
+            sni: None,
+        }
+    }
+}
+
+impl UpstreamSettings {
+    /// The defaults, for these backends.
+    pub fn with_backends<S: Into<String>>(backends: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            backends: backends.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+pub(crate) fn validate(
+    upstreams: &BTreeMap<String, UpstreamSettings>,
+    routes: &[RouteSettings],
+    default: Option<&str>,
+) -> Result<(), ConfigError> {
+    for (name, u) in upstreams {
+        let key = format!("upstreams.{name}");
+        if u.backends.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.backends"),
+                "needs at least one host:port",
+            ));
+        }
+        for (i, b) in u.backends.iter().enumerate() {
+            host_port(&format!("{key}.backends[{i}]"), b)?;
+        }
+        if u.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                format!("{key}.connect_timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if u.read_timeout.is_zero() {
+            return Err(ConfigError::new(
+                format!("{key}.read_timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+    }
+    let native = crate::routes::NATIVE_PREFIX;
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !r.prefix.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{key}.prefix"),
+                "must start with '/'",
+            ));
+        }
+        if r.prefix.starts_with(native) {
+            return Err(ConfigError::new(
+                format!("{key}.prefix"),
+                format!("{native} is served by the gateway itself"),
+            ));
+        }
+        if !upstreams.contains_key(&r.upstream) {
+            return Err(ConfigError::new(
+                format!("{key}.upstream"),
+                format!("no upstream named {:?} under upstreams", r.upstream),
+            ));
+        }
+    }
+    if let Some(d) = default
+        && !upstreams.contains_key(d)
+    {
+        return Err(ConfigError::new(
+            "default_upstream",
+            format!("no upstream named {d:?} under upstreams"),
+        ));
+    }
+    Ok(())
+}
+
+fn host_port(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = v
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, format!("{v:?} is not host:port")))
+    }
+}
