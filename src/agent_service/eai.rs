@@ -40,48 +40,18 @@ impl AgentService for EaiClient {
     ) -> GatewayResult<AgentId> {
         let mut body = self.agent_fields.clone();
         body.insert("user_number".into(), Value::String(user.as_str().into()));
-        let reply = self
-            .http
-            .call(
-                ctx,
-                "create_agent",
-                Method::POST,
-                "api/v1/agent/create",
-                Some(&Value::Object(body)),
-            )
-            .await?;
-        if !reply.status.is_success() {
-            return Err(GatewayError::agent_service(format!(
-                "agent service could not create the agent ({})",
-                reply.reason()
-            )));
-        }
-        let id = safe_id(reply.body.get("agent_id"), "agent id")?;
-        AgentId::parse(&id).map_err(GatewayError::agent_service)
+        self.http
+            .create_agent(ctx, "api/v1/agent/create", Value::Object(body), "agent_id")
+            .await
     }
 
     async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted> {
-        let reply = self
-            .http
-            .call(
-                ctx,
-                "delete_agent",
-                Method::DELETE,
-                &format!("api/v1/agent/{agent}"),
-                None,
-            )
-            .await?;
-        if reply.status.is_success() {
-            return Ok(Deleted::Deleted);
-        }
         // This API answers 500 for a missing agent too; tell them apart by text.
-        if reply.status == StatusCode::NOT_FOUND || mentions_missing_agent(&reply.reason()) {
-            return Ok(Deleted::NotFound);
-        }
-        Err(GatewayError::agent_service(format!(
-            "agent service could not delete the agent ({})",
-            reply.reason()
-        )))
+        self.http
+            .delete_agent(ctx, &format!("api/v1/agent/{agent}"), |reply| {
+                mentions_missing_agent(&reply.reason())
+            })
+            .await
     }
 
     async fn send(

@@ -7,8 +7,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::Deleted;
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::ids::AgentId;
 use crate::metrics;
 use crate::settings::AgentServiceSettings;
 
@@ -131,6 +133,50 @@ impl AgentHttp {
             .with_label_values(&[operation, outcome])
             .inc();
         result
+    }
+
+    /// `POST path` with `body`; the new agent's id is `id_field` of the answer.
+    pub(crate) async fn create_agent(
+        &self,
+        ctx: &RequestContext,
+        path: &str,
+        body: Value,
+        id_field: &str,
+    ) -> GatewayResult<AgentId> {
+        let reply = self
+            .call(ctx, "create_agent", Method::POST, path, Some(&body))
+            .await?;
+        if !reply.status.is_success() {
+            return Err(GatewayError::agent_service(format!(
+                "agent service could not create the agent ({})",
+                reply.reason()
+            )));
+        }
+        let id = super::safe_id(reply.body.get(id_field), "agent id")?;
+        AgentId::parse(&id).map_err(GatewayError::agent_service)
+    }
+
+    /// `DELETE path`; `missing` tells a failed reply that means "no such
+    /// agent" from a real failure.
+    pub(crate) async fn delete_agent(
+        &self,
+        ctx: &RequestContext,
+        path: &str,
+        missing: impl Fn(&Reply) -> bool,
+    ) -> GatewayResult<Deleted> {
+        let reply = self
+            .call(ctx, "delete_agent", Method::DELETE, path, None)
+            .await?;
+        if reply.status.is_success() {
+            Ok(Deleted::Deleted)
+        } else if reply.status == StatusCode::NOT_FOUND || missing(&reply) {
+            Ok(Deleted::NotFound)
+        } else {
+            Err(GatewayError::agent_service(format!(
+                "agent service could not delete the agent ({})",
+                reply.reason()
+            )))
+        }
     }
 
     /// A turn among `max_concurrent_calls`; none needed without a limit.

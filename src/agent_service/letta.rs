@@ -202,45 +202,15 @@ impl AgentService for LettaClient {
         tags.push(Value::String(GATEWAY_TAG.into()));
         tags.push(Value::String(Self::user_tag(&pseudonym)));
         body.insert("tags".into(), Value::Array(tags));
-        let reply = self
-            .http
-            .call(
-                ctx,
-                "create_agent",
-                Method::POST,
-                "v1/agents/",
-                Some(&Value::Object(body)),
-            )
-            .await?;
-        if !reply.status.is_success() {
-            return Err(GatewayError::agent_service(format!(
-                "agent service could not create the agent ({})",
-                reply.reason()
-            )));
-        }
-        let id = safe_id(reply.body.get("id"), "agent id")?;
-        AgentId::parse(&id).map_err(GatewayError::agent_service)
+        self.http
+            .create_agent(ctx, "v1/agents/", Value::Object(body), "id")
+            .await
     }
 
     async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted> {
-        let reply = self
-            .http
-            .call(
-                ctx,
-                "delete_agent",
-                Method::DELETE,
-                &format!("v1/agents/{agent}"),
-                None,
-            )
-            .await?;
-        match reply.status {
-            s if s.is_success() => Ok(Deleted::Deleted),
-            StatusCode::NOT_FOUND => Ok(Deleted::NotFound),
-            _ => Err(GatewayError::agent_service(format!(
-                "agent service could not delete the agent ({})",
-                reply.reason()
-            ))),
-        }
+        self.http
+            .delete_agent(ctx, &format!("v1/agents/{agent}"), |_| false)
+            .await
     }
 
     async fn send(
