@@ -8,18 +8,28 @@
 //! task, so a client that hangs up mid-chat neither cuts a chat short while
 //! its message is being processed (the next message would overlap it) nor
 //! leaves a created agent unrecorded.
+//!
+//! The caller's wait and the message's life are two clocks. The caller waits
+//! at most its budget (`chat.timeout_seconds`, or less on request) and then
+//! gets a 504 naming the message; the message, once sent, keeps its user's
+//! lane and lease and is polled in the background until it ends or
+//! `chat.max_processing_seconds` pass, so the user's next message is never
+//! sent on top of it, from this replica or another. A DELETE takes the same
+//! lane and lease, so it runs between messages, never under one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::agent_service::{AgentService, Deleted, Poll, Sent, poll};
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
+use crate::inflight::InFlight;
 use crate::mapping::cache::MappingCache;
 use crate::mapping::lanes::UserLanes;
 use crate::mapping::lease::ChatLeases;
@@ -64,8 +74,35 @@ struct Inner {
     leases: ChatLeases,
     poll: PollSettings,
     budget: Duration,
+    max_processing: Duration,
     delete_upstream: bool,
+    delete_wait: Duration,
     max_queued: Option<usize>,
+    /// Chats whose task is still running, answered or not: shutdown waits
+    /// for them.
+    running: InFlight,
+}
+
+/// How far a chat's task has come, for a caller that stops waiting.
+#[derive(Clone, PartialEq, Eq)]
+enum Progress {
+    /// Waiting for the user's turn, or finding the agent: nothing sent.
+    Preparing,
+    /// The send is on the wire.
+    Sending,
+    /// Delivered; polled under this id.
+    Sent(String),
+}
+
+/// How long a caller whose wait ran out mid-send waits for the send to
+/// return, to name the message in its 504.
+const SEND_SETTLE: Duration = Duration::from_secs(2);
+
+fn gave_up() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PollTimeout,
+        "the agent did not answer within the polling budget",
+    )
 }
 
 enum Attempt {
@@ -91,8 +128,11 @@ impl ChatService {
                 lanes: UserLanes::default(),
                 poll: settings.chat.poll.clone(),
                 budget: settings.chat.timeout,
+                max_processing: settings.chat.max_processing,
                 delete_upstream: settings.mapping.delete_upstream_on_delete,
+                delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),
+                running: InFlight::default(),
             }),
         }
     }
@@ -101,8 +141,15 @@ impl ChatService {
         self.inner.store.as_ref()
     }
 
-    /// Runs one chat to its answer. Everything from the user's lane on runs
-    /// in a task of its own (see the module comment).
+    /// Chats whose task is still running, including those whose caller
+    /// has stopped waiting.
+    pub fn running(&self) -> InFlight {
+        self.inner.running.clone()
+    }
+
+    /// Runs one chat to its answer, or to the caller's deadline (504 with
+    /// the message id when it was sent). Everything from the user's lane on
+    /// runs in a task of its own (see the module comment).
     pub async fn chat(&self, ctx: RequestContext, req: ChatRequest) -> GatewayResult<ChatAnswer> {
         let budget = req
             .timeout
@@ -120,7 +167,10 @@ impl ChatService {
                 .retry_after(1)
             })?;
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
+        let running = inner.running.enter();
+        let (progress, mut watched) = watch::channel(Progress::Preparing);
+        let mut task = tokio::spawn(async move {
+            let _running = running;
             let _lane = tokio::time::timeout_at(deadline, ticket.wait())
                 .await
                 .map_err(|_| {
@@ -129,30 +179,99 @@ impl ChatService {
                         "earlier messages of this user are still being answered",
                     )
                 })?;
-            inner.chat_in_turn(&ctx, req, deadline).await
+            let result = inner.chat_in_turn(&ctx, req, deadline, &progress).await;
+            if progress.is_closed() {
+                // The caller has had its 504; this is the only trace left.
+                tracing::info!(
+                    request_id = %ctx.id,
+                    outcome = match &result {
+                        Ok(_) => "answered",
+                        Err(e) => e.kind.label(),
+                    },
+                    "Message finished after its caller stopped waiting."
+                );
+            }
+            result
         });
-        task.await.unwrap_or_else(|e| {
+        let joined = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(joined) => joined,
+            // Finished on the deadline itself: the answer still counts.
+            Err(_) if task.is_finished() => task.await,
+            Err(_) => return Err(Self::caller_gave_up(&mut watched).await),
+        };
+        joined.unwrap_or_else(|e| {
             tracing::error!(error = %e, "Chat task failed.");
             Err(GatewayError::new(ErrorKind::Internal, "internal error"))
         })
+    }
+
+    /// The 504 for a caller whose wait ran out; names the message if it
+    /// was sent (a send in flight gets a moment to return its id).
+    async fn caller_gave_up(watched: &mut watch::Receiver<Progress>) -> GatewayError {
+        let _ =
+            tokio::time::timeout(SEND_SETTLE, watched.wait_for(|p| *p != Progress::Sending)).await;
+        let progress = watched.borrow().clone();
+        match progress {
+            Progress::Sent(id) => gave_up().with_message_id(id),
+            Progress::Sending => GatewayError::new(
+                ErrorKind::PollTimeout,
+                "the agent did not answer within the polling budget; the message is being delivered",
+            ),
+            Progress::Preparing => GatewayError::new(
+                ErrorKind::PollTimeout,
+                "earlier messages of this user are still being answered",
+            ),
+        }
     }
 
     pub async fn agent_of(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
         self.inner.store.get(user).await
     }
 
-    /// Removes the mapping (and the agent upstream when configured).
+    /// Removes the mapping (and the agent upstream when configured). Takes
+    /// the user's turn like a message does, so it never runs under a
+    /// message in progress on any replica, and a message queued behind it
+    /// starts fresh; answers 503 with `Retry-After` when the turn does not
+    /// come within `agents.delete_wait_seconds`.
     pub async fn forget(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<()> {
         let inner = &self.inner;
-        inner.cache.remove(user);
-        let Some(agent) = inner.store.delete(user).await? else {
+        let deadline = Instant::now() + inner.delete_wait;
+        let busy = || {
+            GatewayError::new(
+                ErrorKind::UserBusy,
+                "a message of this user is still being answered; retry the DELETE later",
+            )
+            .retry_after(inner.delete_wait.as_secs().max(1))
+        };
+        // No queue cap: forgetting a user must not be refused for being busy.
+        let Ok(ticket) = inner.lanes.enqueue(user, None) else {
+            return Err(busy());
+        };
+        let _lane = tokio::time::timeout_at(deadline, ticket.wait())
+            .await
+            .map_err(|_| busy())?;
+        let lease = match inner.leases.acquire(user, deadline).await {
+            Ok(lease) => lease,
+            Err(e) if e.kind == ErrorKind::PollTimeout => return Err(busy()),
+            Err(e) => return Err(e),
+        };
+        let result = inner.forget_in_turn(ctx, user).await;
+        lease.release().await;
+        result
+    }
+}
+
+impl Inner {
+    async fn forget_in_turn(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<()> {
+        self.cache.remove(user);
+        let Some(agent) = self.store.delete(user).await? else {
             return Err(GatewayError::new(
                 ErrorKind::NotFound,
                 "no agent is mapped to this user",
             ));
         };
-        if inner.delete_upstream {
-            match inner.agents.delete_agent(ctx, &agent).await {
+        if self.delete_upstream {
+            match self.agents.delete_agent(ctx, &agent).await {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; leave a trace for cleanup.
                 Err(e) => {
@@ -162,18 +281,17 @@ impl ChatService {
         }
         Ok(())
     }
-}
 
-impl Inner {
-    /// Runs while holding the user's lane.
+    /// Runs while holding the user's lane; `deadline` is the caller's.
     async fn chat_in_turn(
         &self,
         ctx: &RequestContext,
         req: ChatRequest,
         deadline: Instant,
+        progress: &watch::Sender<Progress>,
     ) -> GatewayResult<ChatAnswer> {
         let lease = self.leases.acquire(&req.user, deadline).await?;
-        let result = self.converse(ctx, &req, deadline).await;
+        let result = self.converse(ctx, &req, deadline, progress).await;
         lease.release().await;
         result
     }
@@ -183,14 +301,15 @@ impl Inner {
         ctx: &RequestContext,
         req: &ChatRequest,
         deadline: Instant,
+        progress: &watch::Sender<Progress>,
     ) -> GatewayResult<ChatAnswer> {
         let agent = self.agent_for(ctx, &req.user).await?;
-        if let Attempt::Answered(v) = self.attempt(ctx, &agent, req, deadline).await? {
+        if let Attempt::Answered(v) = self.attempt(ctx, &agent, req, deadline, progress).await? {
             return Ok(v);
         }
         tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone upstream; replacing it.");
         let agent = self.heal(ctx, &req.user, &agent).await?;
-        match self.attempt(ctx, &agent, req, deadline).await? {
+        match self.attempt(ctx, &agent, req, deadline, progress).await? {
             Attempt::Answered(v) => Ok(v),
             // Once only: a second disappearance is reported, not chased.
             Attempt::AgentGone => Err(GatewayError::agent_service(
@@ -199,28 +318,68 @@ impl Inner {
         }
     }
 
+    /// Sends the message unless the caller has already stopped waiting, and
+    /// polls it until it ends or `max_processing` after the send, whether
+    /// or not the caller still waits.
     async fn attempt(
         &self,
         ctx: &RequestContext,
         agent: &AgentId,
         req: &ChatRequest,
         deadline: Instant,
+        progress: &watch::Sender<Progress>,
     ) -> GatewayResult<Attempt> {
-        let budget = deadline.saturating_duration_since(Instant::now());
+        if Instant::now() >= deadline {
+            // The caller has its 504; a message sent now would be answered
+            // to nobody and could overlap the one it retries with.
+            return Err(gave_up());
+        }
+        progress.send_replace(Progress::Sending);
+        let processing_deadline = Instant::now() + self.max_processing;
         let sent = self
             .agents
-            .send(ctx, agent, &req.message, req.metadata.as_ref(), budget)
-            .await?;
+            .send(
+                ctx,
+                agent,
+                &req.message,
+                req.metadata.as_ref(),
+                self.max_processing,
+            )
+            .await;
         let (id, finished) = match sent {
-            Sent::Accepted(id) => {
-                let finished =
-                    poll::until_done(ctx, self.agents.as_ref(), agent, &id, &self.poll, deadline)
-                        .await?;
-                (id, finished)
+            Ok(Sent::Accepted(id)) => {
+                progress.send_replace(Progress::Sent(id.clone()));
+                let polled = poll::until_done(
+                    ctx,
+                    self.agents.as_ref(),
+                    agent,
+                    &id,
+                    &self.poll,
+                    processing_deadline,
+                )
+                .await;
+                match polled {
+                    Ok(finished) => (id, finished),
+                    Err(e) => {
+                        if e.kind == ErrorKind::PollTimeout {
+                            self.abandon(&req.user, &id);
+                        }
+                        return Err(e.with_message_id(id));
+                    }
+                }
             }
             // Synchronous delivery: answered without a single poll.
-            Sent::Answered { id, outcome } => (id, poll::Finished { outcome, polls: 0 }),
-            Sent::AgentGone => return Ok(Attempt::AgentGone),
+            Ok(Sent::Answered { id, outcome }) => (id, poll::Finished { outcome, polls: 0 }),
+            Ok(Sent::AgentGone) => {
+                progress.send_replace(Progress::Preparing);
+                return Ok(Attempt::AgentGone);
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::PollTimeout {
+                    self.abandon(&req.user, "(synchronous send)");
+                }
+                return Err(e);
+            }
         };
         metrics::CHAT_POLLS.observe(f64::from(finished.polls));
         match finished.outcome {
@@ -231,13 +390,28 @@ impl Inner {
                     data,
                 },
             })),
-            Poll::Failed(reason) => Err(GatewayError::agent_service(reason)),
-            Poll::AgentGone => Ok(Attempt::AgentGone),
+            Poll::Failed(reason) => Err(GatewayError::agent_service(reason).with_message_id(id)),
+            Poll::AgentGone => {
+                progress.send_replace(Progress::Preparing);
+                Ok(Attempt::AgentGone)
+            }
             Poll::Pending => Err(GatewayError::new(
                 ErrorKind::Internal,
                 "poll ended while pending",
             )),
         }
+    }
+
+    /// `max_processing` passed after the send: the user gets their turn
+    /// back, and the message is left to the agent service.
+    fn abandon(&self, user: &UserNumber, message_id: &str) {
+        metrics::ABANDONED_MESSAGES.inc();
+        tracing::warn!(
+            user = %user.masked(),
+            message_id,
+            max_processing_s = self.max_processing.as_secs(),
+            "Message abandoned: still processing at chat.max_processing_seconds; releasing the user."
+        );
     }
 
     /// The user's agent: cache, then store, then created and claimed.

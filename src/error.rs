@@ -9,6 +9,8 @@ use http::StatusCode;
 pub enum ErrorKind {
     /// The body is not JSON at all.
     MalformedJson,
+    /// The request target cannot be read one way only (see `proxy/path.rs`).
+    MalformedRequest,
     /// JSON, but a field is missing or invalid.
     InvalidInput,
     Unauthorized,
@@ -29,6 +31,9 @@ pub enum ErrorKind {
     DatabaseUnavailable,
     /// `limits.max_inflight_chats` chats are in flight.
     AtCapacity,
+    /// The user's message in progress did not finish within the wait of a
+    /// request that must come after it (a DELETE).
+    UserBusy,
     PollTimeout,
     Internal,
 }
@@ -36,7 +41,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MalformedJson => StatusCode::BAD_REQUEST,
+            Self::MalformedJson | Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -46,7 +51,9 @@ impl ErrorKind {
             Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UserRateLimited | Self::UserQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::AgentService | Self::AgentServiceUnreachable => StatusCode::BAD_GATEWAY,
-            Self::DatabaseUnavailable | Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DatabaseUnavailable | Self::AtCapacity | Self::UserBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::PollTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,6 +64,7 @@ impl ErrorKind {
     pub fn rejection(self) -> Option<&'static str> {
         match self {
             Self::Unauthorized => Some("unauthorized"),
+            Self::MalformedRequest => Some("bad_path"),
             Self::UserRateLimited => Some("user_rate"),
             Self::UserQueueFull => Some("user_queue"),
             Self::AtCapacity => Some("max_inflight"),
@@ -71,6 +79,7 @@ impl ErrorKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::MalformedJson => "malformed_json",
+            Self::MalformedRequest => "malformed_request",
             Self::InvalidInput => "invalid_input",
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
@@ -84,6 +93,7 @@ impl ErrorKind {
             Self::AgentServiceUnreachable => "agent_service_unreachable",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::AtCapacity => "at_capacity",
+            Self::UserBusy => "user_busy",
             Self::PollTimeout => "poll_timeout",
             Self::Internal => "internal",
         }
@@ -102,6 +112,9 @@ pub struct GatewayError {
     pub transient: bool,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
+    /// The message still being processed when the caller's wait ran out
+    /// (504): added to the body so the client can tell it was sent.
+    pub message_id: Option<String>,
 }
 
 impl GatewayError {
@@ -111,6 +124,7 @@ impl GatewayError {
             detail: detail.into(),
             transient: false,
             retry_after: None,
+            message_id: None,
         }
     }
 
@@ -128,8 +142,16 @@ impl GatewayError {
         self.kind.status()
     }
 
+    pub fn with_message_id(mut self, id: String) -> Self {
+        self.message_id = Some(id);
+        self
+    }
+
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "detail": self.detail })
+        match &self.message_id {
+            Some(id) => serde_json::json!({ "detail": self.detail, "message_id": id }),
+            None => serde_json::json!({ "detail": self.detail }),
+        }
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {

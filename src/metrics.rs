@@ -88,8 +88,16 @@ pub static MAPPING_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "eai_gateway_rejections_total",
-        "Requests refused before any work, by reason (unauthorized, user_rate, user_queue, max_inflight, payload_too_large, ...).",
+        "Requests refused before any work, by reason (unauthorized, user_rate, user_queue, max_inflight, payload_too_large, bad_path, ...).",
         &["reason"]
+    )
+    .expect("metric definition")
+});
+
+pub static ABANDONED_MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_abandoned_messages_total",
+        "Messages given up on while still processing: chat.max_processing_seconds passed after the send, or the process shut down."
     )
     .expect("metric definition")
 });
@@ -106,6 +114,7 @@ pub fn init() {
     LazyLock::force(&CHAT_OVERHEAD);
     LazyLock::force(&MAPPING_CACHE);
     LazyLock::force(&REJECTIONS);
+    LazyLock::force(&ABANDONED_MESSAGES);
 }
 
 /// HTTP methods as a bounded label set.

@@ -26,26 +26,35 @@ use crate::settings::Settings;
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
 
-/// A built server and its count of requests in flight.
+/// A built server and what shutdown waits for.
 pub struct Built {
     pub server: Server,
-    pub inflight: InFlight,
+    pub drain: Drain,
+}
+
+/// What a draining process waits for: requests being answered, and chats
+/// whose message is still being processed after their caller stopped
+/// waiting (they hold their user's turn).
+pub struct Drain {
+    requests: InFlight,
+    chats: InFlight,
+    period: Duration,
 }
 
 /// Serves until a signal ends the process. On SIGTERM, Pingora stops
 /// accepting and then sleeps the whole grace period; the drain watcher ends
-/// the process as soon as the last in-flight request has finished instead.
+/// the process as soon as the last request and chat have finished instead.
 pub fn run(cfg: &Settings) -> Result<std::convert::Infallible, String> {
-    let Built { server, inflight } = build_server(cfg)?;
+    let Built { server, drain } = build_server(cfg)?;
     let phases = server.watch_execution_phase();
     std::thread::Builder::new()
         .name("drain-watcher".into())
-        .spawn(move || watch_drain(phases, inflight))
+        .spawn(move || watch_drain(phases, drain))
         .map_err(|e| format!("drain watcher: {e}"))?;
     server.run_forever()
 }
 
-fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, inflight: InFlight) {
+fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, drain: Drain) {
     loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -53,10 +62,23 @@ fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, inf
             Err(RecvError::Closed) => return,
         }
     }
-    while inflight.count() > 0 {
+    let until = std::time::Instant::now() + drain.period;
+    while (drain.requests.count() > 0 || drain.chats.count() > 0)
+        && std::time::Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::info!("Drained: no request in flight; exiting.");
+    let abandoned = drain.chats.count();
+    if abandoned > 0 {
+        // Their leases expire on their own; the next replica waits that out.
+        crate::metrics::ABANDONED_MESSAGES.inc_by(abandoned as u64);
+        tracing::warn!(
+            abandoned,
+            "Drain period over with messages still processing; abandoning them."
+        );
+    } else {
+        tracing::info!("Drained: no request or message in flight; exiting.");
+    }
     std::process::exit(0);
 }
 
@@ -64,7 +86,10 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
     let conf = ServerConf {
         threads: cfg.threads,
         // Pingora's default is 300 s: far longer than any chat may take.
-        grace_period_seconds: Some(cfg.shutdown.drain.as_secs()),
+        // One second more than the drain period, so that the drain watcher,
+        // which ends the process at the drain period, is the one to decide
+        // and can report what it abandons.
+        grace_period_seconds: Some(cfg.shutdown.drain.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
         ..ServerConf::default()
     };
@@ -82,8 +107,14 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
     let agents = crate::agent_service::build(&cfg.agent_service)
         .map_err(|e| format!("agent_service: {e}"))?;
     let inflight = InFlight::default();
+    let chat = ChatService::new(cfg, store, agents);
+    let drain = Drain {
+        requests: inflight.clone(),
+        chats: chat.running(),
+        period: cfg.shutdown.drain,
+    };
     let gateway = Arc::new(Gateway {
-        chat: ChatService::new(cfg, store, agents),
+        chat,
         routes: RouteTable::new(cfg)?,
         limits: ChatLimits::new(&cfg.limits),
         tokens,
@@ -94,6 +125,7 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
             max_message_chars: cfg.chat.max_message_chars,
         },
         body_timeout: cfg.chat.body_timeout,
+        paths: cfg.paths.clone(),
         inflight: inflight.clone(),
     });
     let proxy = http_proxy(&server.configuration, GatewayProxy(gateway.clone()));
@@ -112,5 +144,5 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
-    Ok(Built { server, inflight })
+    Ok(Built { server, drain })
 }

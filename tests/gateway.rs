@@ -11,6 +11,8 @@ mod gateway {
     pub mod native_routes;
     pub mod observability;
     pub mod passthrough;
+    pub mod paths;
     pub mod security;
     pub mod support;
+    pub mod turns;
 }

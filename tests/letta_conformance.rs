@@ -261,3 +261,94 @@ async fn sync_delivery_mode_works_against_letta() {
     assert_eq!(run["agent_id"], body["response"]["data"]["agent_id"]);
     assert_eq!(mapping(&gw, &user).await, run["agent_id"]);
 }
+
+/// Messages an agent holds, as (type, content) in Letta's order.
+async fn history_of(agent: &str) -> Vec<(String, String)> {
+    let (status, history) = letta_get(&format!("/v1/agents/{agent}/messages?limit=100")).await;
+    assert_eq!(status, 200, "{history}");
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            matches!(
+                m["message_type"].as_str(),
+                Some("user_message" | "assistant_message")
+            )
+        })
+        .map(|m| {
+            (
+                m["message_type"].as_str().unwrap_or_default().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_504_keeps_the_users_turn_until_the_letta_run_ends() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let client = reqwest::Client::new();
+    let (status, body) = gw.chat(&user, "aquecer").await;
+    assert_eq!(status, 200, "{body}");
+    let agent = answering_agent(&body);
+    let short = "curta [delay=2500]";
+    let (status, body) = post_chat(
+        &client,
+        &gw,
+        json!({"user_number": user, "message": short, "timeout": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    let run = body["message_id"]
+        .as_str()
+        .expect("504 names the run")
+        .to_owned();
+    assert_eq!(letta_get(&format!("/v1/runs/{run}")).await.0, 200);
+    let (status, body) = gw.chat(&user, "seguinte").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, finished) = letta_get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(finished["status"], "completed", "{finished}");
+    // Each message was answered before the next was sent.
+    let said = history_of(&agent).await;
+    let expected: Vec<(String, String)> = ["aquecer", short, "seguinte"]
+        .iter()
+        .flat_map(|m| {
+            [
+                ("user_message".to_owned(), (*m).to_owned()),
+                ("assistant_message".to_owned(), format!("echo: {m}")),
+            ]
+        })
+        .collect();
+    assert_eq!(said, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_waits_for_the_letta_run_and_nothing_recreates_the_agent() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_upstream_on_delete: true\n")).await;
+    let user = fresh_user();
+    let (status, body) = gw.chat(&user, "primeira").await;
+    assert_eq!(status, 200, "{body}");
+    let url = gw.url("/eai-gateway/chat");
+    let body = json!({"user_number": user, "message": "lenta [delay=2500]"});
+    let in_flight = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.forget(&user).await, 204);
+    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(mapping(&gw, &user).await, Value::Null);
+    assert!(
+        letta_agents_of(&user).await.is_empty(),
+        "an agent outlived the DELETE"
+    );
+}

@@ -31,7 +31,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
-use super::{Gateway, GatewayProxy};
+use super::{Gateway, GatewayProxy, path};
 use crate::routes;
 
 /// Pingora's own keep-alive default for HTTP/1.1 clients.
@@ -67,7 +67,7 @@ impl Front {
         first: BytesMut,
         shutdown: &'a ShutdownWatch,
     ) -> Served<'a> {
-        let native = is_native(&first);
+        let native = self.is_native(&first);
         let first = if native && first.windows(4).any(|w| w == b"\r\n\r\n") {
             // The parsed header keeps the buffer it was read into for the
             // whole request, which for a chat is as long as its answer takes:
@@ -162,7 +162,7 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let first = first_read(&mut stream, shutdown).await?;
-        if is_native(&first) {
+        if self.is_native(&first) {
             // Pingora's task for this connection is sized for a TLS
             // handshake (about 6.6 KB) and would stay allocated while a chat
             // waits for minutes; a task of our own holds only what serving
@@ -181,9 +181,15 @@ impl ServerApp for Front {
     }
 }
 
-/// Whether the first read holds a whole request line for a native route.
-fn is_native(first: &[u8]) -> bool {
-    request_path(first).is_some_and(routes::is_native_path)
+impl Front {
+    /// Whether the first read holds a whole request line that the gateway
+    /// answers itself: a native route, or a target it refuses (400).
+    fn is_native(&self, first: &[u8]) -> bool {
+        request_target(first).is_some_and(|target| {
+            path::normalize(target, &self.gateway.paths)
+                .map_or(true, |t| routes::is_native_path(&t.path))
+        })
+    }
 }
 
 /// The first bytes of the next request, or `None` when the client goes away,
@@ -204,15 +210,13 @@ async fn first_read(stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<Byt
     }
 }
 
-/// The path of the request line, if the first read holds a whole one. Only a
-/// routing hint: Pingora parses and validates the request either way.
-fn request_path(buf: &[u8]) -> Option<&str> {
+/// The target of the request line, if the first read holds a whole one.
+/// Only a routing hint: Pingora parses and validates the request either way.
+fn request_target(buf: &[u8]) -> Option<&[u8]> {
     let end = buf.iter().position(|&b| b == b'\n')?;
     let mut parts = buf[..end].split(|&b| b == b' ');
     let _method = parts.next()?;
-    let target = parts.next()?;
-    let path = target.split(|&b| b == b'?').next()?;
-    std::str::from_utf8(path).ok()
+    parts.next()
 }
 
 #[cfg(test)]
@@ -220,20 +224,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_path_needs_a_whole_request_line() {
+    fn request_target_needs_a_whole_request_line() {
+        let t = |line: &'static [u8]| request_target(line);
         assert_eq!(
-            request_path(b"POST /eai-gateway/chat HTTP/1.1\r\nHost: x\r\n"),
-            Some("/eai-gateway/chat")
+            t(b"POST /eai-gateway/chat HTTP/1.1\r\nHost: x\r\n"),
+            Some(&b"/eai-gateway/chat"[..])
         );
         assert_eq!(
-            request_path(b"GET /eai-gateway/agent/5521?x=1 HTTP/1.1\r\n"),
-            Some("/eai-gateway/agent/5521")
+            t(b"GET /eai-gateway/agent/5521?x=1 HTTP/1.1\r\n"),
+            Some(&b"/eai-gateway/agent/5521?x=1"[..])
         );
-        assert_eq!(request_path(b"POST /eai-gateway/chat HTTP/1."), None);
-        assert_eq!(request_path(b"\r\n"), None);
+        assert_eq!(t(b"POST /eai-gateway/chat HTTP/1."), None);
         assert_eq!(
-            request_path(b"GET http://h/eai-gateway/chat HTTP/1.1\r\n"),
-            Some("http://h/eai-gateway/chat")
+            t(b"GET http://h/eai-gateway/chat HTTP/1.1\r\n"),
+            Some(&b"http://h/eai-gateway/chat"[..])
         );
     }
 

@@ -6,6 +6,7 @@
 //! request metrics for both paths.
 
 pub mod front;
+pub mod path;
 pub mod upstreams;
 
 use std::ops::Deref;
@@ -29,7 +30,9 @@ use crate::limits::ChatLimits;
 use crate::metrics;
 use crate::routes::chat::ChatRules;
 use crate::routes::{self, Native, Reply};
-use upstreams::{RouteTable, Upstream};
+use crate::settings::PathSettings;
+use path::Target;
+use upstreams::{Route, RouteTable};
 
 /// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +46,7 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     pub chat_rules: ChatRules,
     pub body_timeout: Duration,
+    pub paths: PathSettings,
     /// Requests being served; shutdown waits for it to reach zero.
     pub inflight: InFlight,
 }
@@ -73,7 +77,8 @@ pub struct Ctx {
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
     request_id: Option<RequestId>,
-    upstream: Option<Arc<Upstream>>,
+    /// The route and the normalised target, once routed to a backend.
+    upstream: Option<(Route, Target)>,
     /// What the gateway itself answered, when it answered.
     status: Option<StatusCode>,
 }
@@ -138,8 +143,15 @@ impl ProxyHttp for GatewayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let id = request_id(session);
         let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        if let Some(native) = routes::match_native(&method, &path) {
+        let target = match path::normalize(session.req_header().raw_path(), &self.paths) {
+            Ok(target) => target,
+            Err(e) => {
+                ctx.status = Some(routes::respond(session, &id, Err(e), &[]).await?);
+                ctx.request_id = Some(id);
+                return Ok(true);
+            }
+        };
+        if let Some(native) = routes::match_native(&method, &target.path) {
             ctx.route = Arc::from(native.template());
             let served = self.serve_native(session, native, &id).await;
             ctx.request_id = Some(id);
@@ -153,10 +165,10 @@ impl ProxyHttp for GatewayProxy {
         {
             Some(e)
         } else {
-            match self.routes.lookup(&path) {
-                Some(upstream) => {
-                    ctx.route = upstream.label.clone();
-                    ctx.upstream = Some(upstream.clone());
+            match self.routes.lookup(&target.path) {
+                Some(route) => {
+                    ctx.route = route.upstream.label.clone();
+                    ctx.upstream = Some((route.clone(), target));
                     None
                 }
                 None => Some(GatewayError::new(
@@ -179,7 +191,7 @@ impl ProxyHttp for GatewayProxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream
             .as_ref()
-            .and_then(|u| u.peer())
+            .and_then(|(route, _)| route.upstream.peer())
             .map(Box::new)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))
     }
@@ -208,6 +220,12 @@ impl ProxyHttp for GatewayProxy {
         upstream_request.insert_header("x-forwarded-proto", "http")?;
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.as_str())?;
+        }
+        // The backend reads the path the gateway routed by.
+        if let Some((route, target)) = &ctx.upstream
+            && !route.forward_raw_path
+        {
+            upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;
         }
         Ok(())
     }
@@ -288,10 +306,19 @@ impl Gateway {
         let started = Instant::now();
         let request_id = request_id(session);
         let method = session.req_header().method.clone();
-        let native = routes::match_native(&method, session.req_header().uri.path())
-            .unwrap_or(routes::Native::Unknown);
-        let route = native.template();
-        let result = self.serve_native(session, native, &request_id).await;
+        let (route, result) = match path::normalize(session.req_header().raw_path(), &self.paths) {
+            Ok(target) => {
+                let native =
+                    routes::match_native(&method, &target.path).unwrap_or(routes::Native::Unknown);
+                let route = native.template();
+                (route, self.serve_native(session, native, &request_id).await)
+            }
+            // Front sends a target it cannot read one way to this path.
+            Err(e) => (
+                routes::Native::Unknown.template(),
+                Box::pin(routes::respond(session, &request_id, Err(e), &[])).await,
+            ),
+        };
         let status = match &result {
             Ok(status) => Some(*status),
             Err(_) => session.response_written().map(|h| h.status),

@@ -45,8 +45,17 @@ impl Upstream {
 
 pub struct RouteTable {
     /// Longest prefix first.
-    routes: Vec<(String, Arc<Upstream>)>,
-    default: Option<Arc<Upstream>>,
+    routes: Vec<Route>,
+    default: Option<Route>,
+}
+
+/// Where a path goes and how its target is sent.
+#[derive(Clone)]
+pub struct Route {
+    prefix: String,
+    pub upstream: Arc<Upstream>,
+    /// `routes[].forward_raw_path`: the client's target, not the normalised one.
+    pub forward_raw_path: bool,
 }
 
 impl RouteTable {
@@ -55,36 +64,42 @@ impl RouteTable {
         for (name, u) in &cfg.upstreams {
             built.insert(name.clone(), Arc::new(Upstream::new(name, u)?));
         }
-        let mut routes: Vec<_> = cfg
+        let mut routes: Vec<Route> = cfg
             .routes
             .iter()
             .filter_map(|r| {
-                built
-                    .get(&r.upstream)
-                    .map(|u| (r.prefix.clone(), u.clone()))
+                built.get(&r.upstream).map(|u| Route {
+                    prefix: r.prefix.clone(),
+                    upstream: u.clone(),
+                    forward_raw_path: r.forward_raw_path,
+                })
             })
             .collect();
-        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let default = cfg
             .default_upstream
             .as_ref()
-            .and_then(|d| built.get(d).cloned());
+            .and_then(|d| built.get(d).cloned())
+            .map(|upstream| Route {
+                prefix: "/".into(),
+                upstream,
+                forward_raw_path: false,
+            });
         Ok(Self { routes, default })
     }
 
     /// A prefix matches whole segments: `/api` takes `/api` and `/api/x`, not `/apix`.
-    pub fn lookup(&self, path: &str) -> Option<&Arc<Upstream>> {
+    pub fn lookup(&self, path: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|(prefix, _)| {
-                path.strip_prefix(prefix.as_str()).is_some_and(|rest| {
-                    prefix.ends_with('/')
+            .find(|r| {
+                path.strip_prefix(r.prefix.as_str()).is_some_and(|rest| {
+                    r.prefix.ends_with('/')
                         || rest.is_empty()
                         || rest.starts_with('/')
                         || rest.starts_with('?')
                 })
             })
-            .map(|(_, u)| u)
             .or(self.default.as_ref())
     }
 }
@@ -106,12 +121,13 @@ mod tests {
             cfg.routes.push(RouteSettings {
                 prefix: prefix.into(),
                 upstream: upstream.into(),
+                forward_raw_path: false,
             });
         }
         cfg.default_upstream = Some("d".into());
         cfg.validate().unwrap();
         let t = RouteTable::new(&cfg).unwrap();
-        let label = |p: &str| t.lookup(p).map(|u| u.label.to_string());
+        let label = |p: &str| t.lookup(p).map(|r| r.upstream.label.to_string());
         assert_eq!(label("/api").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/x").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/v2/x").as_deref(), Some("upstream:b"));

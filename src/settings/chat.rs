@@ -16,9 +16,15 @@ pub struct ChatSettings {
     /// A native request body must arrive completely within this time.
     #[serde(rename = "body_timeout_ms", with = "units::millis")]
     pub body_timeout: Duration,
-    /// Polling budget of one chat; a request may ask for less with `timeout`.
+    /// How long a caller waits for the answer; a request may ask for less
+    /// with `timeout`. The message itself may take longer (below).
     #[serde(rename = "timeout_seconds", with = "units::fractional_seconds")]
     pub timeout: Duration,
+    /// Hard bound on one message after its send: until then the gateway
+    /// keeps polling it (holding the user's turn) even after the caller
+    /// stopped waiting; then it gives up and releases the user.
+    #[serde(rename = "max_processing_seconds", with = "units::seconds")]
+    pub max_processing: Duration,
     pub poll: PollSettings,
 }
 
@@ -29,6 +35,7 @@ impl Default for ChatSettings {
             max_message_chars: 4096,
             body_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(180),
+            max_processing: Duration::from_secs(15 * 60),
             poll: PollSettings::default(),
         }
     }
@@ -94,6 +101,12 @@ impl ChatSettings {
             return Err(ConfigError::new(
                 "chat.timeout_seconds",
                 "must be in (0, 3600]",
+            ));
+        }
+        if self.max_processing < self.timeout || self.max_processing > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "chat.max_processing_seconds",
+                "must be between chat.timeout_seconds and 86400",
             ));
         }
         self.poll.validate()

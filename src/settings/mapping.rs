@@ -16,6 +16,10 @@ pub struct MappingSettings {
     #[serde(rename = "cache_ttl_seconds", with = "units::seconds")]
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
+    /// How long a DELETE waits for the user's message in progress before
+    /// answering 503 with `Retry-After`.
+    #[serde(rename = "delete_wait_seconds", with = "units::seconds")]
+    pub delete_wait: Duration,
 }
 
 impl Default for MappingSettings {
@@ -24,6 +28,7 @@ impl Default for MappingSettings {
             delete_upstream_on_delete: false,
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
+            delete_wait: Duration::from_secs(10),
         }
     }
 }
@@ -34,6 +39,12 @@ impl MappingSettings {
             return Err(ConfigError::new(
                 "agents.cache_ttl_seconds",
                 "must be at most 86400",
+            ));
+        }
+        if self.delete_wait.is_zero() || self.delete_wait > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "agents.delete_wait_seconds",
+                "must be between 1 and 3600",
             ));
         }
         Ok(())

@@ -10,6 +10,7 @@ mod chat;
 mod database;
 mod limits;
 mod mapping;
+mod paths;
 mod units;
 mod upstreams;
 mod users;
@@ -29,6 +30,7 @@ pub use database::{DatabaseSettings, DatabaseUrl};
 pub use limits::LimitSettings;
 pub(crate) use limits::limit;
 pub use mapping::MappingSettings;
+pub use paths::{EncodedSeparators, PathSettings};
 pub use upstreams::{RouteSettings, UpstreamSettings};
 pub use users::{DEFAULT_USER_PATTERN, UserPattern, UserSettings};
 
@@ -91,6 +93,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// How request paths are read before routing.
+    #[serde(default)]
+    pub paths: PathSettings,
     /// Named pass-through upstreams.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSettings>,
@@ -162,6 +167,7 @@ impl Settings {
             users: UserSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
+            paths: PathSettings::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             default_upstream: None,

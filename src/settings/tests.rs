@@ -61,6 +61,7 @@ fn route_to_missing_upstream_is_named() {
     s.routes.push(RouteSettings {
         prefix: "/api".into(),
         upstream: "nope".into(),
+        forward_raw_path: false,
     });
     assert_eq!(s.validate().unwrap_err().key, "routes[0].upstream");
 }

@@ -49,6 +49,11 @@ impl UpstreamSettings {
 pub struct RouteSettings {
     pub prefix: String,
     pub upstream: String,
+    /// Send the backend the request target exactly as the client wrote it
+    /// instead of the normalised path. Unsafe with path rules in the
+    /// backend: routing here still uses the normalised path.
+    #[serde(default)]
+    pub forward_raw_path: bool,
 }
 
 pub(crate) fn validate(
