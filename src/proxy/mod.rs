@@ -223,6 +223,7 @@ impl ProxyHttp for GatewayProxy {
         }
         // The backend reads the path the gateway routed by.
         if let Some((route, target)) = &ctx.upstream
+            && target.changed
             && !route.forward_raw_path
         {
             upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;

@@ -23,6 +23,9 @@ use crate::settings::{EncodedSeparators, PathSettings};
 pub struct Target {
     pub path: String,
     pub query: Option<String>,
+    /// Whether normalising changed the target: only then must the backend
+    /// be sent another one.
+    pub changed: bool,
 }
 
 impl Target {
@@ -49,14 +52,45 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
         return Ok(Target {
             path: "*".into(),
             query: None,
+            changed: false,
         });
     }
     let (path, query) = split_target(raw)?;
-    let decoded = decode_unreserved(path, rules.encoded_separators)?;
-    let path = remove_dot_segments(&decoded, rules.merge_slashes);
-    let path = canonical_native(path)?;
     let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
-    Ok(Target { path, query })
+    // Most paths are already canonical: no escape, no dot or empty segment.
+    let path = match std::str::from_utf8(path) {
+        Ok(plain) if is_plain(plain) => plain.to_owned(),
+        _ => {
+            let decoded = decode_unreserved(path, rules.encoded_separators)?;
+            remove_dot_segments(&decoded, rules.merge_slashes)
+        }
+    };
+    let path = canonical_native(path)?;
+    let changed = raw.first() != Some(&b'/')
+        || raw.get(..path.len()) != Some(path.as_bytes())
+        || raw.len() != path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
+    Ok(Target {
+        path,
+        query,
+        changed,
+    })
+}
+
+/// A path normalising would not change: printable ASCII without escapes,
+/// backslashes or parameters, and no empty or dot segment.
+fn is_plain(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if matches!(seg, "." | "..") || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    path.bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'%' | b'\\' | b';'))
 }
 
 /// The path (origin-form, possibly empty for a URL without one) and query
@@ -222,12 +256,24 @@ fn canonical_native(path: String) -> GatewayResult<String> {
         }
         return Ok(trimmed);
     }
-    if is_native_path(&lenient(&trimmed)) {
+    if could_be_native(&trimmed) && is_native_path(&lenient(&trimmed)) {
         return Err(bad(
             "the path is a variant of a gateway route; use its exact spelling",
         ));
     }
     Ok(trimmed)
+}
+
+/// Cheap pre-check for `lenient`: only a path naming a native route in
+/// some letter case (or escape) can be read as one.
+fn could_be_native(path: &str) -> bool {
+    let path = path.as_bytes();
+    [&b"eai-gateway"[..], b"healthz", b"readyz", b"%"]
+        .iter()
+        .any(|name| {
+            path.windows(name.len())
+                .any(|w| w.eq_ignore_ascii_case(name))
+        })
 }
 
 /// The path as the most lenient server would read it: fully decoded,

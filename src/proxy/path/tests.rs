@@ -101,3 +101,28 @@ fn dot_segments_follow_rfc_3986() {
         assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
     }
 }
+
+#[test]
+fn plain_targets_are_marked_unchanged() {
+    let t = |raw: &str| normalize(raw.as_bytes(), &PathSettings::default()).unwrap();
+    for raw in [
+        "/",
+        "/a/b/",
+        "/a?x=%2F",
+        "/eai-gateway/chat",
+        "/v1/runs/r-1?order=asc",
+    ] {
+        assert!(!t(raw).changed, "{raw}");
+    }
+    for raw in [
+        "//a",
+        "/a/./b",
+        "/%61",
+        "http://h/a",
+        "/a#f",
+        "/caf\u{e9}",
+        "/eai-gateway/chat/",
+    ] {
+        assert!(t(raw).changed, "{raw}");
+    }
+}
