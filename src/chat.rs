@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::watch;
+use std::sync::Mutex;
+
 use tokio::time::Instant;
 
 use crate::agent_service::{AgentService, Deleted, Poll, Sent, poll};
@@ -69,7 +70,7 @@ pub struct ChatService {
 struct Inner {
     store: Arc<dyn MappingStore>,
     agents: Arc<dyn AgentService>,
-    cache: MappingCache,
+    cache: Arc<MappingCache>,
     lanes: UserLanes,
     leases: ChatLeases,
     poll: PollSettings,
@@ -83,10 +84,33 @@ struct Inner {
     running: InFlight,
 }
 
+/// How far a chat's task has come, shared with its caller. A plain cell,
+/// not a channel: every chat in flight holds one (a tokio watch channel
+/// costs about 450 bytes, 4 MB per 10,000 chats), and the caller reads it
+/// only when its wait runs out.
+#[derive(Clone, Default)]
+struct ProgressCell(Arc<Mutex<Progress>>);
+
+impl ProgressCell {
+    fn set(&self, progress: Progress) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+
+    fn get(&self) -> Progress {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the caller has stopped waiting (and dropped its side).
+    fn abandoned_by_caller(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+}
+
 /// How far a chat's task has come, for a caller that stops waiting.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 enum Progress {
     /// Waiting for the user's turn, or finding the agent: nothing sent.
+    #[default]
     Preparing,
     /// The send is on the wire.
     Sending,
@@ -121,10 +145,10 @@ impl ChatService {
                 leases: ChatLeases::new(store.clone()),
                 store,
                 agents,
-                cache: MappingCache::new(
+                cache: Arc::new(MappingCache::new(
                     settings.mapping.cache_capacity,
                     settings.mapping.cache_ttl,
-                ),
+                )),
                 lanes: UserLanes::default(),
                 poll: settings.chat.poll.clone(),
                 budget: settings.chat.timeout,
@@ -139,6 +163,12 @@ impl ChatService {
 
     pub fn store(&self) -> &dyn MappingStore {
         self.inner.store.as_ref()
+    }
+
+    /// The mapping cache, for the listener that keeps it in step with other
+    /// replicas.
+    pub fn cache(&self) -> Arc<MappingCache> {
+        self.inner.cache.clone()
     }
 
     /// Chats whose task is still running, including those whose caller
@@ -168,7 +198,8 @@ impl ChatService {
             })?;
         let inner = self.inner.clone();
         let running = inner.running.enter();
-        let (progress, mut watched) = watch::channel(Progress::Preparing);
+        let progress = ProgressCell::default();
+        let watched = progress.clone();
         let mut task = tokio::spawn(async move {
             let _running = running;
             let _lane = tokio::time::timeout_at(deadline, ticket.wait())
@@ -180,7 +211,7 @@ impl ChatService {
                     )
                 })?;
             let result = inner.chat_in_turn(&ctx, req, deadline, &progress).await;
-            if progress.is_closed() {
+            if progress.abandoned_by_caller() {
                 // The caller has had its 504; this is the only trace left.
                 tracing::info!(
                     request_id = %ctx.id,
@@ -197,7 +228,7 @@ impl ChatService {
             Ok(joined) => joined,
             // Finished on the deadline itself: the answer still counts.
             Err(_) if task.is_finished() => task.await,
-            Err(_) => return Err(Self::caller_gave_up(&mut watched).await),
+            Err(_) => return Err(Self::caller_gave_up(&watched).await),
         };
         joined.unwrap_or_else(|e| {
             tracing::error!(error = %e, "Chat task failed.");
@@ -207,11 +238,12 @@ impl ChatService {
 
     /// The 504 for a caller whose wait ran out; names the message if it
     /// was sent (a send in flight gets a moment to return its id).
-    async fn caller_gave_up(watched: &mut watch::Receiver<Progress>) -> GatewayError {
-        let _ =
-            tokio::time::timeout(SEND_SETTLE, watched.wait_for(|p| *p != Progress::Sending)).await;
-        let progress = watched.borrow().clone();
-        match progress {
+    async fn caller_gave_up(progress: &ProgressCell) -> GatewayError {
+        let settled = Instant::now() + SEND_SETTLE;
+        while progress.get() == Progress::Sending && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match progress.get() {
             Progress::Sent(id) => gave_up().with_message_id(id),
             Progress::Sending => GatewayError::new(
                 ErrorKind::PollTimeout,
@@ -288,7 +320,7 @@ impl Inner {
         ctx: &RequestContext,
         req: ChatRequest,
         deadline: Instant,
-        progress: &watch::Sender<Progress>,
+        progress: &ProgressCell,
     ) -> GatewayResult<ChatAnswer> {
         let lease = self.leases.acquire(&req.user, deadline).await?;
         let result = self.converse(ctx, &req, deadline, progress).await;
@@ -301,7 +333,7 @@ impl Inner {
         ctx: &RequestContext,
         req: &ChatRequest,
         deadline: Instant,
-        progress: &watch::Sender<Progress>,
+        progress: &ProgressCell,
     ) -> GatewayResult<ChatAnswer> {
         let agent = self.agent_for(ctx, &req.user).await?;
         if let Attempt::Answered(v) = self.attempt(ctx, &agent, req, deadline, progress).await? {
@@ -327,14 +359,14 @@ impl Inner {
         agent: &AgentId,
         req: &ChatRequest,
         deadline: Instant,
-        progress: &watch::Sender<Progress>,
+        progress: &ProgressCell,
     ) -> GatewayResult<Attempt> {
         if Instant::now() >= deadline {
             // The caller has its 504; a message sent now would be answered
             // to nobody and could overlap the one it retries with.
             return Err(gave_up());
         }
-        progress.send_replace(Progress::Sending);
+        progress.set(Progress::Sending);
         let processing_deadline = Instant::now() + self.max_processing;
         let sent = self
             .agents
@@ -348,7 +380,7 @@ impl Inner {
             .await;
         let (id, finished) = match sent {
             Ok(Sent::Accepted(id)) => {
-                progress.send_replace(Progress::Sent(id.clone()));
+                progress.set(Progress::Sent(id.clone()));
                 let polled = poll::until_done(
                     ctx,
                     self.agents.as_ref(),
@@ -371,7 +403,7 @@ impl Inner {
             // Synchronous delivery: answered without a single poll.
             Ok(Sent::Answered { id, outcome }) => (id, poll::Finished { outcome, polls: 0 }),
             Ok(Sent::AgentGone) => {
-                progress.send_replace(Progress::Preparing);
+                progress.set(Progress::Preparing);
                 return Ok(Attempt::AgentGone);
             }
             Err(e) => {
@@ -392,7 +424,7 @@ impl Inner {
             })),
             Poll::Failed(reason) => Err(GatewayError::agent_service(reason).with_message_id(id)),
             Poll::AgentGone => {
-                progress.send_replace(Progress::Preparing);
+                progress.set(Progress::Preparing);
                 Ok(Attempt::AgentGone)
             }
             Poll::Pending => Err(GatewayError::new(

@@ -102,6 +102,22 @@ pub static ABANDONED_MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static MAPPING_INVALIDATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_mapping_invalidations_total",
+        "Mapping changes announced by other replicas (PostgreSQL NOTIFY) and dropped from this replica's cache."
+    )
+    .expect("metric definition")
+});
+
+pub static MAPPING_LISTENER_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_mapping_listener_reconnects_total",
+        "Times the mapping-notification connection was re-established (each clears the mapping cache)."
+    )
+    .expect("metric definition")
+});
+
 /// Forces registration, so a scrape lists the plain metrics before the
 /// first request.
 pub fn init() {
@@ -115,6 +131,8 @@ pub fn init() {
     LazyLock::force(&MAPPING_CACHE);
     LazyLock::force(&REJECTIONS);
     LazyLock::force(&ABANDONED_MESSAGES);
+    LazyLock::force(&MAPPING_INVALIDATIONS);
+    LazyLock::force(&MAPPING_LISTENER_RECONNECTS);
 }
 
 /// HTTP methods as a bounded label set.

@@ -17,6 +17,7 @@ use crate::ids::UserRules;
 use crate::inflight::InFlight;
 use crate::limits::ChatLimits;
 use crate::mapping::LazyStore;
+use crate::mapping::invalidation::Invalidations;
 use crate::proxy::front::Front;
 use crate::proxy::upstreams::RouteTable;
 use crate::proxy::{Gateway, GatewayProxy};
@@ -113,6 +114,10 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
         chats: chat.running(),
         period: cfg.shutdown.drain,
     };
+    let users = UserRules::new(&cfg.users);
+    if let Some(listener) = Invalidations::new(&cfg.database, chat.cache(), users.clone()) {
+        server.add_service(background_service("mapping-invalidations", listener));
+    }
     let gateway = Arc::new(Gateway {
         chat,
         routes: RouteTable::new(cfg)?,
@@ -121,7 +126,7 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
         protect_passthrough: cfg.auth.protect_passthrough,
         max_body_bytes: cfg.chat.max_body_bytes,
         chat_rules: ChatRules {
-            users: UserRules::new(&cfg.users),
+            users,
             max_message_chars: cfg.chat.max_message_chars,
         },
         body_timeout: cfg.chat.body_timeout,

@@ -3,6 +3,7 @@
 //! mapping itself; other replicas keep theirs until `agents.cache_ttl_seconds`
 //! runs out (or until the agent turns out to be gone, which heals).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pingora_memory_cache::MemoryCache;
@@ -11,9 +12,13 @@ use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
 
 pub struct MappingCache {
-    /// None when the TTL is 0 (cache off).
-    cache: Option<MemoryCache<UserNumber, (UserNumber, AgentId)>>,
+    /// None when the TTL is 0 (cache off). Each entry carries the epoch it
+    /// was stored in.
+    cache: Option<MemoryCache<UserNumber, (UserNumber, AgentId, u64)>>,
     ttl: Duration,
+    /// Entries of an older epoch are dead: `clear` in O(1), which the
+    /// memory cache has no operation for.
+    epoch: AtomicU64,
 }
 
 impl MappingCache {
@@ -21,14 +26,16 @@ impl MappingCache {
         Self {
             cache: (!ttl.is_zero() && capacity > 0).then(|| MemoryCache::new(capacity)),
             ttl,
+            epoch: AtomicU64::new(0),
         }
     }
 
     pub fn get(&self, user: &UserNumber) -> Option<AgentId> {
         let cache = self.cache.as_ref()?;
         // The cache keys by a 64-bit hash; the stored user rules out a collision.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let hit = match cache.get(user) {
-            (Some((owner, agent)), _) if &owner == user => Some(agent),
+            (Some((owner, agent, stored)), _) if &owner == user && stored == epoch => Some(agent),
             _ => None,
         };
         let label = if hit.is_some() { "hit" } else { "miss" };
@@ -38,7 +45,8 @@ impl MappingCache {
 
     pub fn put(&self, user: &UserNumber, agent: &AgentId) {
         if let Some(cache) = &self.cache {
-            cache.put(user, (user.clone(), agent.clone()), Some(self.ttl));
+            let epoch = self.epoch.load(Ordering::Acquire);
+            cache.put(user, (user.clone(), agent.clone(), epoch), Some(self.ttl));
         }
     }
 
@@ -46,5 +54,10 @@ impl MappingCache {
         if let Some(cache) = &self.cache {
             cache.remove(user);
         }
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }

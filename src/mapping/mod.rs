@@ -3,6 +3,7 @@
 //! leases.
 
 pub mod cache;
+pub(crate) mod invalidation;
 pub(crate) mod lanes;
 pub(crate) mod lease;
 mod sql;

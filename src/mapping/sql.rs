@@ -80,7 +80,18 @@ const RELEASE: &str = "DELETE FROM chat_leases WHERE user_number = $1 AND holder
 pub struct SqlStore {
     pool: Pool,
     sql: Statements,
+    /// PostgreSQL: the channel told of every deleted or replaced mapping
+    /// (see `invalidation.rs`).
+    channel: Option<String>,
 }
+
+// PostgreSQL: the change and its notification in one statement, so other
+// replicas hear of exactly the changes that were committed.
+const PG_DELETE_NOTIFY: &str = "WITH gone AS (DELETE FROM user_agents WHERE user_number = $1 RETURNING agent_id) \
+     SELECT agent_id, pg_notify($2, $1)::text AS notified FROM gone";
+const PG_REPLACE_NOTIFY: &str = "WITH swapped AS (UPDATE user_agents SET agent_id = $3, updated_at = CURRENT_TIMESTAMP \
+     WHERE user_number = $1 AND agent_id = $2 RETURNING agent_id) \
+     SELECT agent_id, pg_notify($4, $1)::text AS notified FROM swapped";
 
 fn pg_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let mut opts = PgConnectOptions::from_str(url)?;
@@ -111,6 +122,7 @@ impl SqlStore {
                         .connect_lazy_with(pg_options(cfg, url)?),
                 ),
                 sql: Statements::new(PG_NOW_MS),
+                channel: super::invalidation::channel(cfg),
             },
             DatabaseUrl::Sqlite(url) => Self {
                 pool: Pool::Sqlite(
@@ -120,6 +132,7 @@ impl SqlStore {
                         .connect_lazy_with(sqlite_options(cfg, url)?),
                 ),
                 sql: Statements::new(SQLITE_NOW_MS),
+                channel: None,
             },
         })
     }
@@ -216,27 +229,48 @@ impl MappingStore for SqlStore {
         old: &AgentId,
         new: &AgentId,
     ) -> GatewayResult<Option<AgentId>> {
-        let updated = on_pool!(&self.pool, |p| sqlx::query(REPLACE)
-            .bind(user.as_str())
-            .bind(old.as_str())
-            .bind(new.as_str())
-            .execute(p)
-            .await
-            .map_err(db_error)?
-            .rows_affected());
-        if updated == 1 {
+        let updated = match (&self.pool, &self.channel) {
+            (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_REPLACE_NOTIFY)
+                .bind(user.as_str())
+                .bind(old.as_str())
+                .bind(new.as_str())
+                .bind(channel.as_str())
+                .fetch_optional(p)
+                .await
+                .map_err(db_error)?
+                .is_some(),
+            (pool, _) => on_pool!(pool, |p| sqlx::query(REPLACE)
+                .bind(user.as_str())
+                .bind(old.as_str())
+                .bind(new.as_str())
+                .execute(p)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+                == 1),
+        };
+        if updated {
             return Ok(Some(new.clone()));
         }
         self.get(user).await
     }
 
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        let row: Option<String> = on_pool!(&self.pool, |p| sqlx::query(DELETE)
-            .bind(user.as_str())
-            .fetch_optional(p)
-            .await
-            .map_err(db_error)?
-            .map(|r| r.get(0)));
+        let row: Option<String> = match (&self.pool, &self.channel) {
+            (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_DELETE_NOTIFY)
+                .bind(user.as_str())
+                .bind(channel.as_str())
+                .fetch_optional(p)
+                .await
+                .map_err(db_error)?
+                .map(|r| r.get(0)),
+            (pool, _) => on_pool!(pool, |p| sqlx::query(DELETE)
+                .bind(user.as_str())
+                .fetch_optional(p)
+                .await
+                .map_err(db_error)?
+                .map(|r| r.get(0))),
+        };
         row.map(parse_stored).transpose()
     }
 

@@ -156,10 +156,11 @@ async fn different_users_do_not_wait_on_each_other() {
 }
 
 /// Two replicas with the given mapping-cache TTL; returns (agent before the
-/// DELETE on replica B, agent replica A answers with right after it).
-async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Metrics) {
+/// DELETE on replica B, agent replica A answers with right after it, A's
+/// metrics). With PostgreSQL, A is given up to 1 s to hear of the DELETE.
+async fn delete_seen_by_other_replica(kind: DbKind, ttl_seconds: u64) -> (String, String, Metrics) {
     let (_sim, sim_addr) = simulator(5).await;
-    let db = TestDb::new(DbKind::Postgres);
+    let db = TestDb::new(kind);
     let spec = |db| {
         let mut s = replica(db, sim_addr);
         s.extra_yaml += &format!("agents:\n  cache_ttl_seconds: {ttl_seconds}\n");
@@ -172,6 +173,10 @@ async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Metr
     let (_, again) = a.chat(user, "dois").await;
     assert_eq!(answering_agent(&first), answering_agent(&again));
     assert_eq!(b.forget(user).await, 204);
+    if kind == DbKind::Postgres && ttl_seconds > 0 {
+        let heard = invalidations_reach(&a, 1.0).await;
+        assert!(heard, "replica A did not hear of the DELETE within 1 s");
+    }
     let (status, after) = a.chat(user, "três").await;
     assert_eq!(status, 200, "{after}");
     (
@@ -181,21 +186,46 @@ async fn delete_seen_by_other_replica(ttl_seconds: u64) -> (String, String, Metr
     )
 }
 
+/// Whether `gw` has received `count` mapping invalidations within 1 s.
+async fn invalidations_reach(gw: &GatewayProcess, count: f64) -> bool {
+    for _ in 0..20 {
+        let metrics = gw.metrics().await;
+        if metrics.value("eai_gateway_mapping_invalidations_total", &[]) >= Some(count) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_replica_may_use_a_deleted_mapping_until_the_cache_ttl() {
-    let (before, after, metrics) = delete_seen_by_other_replica(30).await;
-    // Documented bound: up to agents.cache_ttl_seconds on other replicas.
-    assert_eq!(before, after);
+async fn a_delete_on_one_replica_reaches_the_others_cache_over_notify() {
+    let (before, after, metrics) = delete_seen_by_other_replica(DbKind::Postgres, 30).await;
+    assert_ne!(before, after, "replica A used the deleted mapping");
     let cache = "eai_gateway_mapping_cache_total";
+    // "dois" hit; "três" missed after the invalidation, like "um".
     assert_eq!(
         metrics.value(cache, &[("result", "hit")]),
-        Some(2.0),
+        Some(1.0),
         "{}",
         metrics.page
     );
     assert_eq!(
         metrics.value(cache, &[("result", "miss")]),
-        Some(1.0),
+        Some(2.0),
+        "{}",
+        metrics.page
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sqlite_another_process_may_use_a_deleted_mapping_until_the_cache_ttl() {
+    let (before, after, metrics) = delete_seen_by_other_replica(DbKind::Sqlite, 30).await;
+    // Documented bound without notifications: agents.cache_ttl_seconds.
+    assert_eq!(before, after);
+    assert_eq!(
+        metrics.value("eai_gateway_mapping_cache_total", &[("result", "hit")]),
+        Some(2.0),
         "{}",
         metrics.page
     );
@@ -203,8 +233,47 @@ async fn another_replica_may_use_a_deleted_mapping_until_the_cache_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_cache_off_a_delete_is_seen_at_once_everywhere() {
-    let (before, after, _) = delete_seen_by_other_replica(0).await;
+    let (before, after, _) = delete_seen_by_other_replica(DbKind::Postgres, 0).await;
     assert_ne!(before, after);
+}
+
+/// The listening connection is cut: the replica keeps serving, reconnects,
+/// clears its cache, and hears the next change again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_connection_is_re_established() {
+    let (_sim, sim_addr) = simulator(5).await;
+    let db = TestDb::new(DbKind::Postgres);
+    let a = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let b = GatewayProcess::start(replica(&db, sim_addr)).await;
+    let user = "5521966660003";
+    let (_, first) = a.chat(user, "um").await;
+    let schema = db.schema.clone().unwrap_or_default();
+    let cut = db
+        .execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query = 'LISTEN \"eai_gateway_{schema}\"'"
+        ))
+        .await;
+    assert_eq!(cut, 2, "one listener per replica");
+    // Served meanwhile, from the cache or the store.
+    let (status, body) = a.chat(user, "dois").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answering_agent(&body), answering_agent(&first));
+    let mut back = false;
+    for _ in 0..100 {
+        let m = a.metrics().await;
+        if m.value("eai_gateway_mapping_listener_reconnects_total", &[]) == Some(1.0) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the listener did not reconnect");
+    assert_eq!(b.forget(user).await, 204);
+    assert!(invalidations_reach(&a, 1.0).await);
+    let (status, after) = a.chat(user, "três").await;
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(answering_agent(&after), answering_agent(&first));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,22 @@ impl TestDb {
         self.yaml_with("")
     }
 
+    /// Runs one statement in this test's PostgreSQL database; the number
+    /// of rows it returned.
+    pub async fn execute(&self, sql: &str) -> usize {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .expect("pg connect");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&pool)
+            .await
+            .expect("statement");
+        pool.close().await;
+        rows.len()
+    }
+
     /// Rows in the mapping table, read directly.
     pub async fn mappings(&self) -> Vec<(String, String)> {
         use sqlx::Row;
