@@ -20,6 +20,7 @@ mod phases {
     pub mod letta;
     pub mod memory;
     pub mod passthrough;
+    pub mod shared;
     pub mod simulator;
 }
 
@@ -79,7 +80,7 @@ fn machine() -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only PHASE` runs one phase: latency, letta, capacity, passthrough, calls, memory.
+    // `--only PHASE` runs one phase: latency, letta, shared, capacity, passthrough, calls, memory.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -105,6 +106,9 @@ async fn main() {
     }
     if run("letta") {
         phases::letta::run(&cx, &mut rows).await;
+    }
+    if run("shared") {
+        phases::shared::run(&cx, &mut rows).await;
     }
     if run("capacity") {
         phases::capacity::run(&cx, &mut rows).await;

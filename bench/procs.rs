@@ -178,6 +178,19 @@ pub async fn start_gateway(
     delivery: &str,
     sim: SocketAddr,
 ) -> Gateway {
+    // Abuse limits off: the benchmark measures the gateway, not them.
+    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
+    start_gateway_with(name, dialect, delivery, sim, limits).await
+}
+
+/// `start_gateway` with this `limits:` section (YAML flow mapping).
+pub async fn start_gateway_with(
+    name: &'static str,
+    dialect: &str,
+    delivery: &str,
+    sim: SocketAddr,
+    limits: &str,
+) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -188,7 +201,7 @@ pub async fn start_gateway(
         "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
          database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32}}\n\
          agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
-         limits: {{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}}\n\
+         limits: {limits}\n\
          upstreams: {{backend: {{backends: ['{sim}']}}}}\ndefault_upstream: backend\n"
     );
     let config = dir.path().join("gateway.yaml");

@@ -17,6 +17,15 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
 fi
 
+# The shared-limits phase counts in the machine's Redis.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  command -v redis-server >/dev/null 2>&1 || {
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+  }
+  redis-server --daemonize yes --save '' --appendonly no
+fi
+
 cargo build --release --locked --bin eai-gateway --example bench --example pingora_floor
 # 10,000 chats in flight need 10,000+ sockets in the load generator and the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -31,6 +31,9 @@ pub enum ErrorKind {
     DatabaseUnavailable,
     /// `limits.max_inflight_chats` chats are in flight.
     AtCapacity,
+    /// Redis holds the per-user rate, cannot answer, and
+    /// `limits.redis_fallback` is `fail_closed`.
+    LimiterUnavailable,
     /// The user's message in progress did not finish within the wait of a
     /// request that must come after it (a DELETE).
     UserBusy,
@@ -51,9 +54,10 @@ impl ErrorKind {
             Self::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UserRateLimited | Self::UserQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::AgentService | Self::AgentServiceUnreachable => StatusCode::BAD_GATEWAY,
-            Self::DatabaseUnavailable | Self::AtCapacity | Self::UserBusy => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::DatabaseUnavailable
+            | Self::AtCapacity
+            | Self::UserBusy
+            | Self::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PollTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -68,6 +72,7 @@ impl ErrorKind {
             Self::UserRateLimited => Some("user_rate"),
             Self::UserQueueFull => Some("user_queue"),
             Self::AtCapacity => Some("max_inflight"),
+            Self::LimiterUnavailable => Some("limiter_unavailable"),
             Self::PayloadTooLarge => Some("payload_too_large"),
             Self::UnsupportedMediaType => Some("unsupported_media_type"),
             Self::RequestTimeout => Some("request_timeout"),
@@ -94,6 +99,7 @@ impl ErrorKind {
             Self::DatabaseUnavailable => "database_unavailable",
             Self::AtCapacity => "at_capacity",
             Self::UserBusy => "user_busy",
+            Self::LimiterUnavailable => "limiter_unavailable",
             Self::PollTimeout => "poll_timeout",
             Self::Internal => "internal",
         }

@@ -118,6 +118,14 @@ pub static MAPPING_LISTENER_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| 
     .expect("metric definition")
 });
 
+pub static REDIS_FALLBACKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_redis_fallbacks_total",
+        "Per-user rate checks that Redis could not answer, decided by limits.redis_fallback instead."
+    )
+    .expect("metric definition")
+});
+
 /// Forces registration, so a scrape lists the plain metrics before the
 /// first request.
 pub fn init() {
@@ -133,6 +141,7 @@ pub fn init() {
     LazyLock::force(&ABANDONED_MESSAGES);
     LazyLock::force(&MAPPING_INVALIDATIONS);
     LazyLock::force(&MAPPING_LISTENER_RECONNECTS);
+    LazyLock::force(&REDIS_FALLBACKS);
 }
 
 /// HTTP methods as a bounded label set.

@@ -13,6 +13,7 @@ mod gateway {
     pub mod passthrough;
     pub mod paths;
     pub mod security;
+    pub mod shared_limits;
     pub mod support;
     pub mod turns;
 }

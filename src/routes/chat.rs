@@ -86,7 +86,7 @@ pub async fn handle(
 ) -> GatewayResult<Reply> {
     let request = decode(&body?, rules)?;
     let _slot = limits.begin()?;
-    limits.admit(&request.user)?;
+    limits.admit(&request.user).await?;
     let answer = chat.chat(ctx.clone(), request).await?;
     Reply::json(StatusCode::OK, &answer)
 }

@@ -1,6 +1,10 @@
 //! `limits:` admission control. Every limit is off at 0.
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, de};
+
+use super::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -11,6 +15,10 @@ pub struct LimitSettings {
     pub user_queue_max: usize,
     /// Chats in flight in one process.
     pub max_inflight_chats: usize,
+    /// Count `user_rate_per_min` in this Redis, shared by every replica.
+    pub redis_url: Option<RedisUrl>,
+    /// What the per-user rate does while Redis cannot answer.
+    pub redis_fallback: RedisFallback,
 }
 
 impl Default for LimitSettings {
@@ -19,7 +27,63 @@ impl Default for LimitSettings {
             user_rate_per_min: 20,
             user_queue_max: 10,
             max_inflight_chats: 512,
+            redis_url: None,
+            redis_fallback: RedisFallback::Local,
         }
+    }
+}
+
+impl LimitSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_url.is_some() && self.user_rate_per_min == 0 {
+            return Err(ConfigError::new(
+                "limits.redis_url",
+                "shares limits.user_rate_per_min, which is 0 (off)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `local`: each replica counts on its own until Redis is back (default);
+/// `fail_open`: no per-user rate meanwhile; `fail_closed`: chats are 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFallback {
+    Local,
+    FailOpen,
+    FailClosed,
+}
+
+/// A checked `redis://` or `rediss://` URL.
+#[derive(Clone)]
+pub struct RedisUrl(redis::Client);
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !(raw.starts_with("redis://") || raw.starts_with("rediss://")) {
+            return Err("must start with redis:// or rediss://".into());
+        }
+        redis::Client::open(raw)
+            .map(Self)
+            .map_err(|e| format!("{e}"))
+    }
+
+    pub fn client(&self) -> redis::Client {
+        self.0.clone()
+    }
+}
+
+/// Shows the address only: the URL may carry a password.
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis://{}", self.0.get_connection_info().addr())
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(de::Error::custom)
     }
 }
 

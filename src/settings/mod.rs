@@ -27,8 +27,8 @@ pub use agent_service::{AgentServiceSettings, Dialect, EaiSettings, LettaDeliver
 pub use auth::AuthSettings;
 pub use chat::{ChatSettings, PollSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};
-pub use limits::LimitSettings;
 pub(crate) use limits::limit;
+pub use limits::{LimitSettings, RedisFallback, RedisUrl};
 pub use mapping::MappingSettings;
 pub use paths::{EncodedSeparators, PathSettings};
 pub use upstreams::{RouteSettings, UpstreamSettings};
@@ -145,6 +145,7 @@ pub mod env {
     pub const USER_RATE_PER_MIN: &str = "EAI_GATEWAY_USER_RATE_PER_MIN";
     pub const USER_QUEUE_MAX: &str = "EAI_GATEWAY_USER_QUEUE_MAX";
     pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
+    pub const REDIS_URL: &str = "EAI_GATEWAY_REDIS_URL";
 }
 
 /// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
@@ -248,6 +249,10 @@ impl Settings {
         if let Some(v) = set(env::MAX_INFLIGHT_CHATS) {
             self.limits.max_inflight_chats = number(env::MAX_INFLIGHT_CHATS, &v)?;
         }
+        if let Some(v) = set(env::REDIS_URL) {
+            self.limits.redis_url =
+                Some(RedisUrl::parse(&v).map_err(|e| ConfigError::new(env::REDIS_URL, e))?);
+        }
         if let Some(v) = set(env::DEFAULT_UPSTREAM) {
             let name = self
                 .default_upstream
@@ -303,6 +308,7 @@ impl Settings {
         self.chat.validate()?;
         self.users.validate()?;
         self.mapping.validate()?;
+        self.limits.validate()?;
         if self.auth.protect_passthrough && !self.auth.tokens.is_enabled() {
             return Err(ConfigError::new(
                 "auth.protect_passthrough",

@@ -1,6 +1,9 @@
 //! Admission control for chats: a per-user rate (pingora-limits' sliding
-//! two-window estimator), and a global cap on chats in flight. The per-user
-//! queue cap lives with the lanes, where the queue is.
+//! two-window estimator in this process, or a sliding log in Redis shared by
+//! every replica, `shared.rs`), and a global cap on chats in flight. The
+//! per-user queue cap lives with the lanes, where the queue is.
+
+mod shared;
 
 use std::time::Duration;
 
@@ -9,7 +12,8 @@ use pingora_limits::rate::Rate;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserNumber;
 use crate::inflight::{InFlight, InflightGuard};
-use crate::settings::{LimitSettings, limit};
+use crate::settings::{LimitSettings, RedisFallback, limit};
+use shared::{Decision, SharedRate};
 
 const WINDOW: Duration = Duration::from_secs(60);
 // Count-min sketch size: wide enough that unrelated users rarely share all
@@ -19,6 +23,9 @@ const SLOTS: usize = 16 * 1024;
 
 pub struct ChatLimits {
     user_rate: Option<(Rate, u32)>,
+    /// With `limits.redis_url`: the cluster-wide count, and what to do
+    /// while Redis cannot answer.
+    shared: Option<(SharedRate, RedisFallback)>,
     max_inflight: Option<usize>,
     inflight: InFlight,
 }
@@ -32,6 +39,10 @@ impl ChatLimits {
                     per_min,
                 )
             }),
+            shared: cfg
+                .redis_url
+                .as_ref()
+                .map(|url| (SharedRate::new(url.client()), cfg.redis_fallback)),
             max_inflight: limit(cfg.max_inflight_chats),
             inflight: InFlight::default(),
         }
@@ -51,8 +62,32 @@ impl ChatLimits {
         Ok(slot)
     }
 
-    /// Counts a chat against the user's rate or answers 429 with `Retry-After`.
-    pub fn admit(&self, user: &UserNumber) -> GatewayResult<()> {
+    /// Counts a chat against the user's rate or answers 429 with
+    /// `Retry-After`: in Redis when configured and reachable, else here.
+    pub async fn admit(&self, user: &UserNumber) -> GatewayResult<()> {
+        let Some((_, limit)) = &self.user_rate else {
+            return Ok(());
+        };
+        let Some((shared, fallback)) = &self.shared else {
+            return self.admit_here(user);
+        };
+        match shared.check(user, *limit, WINDOW).await {
+            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Deny(wait)) => Err(over_limit(*limit, wait.as_secs_f64().ceil() as u64)),
+            Err(()) => match fallback {
+                RedisFallback::Local => self.admit_here(user),
+                RedisFallback::FailOpen => Ok(()),
+                RedisFallback::FailClosed => Err(GatewayError::new(
+                    ErrorKind::LimiterUnavailable,
+                    "the rate limiter is unavailable; retry shortly",
+                )
+                .retry_after(1)),
+            },
+        }
+    }
+
+    /// The per-user rate as this process alone counts it.
+    fn admit_here(&self, user: &UserNumber) -> GatewayResult<()> {
         let Some((rate, limit)) = &self.user_rate else {
             return Ok(());
         };
@@ -65,15 +100,19 @@ impl ChatLimits {
         });
         if estimate >= f64::from(*limit) {
             let wait = ((1.0 - fraction) * WINDOW.as_secs_f64()).ceil() as u64;
-            return Err(GatewayError::new(
-                ErrorKind::UserRateLimited,
-                format!("too many messages from this user; the limit is {limit} per minute"),
-            )
-            .retry_after(wait));
+            return Err(over_limit(*limit, wait));
         }
         rate.observe(user, 1);
         Ok(())
     }
+}
+
+fn over_limit(limit: u32, wait_secs: u64) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UserRateLimited,
+        format!("too many messages from this user; the limit is {limit} per minute"),
+    )
+    .retry_after(wait_secs)
 }
 
 #[cfg(test)]
@@ -90,12 +129,12 @@ mod tests {
         let a = rules.parse("5521000000001").unwrap();
         let b = rules.parse("5521000000002").unwrap();
         for _ in 0..3 {
-            limits.admit(&a).unwrap();
+            limits.admit_here(&a).unwrap();
         }
-        let err = limits.admit(&a).unwrap_err();
+        let err = limits.admit_here(&a).unwrap_err();
         assert_eq!(err.status(), 429);
         assert!(err.retry_after.is_some_and(|s| (1..=60).contains(&s)));
-        limits.admit(&b).unwrap();
+        limits.admit_here(&b).unwrap();
     }
 
     #[test]
