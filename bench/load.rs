@@ -7,13 +7,15 @@ use serde_json::{Value, json};
 
 use crate::procs::Gateway;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Sample {
     /// From the scheduled start to the end of the response.
     pub latency: Duration,
     /// Known processing time of a chat (0 for other requests).
     pub processing: Duration,
     pub ok: bool,
+    /// Why it failed: the status, or the client's error.
+    pub failure: Option<String>,
 }
 
 pub fn client() -> reqwest::Client {
@@ -56,14 +58,18 @@ pub async fn open_loop(
         let (json, processing) = body(i);
         let req = client.post(url).json(&json);
         tasks.push(tokio::spawn(async move {
-            let ok = match req.send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
+            let failure = match req.send().await {
+                Ok(r) if !r.status().is_success() => Some(format!("HTTP {}", r.status().as_u16())),
+                Ok(r) => r.bytes().await.err().map(|e| format!("body: {e}")),
+                Err(e) if e.is_timeout() => Some("client timeout".to_owned()),
+                Err(e) if e.is_connect() => Some("connect failed".to_owned()),
+                Err(e) => Some(format!("request failed: {e}")),
             };
             Sample {
                 latency: at.elapsed(),
                 processing,
-                ok,
+                ok: failure.is_none(),
+                failure,
             }
         }));
     }

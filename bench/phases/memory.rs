@@ -40,6 +40,13 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
     .await;
     let peak = sampler.await.unwrap_or(0.0);
     let ok = samples.iter().filter(|s| s.ok).count();
+    let mut failures = std::collections::BTreeMap::<&str, usize>::new();
+    for f in samples.iter().filter_map(|s| s.failure.as_deref()) {
+        *failures.entry(f).or_default() += 1;
+    }
+    if !failures.is_empty() {
+        eprintln!("memory phase failures: {failures:?}");
+    }
     rows.add(
         "gateway RSS, idle (fresh instance)",
         format!("{fresh_idle:.1} MB"),

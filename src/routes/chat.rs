@@ -86,7 +86,10 @@ pub async fn handle(
 ) -> GatewayResult<Reply> {
     let request = decode(&body?, rules)?;
     let _slot = limits.begin()?;
-    limits.admit(&request.user).await?;
+    // Boxed: a future is as large as its largest await, and this one (a
+    // Redis call) would otherwise stay allocated, unused, for as long as
+    // the chat it admitted.
+    Box::pin(limits.admit(&request.user)).await?;
     let answer = chat.chat(ctx.clone(), request).await?;
     Reply::json(StatusCode::OK, &answer)
 }
