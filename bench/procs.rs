@@ -195,11 +195,14 @@ pub async fn start_gateway_with(
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let schema = format!("bench_{}_{}", std::process::id(), name.replace('-', "_"));
+    // A 15 s database wait instead of 3 s: 10,000 new users arriving at
+    // 1,000/s queue for the 32 connections on this 2-core machine, and the
+    // memory phase is about memory, not about how fast PostgreSQL inserts.
     // Worker threads of the gateway (default 2, one per core here).
     let threads = std::env::var("BENCH_GATEWAY_THREADS").unwrap_or_else(|_| "2".into());
     let yaml = format!(
         "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
-         database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32}}\n\
+         database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32, acquire_timeout_ms: 15000}}\n\
          agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
          limits: {limits}\n\
          upstreams: {{backend: {{backends: ['{sim}']}}}}\ndefault_upstream: backend\n"
