@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::http::AgentHttp;
-use super::{AgentService, Deleted, Poll, Sent, safe_id};
+use super::{AgentService, Deleted, Poll, Sent};
 use crate::context::RequestContext;
 use crate::error::{GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
@@ -73,17 +73,7 @@ impl AgentService for EaiClient {
                 Some(&body),
             )
             .await?;
-        match reply.status {
-            s if s.is_success() => Ok(Sent::Accepted(safe_id(
-                reply.body.get("message_id"),
-                "message id",
-            )?)),
-            StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
-            _ => Err(GatewayError::agent_service(format!(
-                "agent service refused the message ({})",
-                reply.reason()
-            ))),
-        }
+        AgentHttp::sent(&reply, "message_id", "message id")
     }
 
     async fn poll(

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::Deleted;
+use super::{Deleted, Sent};
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
@@ -154,6 +154,22 @@ impl AgentHttp {
         }
         let id = super::safe_id(reply.body.get(id_field), "agent id")?;
         AgentId::parse(&id).map_err(GatewayError::agent_service)
+    }
+
+    /// What a send's reply means, the same in both dialects: accepted with
+    /// the id under `id_field`, or the agent is gone, or refused.
+    pub(crate) fn sent(reply: &Reply, id_field: &str, what: &str) -> GatewayResult<Sent> {
+        match reply.status {
+            s if s.is_success() => Ok(Sent::Accepted(super::safe_id(
+                reply.body.get(id_field),
+                what,
+            )?)),
+            StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
+            _ => Err(GatewayError::agent_service(format!(
+                "agent service refused the message ({})",
+                reply.reason()
+            ))),
+        }
     }
 
     /// `DELETE path`; `missing` tells a failed reply that means "no such

@@ -235,14 +235,7 @@ impl AgentService for LettaClient {
                 Some(&body),
             )
             .await?;
-        match reply.status {
-            s if s.is_success() => Ok(Sent::Accepted(safe_id(reply.body.get("id"), "run id")?)),
-            StatusCode::NOT_FOUND => Ok(Sent::AgentGone),
-            _ => Err(GatewayError::agent_service(format!(
-                "agent service refused the message ({})",
-                reply.reason()
-            ))),
-        }
+        AgentHttp::sent(&reply, "id", "run id")
     }
 
     async fn poll(

@@ -354,16 +354,16 @@ impl Gateway {
                 .check(session.get_header("authorization").map(|v| v.as_bytes()))
         };
         let users = &self.chat_rules.users;
-        let ctx = RequestContext::new(request_id.clone());
         let result = match (authorized, native) {
             (Err(e), _) => Err(e),
             (Ok(()), Native::Healthz) => routes::health::healthz(),
             (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
             (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, users, &raw).await,
             (Ok(()), Native::AgentDelete(raw)) => {
+                let ctx = RequestContext::new(request_id.clone());
                 routes::agent::delete(&self.chat, users, &ctx, &raw).await
             }
-            (Ok(()), Native::Chat) => self.serve_chat(session, &ctx).await,
+            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
@@ -377,7 +377,7 @@ impl Gateway {
     async fn serve_chat(
         &self,
         session: &mut ServerSession,
-        ctx: &RequestContext,
+        request_id: &RequestId,
     ) -> GatewayResult<Reply> {
         let body = tokio::time::timeout(
             self.body_timeout,
@@ -392,7 +392,7 @@ impl Gateway {
         });
         // The overhead clock starts once the body is in: a slow client is
         // not the gateway's cost.
-        let ctx = RequestContext::new(ctx.id.clone());
+        let ctx = RequestContext::new(request_id.clone());
         let result =
             routes::chat::handle(&self.chat, &self.limits, &self.chat_rules, body, &ctx).await;
         if result.is_ok() {
