@@ -67,21 +67,37 @@ pub struct ChatService {
     inner: Arc<Inner>,
 }
 
+/// What a chat reads: the tuning it started with (replaced as a whole on
+/// reload; a running chat keeps its own copy) over the process's state.
 struct Inner {
-    store: Arc<dyn MappingStore>,
+    state: Arc<State>,
     agents: Arc<dyn AgentService>,
-    cache: Arc<MappingCache>,
-    lanes: UserLanes,
-    leases: ChatLeases,
     poll: PollSettings,
     budget: Duration,
     max_processing: Duration,
     delete_upstream: bool,
     delete_wait: Duration,
     max_queued: Option<usize>,
+}
+
+/// What outlives a reload: the mapping and its cache, the users' lanes and
+/// leases, and the count of running chats.
+struct State {
+    store: Arc<dyn MappingStore>,
+    cache: Arc<MappingCache>,
+    lanes: UserLanes,
+    leases: ChatLeases,
     /// Chats whose task is still running, answered or not: shutdown waits
     /// for them.
     running: InFlight,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
 }
 
 /// How far a chat's task has come, shared with its caller. A plain cell,
@@ -140,23 +156,37 @@ impl ChatService {
         store: Arc<S>,
         agents: Arc<dyn AgentService>,
     ) -> Self {
+        let state = Arc::new(State {
+            leases: ChatLeases::new(store.clone()),
+            store,
+            cache: Arc::new(MappingCache::new(
+                settings.mapping.cache_capacity,
+                settings.mapping.cache_ttl,
+            )),
+            lanes: UserLanes::default(),
+            running: InFlight::default(),
+        });
+        Self::with_state(state, settings, agents)
+    }
+
+    /// The same state (mapping, lanes, leases, running chats) with new
+    /// tuning and agent-service client: what a reload swaps in. Chats
+    /// already running keep the tuning they started with.
+    pub fn reconfigured(&self, settings: &Settings, agents: Arc<dyn AgentService>) -> Self {
+        Self::with_state(self.inner.state.clone(), settings, agents)
+    }
+
+    fn with_state(state: Arc<State>, settings: &Settings, agents: Arc<dyn AgentService>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                leases: ChatLeases::new(store.clone()),
-                store,
+                state,
                 agents,
-                cache: Arc::new(MappingCache::new(
-                    settings.mapping.cache_capacity,
-                    settings.mapping.cache_ttl,
-                )),
-                lanes: UserLanes::default(),
                 poll: settings.chat.poll.clone(),
                 budget: settings.chat.timeout,
                 max_processing: settings.chat.max_processing,
                 delete_upstream: settings.mapping.delete_upstream_on_delete,
                 delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),
-                running: InFlight::default(),
             }),
         }
     }

@@ -18,6 +18,7 @@ pub mod mapping;
 mod metrics;
 mod metrics_http;
 mod proxy;
+mod reload;
 pub mod routes;
 pub mod server;
 pub mod settings;

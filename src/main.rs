@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -26,13 +26,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (applies pending migrations first).
+    /// Run the gateway (applies pending migrations first). SIGHUP reloads
+    /// the config file; SIGQUIT hands the listening sockets to a process
+    /// started with `--upgrade`, then drains; SIGTERM drains and exits.
     Run {
+        /// The YAML config file (environment variables override it).
         #[arg(long)]
         config: PathBuf,
+        /// Take over the listening sockets of the running gateway, which
+        /// hands them over on `kill -QUIT <its pid>` (within 5 s).
+        #[arg(long)]
+        upgrade: bool,
     },
-    /// Validate a config file (with the environment overrides) and exit.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file as `run` and a reload would (with the
+    /// environment overrides and token files) and exit.
+    CheckConfig {
+        /// The YAML config file.
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// The same, as an option (as `run` takes it).
+        #[arg(long, conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// The file the running gateway was started from: also report every
+        /// key that a reload (SIGHUP) from FILE would refuse to change.
+        #[arg(long, value_name = "RUNNING_FILE")]
+        against: Option<PathBuf>,
+    },
     /// Apply the database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -69,13 +88,16 @@ enum Command {
 fn main() -> ExitCode {
     eai_gateway::init_logging();
     match Cli::parse().command {
-        Command::CheckConfig { file } => match load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::CheckConfig {
+            file,
+            config,
+            against,
+        } => {
+            let Some(file) = file.or(config) else {
+                return fail("check-config needs a config file");
+            };
+            check_config(&file, against.as_deref())
+        }
         Command::Migrate { config } => match load(&config) {
             Ok(cfg) => match migrate(&cfg) {
                 Ok(()) => {
@@ -86,8 +108,15 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Run { config } => match load(&config) {
-            Ok(cfg) => serve(&cfg),
+        Command::Run { config, upgrade } => match load(&config) {
+            Ok(cfg) => {
+                let start = if upgrade {
+                    server::Start::Upgrade
+                } else {
+                    server::Start::Fresh
+                };
+                serve(&cfg, Some(&config), start)
+            }
             Err(code) => code,
         },
         Command::Demo {
@@ -112,7 +141,7 @@ fn main() -> ExitCode {
             };
             let cfg = demo::demo_settings(&opts, sim);
             println!("{}", demo::banner(&cfg, sim));
-            serve(&cfg)
+            serve(&cfg, None, server::Start::Fresh)
         }
         Command::Simulate {
             listen,
@@ -148,12 +177,38 @@ fn migrate(cfg: &Settings) -> Result<(), String> {
         .map_err(|e| format!("database migration failed: {e}"))
 }
 
-fn serve(cfg: &Settings) -> ExitCode {
+/// What a reload would do with `file`, without a running gateway: parse,
+/// validate, build the routes and clients; with `against`, also compare
+/// the restart-only keys.
+fn check_config(file: &Path, against: Option<&Path>) -> ExitCode {
+    let cfg = match load(file) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    if let Err(e) = server::check(&cfg) {
+        eprintln!("config error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(running) = against {
+        let running = match load(running) {
+            Ok(cfg) => cfg,
+            Err(code) => return code,
+        };
+        if let Err(e) = server::refuse_restart_only(&running, &cfg) {
+            eprintln!("reload would be refused: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    println!("{}: ok", file.display());
+    ExitCode::SUCCESS
+}
+
+fn serve(cfg: &Settings, source: Option<&Path>, start: server::Start) -> ExitCode {
     if let Err(e) = migrate(cfg) {
         return fail(&e);
     }
     tracing::info!(listen = %cfg.listen, metrics = ?cfg.metrics_listen, "Gateway starting.");
-    match server::run(cfg) {
+    match server::run(cfg, source, start) {
         Ok(never) => match never {},
         Err(e) => fail(&e),
     }

@@ -8,8 +8,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
-    register_histogram_vec, register_int_counter, register_int_counter_vec,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, exponential_buckets,
+    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -126,6 +127,32 @@ pub static REDIS_FALLBACKS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_config_reloads_total",
+        "Configuration reloads (SIGHUP), by result (success, failure).",
+        &["result"]
+    )
+    .expect("metric definition")
+});
+
+pub static CONFIG_LAST_RELOAD_SUCCESS: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "eai_gateway_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last configuration that was taken: start-up or the last successful reload."
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_BACKEND_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "eai_gateway_upstream_backend_up",
+        "1 while a pass-through backend is in rotation, 0 while its health check has taken it out; by upstream and backend address (both from config).",
+        &["upstream", "backend"]
+    )
+    .expect("metric definition")
+});
+
 /// Forces registration, so a scrape lists the plain metrics before the
 /// first request.
 pub fn init() {
@@ -142,6 +169,19 @@ pub fn init() {
     LazyLock::force(&MAPPING_INVALIDATIONS);
     LazyLock::force(&MAPPING_LISTENER_RECONNECTS);
     LazyLock::force(&REDIS_FALLBACKS);
+    for result in ["success", "failure"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
+    LazyLock::force(&UPSTREAM_BACKEND_UP);
+    config_taken();
+}
+
+/// Records that a configuration was taken, now.
+pub fn config_taken() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    CONFIG_LAST_RELOAD_SUCCESS.set(now);
 }
 
 /// HTTP methods as a bounded label set.

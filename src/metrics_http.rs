@@ -9,10 +9,13 @@ use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use pingora_prometheus::PrometheusHttpApp;
 
-use crate::auth::TokenSet;
+use std::sync::Arc;
 
+use crate::reload::Live;
+
+/// Reads its tokens from `Live`, so a reload rotates them too.
 pub struct MetricsApp {
-    tokens: TokenSet,
+    live: Arc<Live>,
 }
 
 #[async_trait]
@@ -23,7 +26,7 @@ impl ServeHttp for MetricsApp {
             .headers
             .get("authorization")
             .map(|v| v.as_bytes());
-        if let Err(e) = self.tokens.check(header) {
+        if let Err(e) = self.live.metrics_tokens().check(header) {
             let body = e.body().to_string().into_bytes();
             let len = body.len();
             let mut resp = Response::new(body);
@@ -44,8 +47,8 @@ impl ServeHttp for MetricsApp {
     }
 }
 
-pub fn service(tokens: TokenSet) -> Service<HttpServer<MetricsApp>> {
-    let mut server = HttpServer::new_app(MetricsApp { tokens });
+pub fn service(live: Arc<Live>) -> Service<HttpServer<MetricsApp>> {
+    let mut server = HttpServer::new_app(MetricsApp { live });
     server.add_module(ResponseCompressionBuilder::enable(7));
     Service::new("metrics".to_owned(), server)
 }

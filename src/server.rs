@@ -1,5 +1,6 @@
 //! Assembles the Pingora server from the settings.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +16,12 @@ use pingora::services::listening::Service;
 use crate::chat::ChatService;
 use crate::ids::UserRules;
 use crate::inflight::InFlight;
-use crate::limits::ChatLimits;
 use crate::mapping::LazyStore;
 use crate::mapping::invalidation::Invalidations;
 use crate::proxy::front::Front;
 use crate::proxy::upstreams::RouteTable;
 use crate::proxy::{Gateway, GatewayProxy};
-use crate::routes::chat::ChatRules;
+use crate::reload::{Live, Reloader};
 use crate::settings::Settings;
 
 /// Seconds the runtimes get to stop after the drain period.
@@ -45,8 +45,12 @@ pub struct Drain {
 /// Serves until a signal ends the process. On SIGTERM, Pingora stops
 /// accepting and then sleeps the whole grace period; the drain watcher ends
 /// the process as soon as the last request and chat have finished instead.
-pub fn run(cfg: &Settings) -> Result<std::convert::Infallible, String> {
-    let Built { server, drain } = build_server(cfg)?;
+pub fn run(
+    cfg: &Settings,
+    source: Option<&Path>,
+    start: Start,
+) -> Result<std::convert::Infallible, String> {
+    let Built { server, drain } = build_server(cfg, source, start)?;
     let phases = server.watch_execution_phase();
     std::thread::Builder::new()
         .name("drain-watcher".into())
@@ -83,7 +87,16 @@ fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, dra
     std::process::exit(0);
 }
 
-pub fn build_server(cfg: &Settings) -> Result<Built, String> {
+/// How a process starts: fresh, or taking over the listening sockets of a
+/// running gateway (`run --upgrade`).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub enum Start {
+    #[default]
+    Fresh,
+    Upgrade,
+}
+
+pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<Built, String> {
     let conf = ServerConf {
         threads: cfg.threads,
         // Pingora's default is 300 s: far longer than any chat may take.
@@ -92,14 +105,20 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
         // and can report what it abandons.
         grace_period_seconds: Some(cfg.shutdown.drain.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
+        upgrade_sock: cfg.upgrade_sock().to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: start == Start::Upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `upgrade`, this waits (up to 5 s) for the running process to
+    // hand over its listening sockets on SIGQUIT.
     server.bootstrap();
 
     crate::metrics::init();
-    let tokens = cfg.auth.tokens.clone();
-    if !tokens.is_enabled() {
+    if !cfg.auth.tokens.is_enabled() {
         tracing::warn!(
             "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
         );
@@ -118,23 +137,18 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
     if let Some(listener) = Invalidations::new(&cfg.database, chat.cache(), users.clone()) {
         server.add_service(background_service("mapping-invalidations", listener));
     }
-    let gateway = Arc::new(Gateway {
-        chat,
-        routes: RouteTable::new(cfg)?,
-        limits: ChatLimits::new(&cfg.limits),
-        tokens,
-        protect_passthrough: cfg.auth.protect_passthrough,
-        max_body_bytes: cfg.chat.max_body_bytes,
-        chat_rules: ChatRules {
-            users,
-            max_message_chars: cfg.chat.max_message_chars,
-        },
-        body_timeout: cfg.chat.body_timeout,
-        paths: cfg.paths.clone(),
-        inflight: inflight.clone(),
-    });
-    let proxy = http_proxy(&server.configuration, GatewayProxy(gateway.clone()));
-    let mut proxy = Service::new("eai-gateway".to_owned(), Front::new(gateway, proxy));
+    let gateway = Gateway::new(cfg, chat, users)?;
+    let live = Arc::new(Live::new(
+        gateway,
+        cfg.auth.metrics_tokens.clone(),
+        inflight,
+    ));
+    server.add_service(background_service(
+        "config-reload",
+        Reloader::new(live.clone(), source.map(Path::to_path_buf), cfg.clone()),
+    ));
+    let proxy = http_proxy(&server.configuration, GatewayProxy(live.clone()));
+    let mut proxy = Service::new("eai-gateway".to_owned(), Front::new(live.clone(), proxy));
     // Pingora's default read buffer is 64 KiB per client connection: with
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.
@@ -145,9 +159,18 @@ pub fn build_server(cfg: &Settings) -> Result<Built, String> {
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {
-        let mut metrics = crate::metrics_http::service(cfg.auth.metrics_tokens.clone());
+        let mut metrics = crate::metrics_http::service(live);
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
     Ok(Built { server, drain })
 }
+
+/// Builds what a reload would build from `cfg`, and drops it: the errors
+/// validation alone cannot see, such as a backend host that does not resolve.
+pub fn check(cfg: &Settings) -> Result<(), String> {
+    crate::agent_service::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
+    RouteTable::new(cfg, None).map(drop)
+}
+
+pub use crate::reload::refuse_restart_only;

@@ -8,6 +8,7 @@ mod gateway {
     pub mod cli;
     pub mod concurrency;
     pub mod faults;
+    pub mod live_ops;
     pub mod native_routes;
     pub mod observability;
     pub mod passthrough;

@@ -5,6 +5,7 @@
 
 mod shared;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_limits::rate::Rate;
@@ -22,7 +23,10 @@ const HASHES: usize = 4;
 const SLOTS: usize = 16 * 1024;
 
 pub struct ChatLimits {
-    user_rate: Option<(Rate, u32)>,
+    /// The per-user counts outlive a reload, so a reload never grants a
+    /// user a fresh minute.
+    rate: Arc<Rate>,
+    user_rate: Option<u32>,
     /// With `limits.redis_url`: the cluster-wide count, and what to do
     /// while Redis cannot answer.
     shared: Option<(SharedRate, RedisFallback)>,
@@ -32,19 +36,26 @@ pub struct ChatLimits {
 
 impl ChatLimits {
     pub fn new(cfg: &LimitSettings) -> Self {
+        let rate = Arc::new(Rate::new_with_estimator_config(WINDOW, HASHES, SLOTS));
+        Self::with_counts(rate, InFlight::default(), cfg)
+    }
+
+    /// New limits over the same counts: what a reload swaps in. The Redis
+    /// connection is made anew (lazily), as its URL may have changed.
+    pub fn reconfigured(&self, cfg: &LimitSettings) -> Self {
+        Self::with_counts(self.rate.clone(), self.inflight.clone(), cfg)
+    }
+
+    fn with_counts(rate: Arc<Rate>, inflight: InFlight, cfg: &LimitSettings) -> Self {
         Self {
-            user_rate: limit(cfg.user_rate_per_min).map(|per_min| {
-                (
-                    Rate::new_with_estimator_config(WINDOW, HASHES, SLOTS),
-                    per_min,
-                )
-            }),
+            rate,
+            user_rate: limit(cfg.user_rate_per_min),
             shared: cfg
                 .redis_url
                 .as_ref()
                 .map(|url| (SharedRate::new(url.client()), cfg.redis_fallback)),
             max_inflight: limit(cfg.max_inflight_chats),
-            inflight: InFlight::default(),
+            inflight,
         }
     }
 
@@ -65,7 +76,7 @@ impl ChatLimits {
     /// Counts a chat against the user's rate or answers 429 with
     /// `Retry-After`: in Redis when configured and reachable, else here.
     pub async fn admit(&self, user: &UserNumber) -> GatewayResult<()> {
-        let Some((_, limit)) = &self.user_rate else {
+        let Some(limit) = &self.user_rate else {
             return Ok(());
         };
         let Some((shared, fallback)) = &self.shared else {
@@ -88,9 +99,10 @@ impl ChatLimits {
 
     /// The per-user rate as this process alone counts it.
     fn admit_here(&self, user: &UserNumber) -> GatewayResult<()> {
-        let Some((rate, limit)) = &self.user_rate else {
+        let Some(limit) = &self.user_rate else {
             return Ok(());
         };
+        let rate = &self.rate;
         // Sliding estimate: the previous window weighted by how much of it
         // still overlaps the last minute, plus the current window.
         let (estimate, fraction) = rate.rate_with(user, |c| {

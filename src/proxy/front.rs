@@ -31,23 +31,27 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
-use super::{Gateway, GatewayProxy, path};
+use super::{GatewayProxy, path};
+use crate::reload::Live;
 use crate::routes;
 
 /// Pingora's own keep-alive default for HTTP/1.1 clients.
 const KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long an idle keep-alive connection may still send a request once
+/// shutdown has begun (see `Front::first_read`).
+const LINGER: Duration = Duration::from_secs(2);
 /// Pingora's initial request-header buffer; most requests fit in one read.
 const FIRST_READ_BYTES: usize = 4096;
 
 pub struct Front {
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     proxy: Arc<HttpProxy<GatewayProxy>>,
 }
 
 impl Front {
-    pub fn new(gateway: Arc<Gateway>, proxy: HttpProxy<GatewayProxy>) -> Self {
+    pub fn new(live: Arc<Live>, proxy: HttpProxy<GatewayProxy>) -> Self {
         Self {
-            gateway,
+            live,
             proxy: Arc::new(proxy),
         }
     }
@@ -105,7 +109,8 @@ impl Front {
         if !Box::pin(read_header(&mut session)).await {
             return None;
         }
-        Box::pin(self.gateway.serve_native_request(&mut session))
+        let gateway = self.live.gateway();
+        Box::pin(gateway.serve_native_request(&mut session, &self.live))
             .await
             .ok()?;
         let reusable = Box::pin((*session).finish()).await.ok()??;
@@ -125,7 +130,7 @@ impl Front {
             let Some(stream) = self.serve_one(stream, first, &shutdown).await else {
                 return;
             };
-            next = Box::pin(next_request(stream, &shutdown)).await;
+            next = Box::pin(self.next_request(stream, &shutdown)).await;
         }
     }
 }
@@ -148,12 +153,6 @@ async fn read_header(session: &mut ServerSession) -> bool {
     }
 }
 
-/// The stream back with the first bytes of its next request.
-async fn next_request(mut stream: Stream, shutdown: &ShutdownWatch) -> Option<(Stream, BytesMut)> {
-    let first = first_read(&mut stream, shutdown).await?;
-    Some((stream, first))
-}
-
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(
@@ -161,7 +160,7 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let first = first_read(&mut stream, shutdown).await?;
+        let first = self.first_read(&mut stream, shutdown).await?;
         if self.is_native(&first) {
             // Pingora's task for this connection is sized for a TLS
             // handshake (about 6.6 KB) and would stay allocated while a chat
@@ -177,36 +176,61 @@ impl ServerApp for Front {
     }
 
     async fn cleanup(&self) {
+        self.live.start_closing();
         self.proxy.http_cleanup().await;
     }
 }
 
 impl Front {
+    /// The stream back with the first bytes of its next request.
+    async fn next_request(
+        &self,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, BytesMut)> {
+        let first = self.first_read(&mut stream, shutdown).await?;
+        Some((stream, first))
+    }
+
+    /// The first bytes of the next request, or `None` when the client goes
+    /// away, stays silent for the keep-alive period, or stays silent for a
+    /// moment after shutdown began.
+    ///
+    /// Why that moment: closing an idle keep-alive connection the instant
+    /// shutdown begins resets a request the client may be sending right
+    /// then, which it cannot safely retry. So the connection stays open a
+    /// little longer, counted as in flight so the drain waits for it, and a
+    /// request that arrives is answered with `Connection: close`.
+    async fn first_read(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
+        let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
+        let mut shutdown = shutdown.clone();
+        let read = tokio::select! {
+            // A request already on its way is served even when shutdown begins.
+            biased;
+            // Pingora's timer: cheaper per request than tokio's wheel.
+            read = fast_timeout::fast_timeout(KEEPALIVE, stream.read_buf(&mut buf)) => Some(read),
+            _ = shutdown.wait_for(|down| *down) => None,
+        };
+        let read = match read {
+            Some(read) => read,
+            None => {
+                let _lingering = self.live.inflight.enter();
+                fast_timeout::fast_timeout(LINGER, stream.read_buf(&mut buf)).await
+            }
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => Some(buf),
+            _ => None,
+        }
+    }
+
     /// Whether the first read holds a whole request line that the gateway
     /// answers itself: a native route, or a target it refuses (400).
     fn is_native(&self, first: &[u8]) -> bool {
         request_target(first).is_some_and(|target| {
-            path::normalize(target, &self.gateway.paths)
+            path::normalize(target, &self.live.peek().paths)
                 .map_or(true, |t| routes::is_native_path(&t.path))
         })
-    }
-}
-
-/// The first bytes of the next request, or `None` when the client goes away,
-/// stays silent for the keep-alive period, or the server is shutting down.
-async fn first_read(stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
-    let mut shutdown = shutdown.clone();
-    let read = tokio::select! {
-        // A request already on its way is served even when shutdown begins.
-        biased;
-        // Pingora's timer: cheaper per request than tokio's wheel.
-        read = fast_timeout::fast_timeout(KEEPALIVE, stream.read_buf(&mut buf)) => read,
-        _ = shutdown.wait_for(|down| *down) => return None,
-    };
-    match read {
-        Ok(Ok(n)) if n > 0 => Some(buf),
-        _ => None,
     }
 }
 

@@ -9,7 +9,6 @@ pub mod front;
 pub mod path;
 pub mod upstreams;
 
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,18 +24,22 @@ use crate::auth::TokenSet;
 use crate::chat::ChatService;
 use crate::context::{RequestContext, RequestId};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
-use crate::inflight::{InFlight, InflightGuard};
+use crate::ids::UserRules;
+use crate::inflight::InflightGuard;
 use crate::limits::ChatLimits;
 use crate::metrics;
+use crate::reload::Live;
 use crate::routes::chat::ChatRules;
 use crate::routes::{self, Native, Reply};
-use crate::settings::PathSettings;
+use crate::settings::{PathSettings, Settings};
 use path::Target;
 use upstreams::{Route, RouteTable};
 
 /// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Everything a request is served with that comes from the settings: one
+/// value, swapped whole on reload (`reload::Live`).
 pub struct Gateway {
     pub chat: ChatService,
     pub routes: RouteTable,
@@ -47,21 +50,64 @@ pub struct Gateway {
     pub chat_rules: ChatRules,
     pub body_timeout: Duration,
     pub paths: PathSettings,
-    /// Requests being served; shutdown waits for it to reach zero.
-    pub inflight: InFlight,
+}
+
+impl Gateway {
+    /// The first gateway of a process.
+    pub fn new(cfg: &Settings, chat: ChatService, users: Arc<UserRules>) -> Result<Self, String> {
+        let routes = RouteTable::new(cfg, None)?;
+        Ok(Self::assemble(
+            cfg,
+            chat,
+            routes,
+            ChatLimits::new(&cfg.limits),
+            users,
+        ))
+    }
+
+    /// The gateway of `cfg` over the state of `previous`: what a reload
+    /// swaps in. `cfg` must not differ from the running settings in a
+    /// restart-only key.
+    pub fn reconfigured(cfg: &Settings, previous: &Gateway) -> Result<Self, String> {
+        let agents = crate::agent_service::build(&cfg.agent_service)
+            .map_err(|e| format!("agent_service: {e}"))?;
+        let routes = RouteTable::new(cfg, Some(&previous.routes))?;
+        Ok(Self::assemble(
+            cfg,
+            previous.chat.reconfigured(cfg, agents),
+            routes,
+            previous.limits.reconfigured(&cfg.limits),
+            previous.chat_rules.users.clone(),
+        ))
+    }
+
+    fn assemble(
+        cfg: &Settings,
+        chat: ChatService,
+        routes: RouteTable,
+        limits: ChatLimits,
+        users: Arc<UserRules>,
+    ) -> Self {
+        Self {
+            chat,
+            routes,
+            limits,
+            tokens: cfg.auth.tokens.clone(),
+            protect_passthrough: cfg.auth.protect_passthrough,
+            max_body_bytes: cfg.chat.max_body_bytes,
+            chat_rules: ChatRules {
+                users,
+                max_message_chars: cfg.chat.max_message_chars,
+            },
+            body_timeout: cfg.chat.body_timeout,
+            paths: cfg.paths.clone(),
+        }
+    }
 }
 
 /// The `ProxyHttp` face of the gateway; the lean native path in `front`
-/// shares the same `Gateway`.
-pub struct GatewayProxy(pub Arc<Gateway>);
-
-impl Deref for GatewayProxy {
-    type Target = Gateway;
-
-    fn deref(&self) -> &Gateway {
-        &self.0
-    }
-}
+/// reads the same `Live`.
+pub struct GatewayProxy(pub Arc<Live>);
 
 /// The route label of a request no route claimed (yet); shared, so a
 /// request does not allocate it.
@@ -73,6 +119,10 @@ static UNMATCHED: std::sync::LazyLock<Arc<str>> =
 pub struct Ctx {
     /// Counts the request as in flight for as long as it lives.
     _inflight: InflightGuard,
+    /// The configuration this request started with, to its end.
+    gateway: Arc<Gateway>,
+    /// Backend whose connection failed; the one retry avoids it.
+    failed_backend: Option<std::net::SocketAddr>,
     started: Instant,
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
@@ -126,7 +176,9 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _inflight: self.inflight.enter(),
+            _inflight: self.0.inflight.enter(),
+            gateway: self.0.gateway(),
+            failed_backend: None,
             started: Instant::now(),
             route: UNMATCHED.clone(),
             request_id: None,
@@ -141,9 +193,10 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let gw = ctx.gateway.clone();
         let id = request_id(session);
         let method = session.req_header().method.clone();
-        let target = match path::normalize(session.req_header().raw_path(), &self.paths) {
+        let target = match path::normalize(session.req_header().raw_path(), &gw.paths) {
             Ok(target) => target,
             Err(e) => {
                 ctx.status = Some(routes::respond(session, &id, Err(e), &[]).await?);
@@ -153,19 +206,19 @@ impl ProxyHttp for GatewayProxy {
         };
         if let Some(native) = routes::match_native(&method, &target.path) {
             ctx.route = Arc::from(native.template());
-            let served = self.serve_native(session, native, &id).await;
+            let served = gw.serve_native(session, native, &id, &self.0).await;
             ctx.request_id = Some(id);
             ctx.status = Some(served?);
             return Ok(true);
         }
-        let refusal = if self.protect_passthrough
-            && let Err(e) = self
+        let refusal = if gw.protect_passthrough
+            && let Err(e) = gw
                 .tokens
                 .check(session.get_header("authorization").map(|v| v.as_bytes()))
         {
             Some(e)
         } else {
-            match self.routes.lookup(&target.path) {
+            match gw.routes.lookup(&target.path) {
                 Some(route) => {
                     ctx.route = route.upstream.label.clone();
                     ctx.upstream = Some((route.clone(), target));
@@ -191,9 +244,30 @@ impl ProxyHttp for GatewayProxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream
             .as_ref()
-            .and_then(|(route, _)| route.upstream.peer())
+            .and_then(|(route, _)| route.upstream.peer(ctx.failed_backend.as_ref()))
             .map(Box::new)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "no backend of this upstream is available",
+                )
+            })
+    }
+
+    /// Nothing has reached the backend when its connection fails, so any
+    /// request may go to another backend: once, to a different one.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.failed_backend.is_none() {
+            ctx.failed_backend = peer._address.as_inet().copied();
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -233,10 +307,15 @@ impl ProxyHttp for GatewayProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.0.closing() {
+            // A process that is draining takes no further request on this
+            // connection; the client learns it from this response.
+            session.set_keepalive(None);
+        }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header("x-request-id", id.as_str())?;
         }
@@ -302,8 +381,12 @@ impl ProxyHttp for GatewayProxy {
 impl Gateway {
     /// One native request on the lean path, from its parsed header to the
     /// access line; the response is written when this returns `Ok`.
-    pub async fn serve_native_request(&self, session: &mut ServerSession) -> Result<()> {
-        let _inflight = self.inflight.enter();
+    pub async fn serve_native_request(
+        &self,
+        session: &mut ServerSession,
+        live: &Live,
+    ) -> Result<()> {
+        let _inflight = live.inflight.enter();
         let started = Instant::now();
         let request_id = request_id(session);
         let method = session.req_header().method.clone();
@@ -312,7 +395,10 @@ impl Gateway {
                 let native =
                     routes::match_native(&method, &target.path).unwrap_or(routes::Native::Unknown);
                 let route = native.template();
-                (route, self.serve_native(session, native, &request_id).await)
+                (
+                    route,
+                    self.serve_native(session, native, &request_id, live).await,
+                )
             }
             // Front sends a target it cannot read one way to this path.
             Err(e) => (
@@ -340,6 +426,7 @@ impl Gateway {
         session: &mut ServerSession,
         native: Native,
         request_id: &RequestId,
+        live: &Live,
     ) -> Result<StatusCode> {
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let open = matches!(native, Native::Healthz | Native::Readyz);
@@ -370,6 +457,10 @@ impl Gateway {
             )),
             (Ok(()), Native::Unknown) => Err(GatewayError::new(ErrorKind::NotFound, "not found")),
         };
+        if live.closing() {
+            // Draining: this connection carries no further request.
+            session.set_keepalive(None);
+        }
         // Boxed: see `front::Front::serve_native`.
         Box::pin(routes::respond(session, request_id, result, &extra)).await
     }

@@ -11,6 +11,7 @@ mod database;
 mod limits;
 mod mapping;
 mod paths;
+mod restart;
 mod units;
 mod upstreams;
 mod users;
@@ -18,7 +19,7 @@ mod users;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,7 +32,8 @@ pub(crate) use limits::limit;
 pub use limits::{LimitSettings, RedisFallback, RedisUrl};
 pub use mapping::MappingSettings;
 pub use paths::{EncodedSeparators, PathSettings};
-pub use upstreams::{RouteSettings, UpstreamSettings};
+pub use restart::RESTART_ONLY;
+pub use upstreams::{HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings};
 pub use users::{DEFAULT_USER_PATTERN, UserPattern, UserSettings};
 
 use crate::auth::TokenSet;
@@ -79,6 +81,10 @@ pub struct Settings {
     pub read_buffer_bytes: usize,
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+    /// Unix socket through which `run --upgrade` takes over the listening
+    /// sockets of the running process; see `upgrade_sock()` for the default.
+    #[serde(default)]
+    pub upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pub database: DatabaseSettings,
     pub agent_service: AgentServiceSettings,
@@ -146,6 +152,7 @@ pub mod env {
     pub const USER_QUEUE_MAX: &str = "EAI_GATEWAY_USER_QUEUE_MAX";
     pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
     pub const REDIS_URL: &str = "EAI_GATEWAY_REDIS_URL";
+    pub const UPGRADE_SOCK: &str = "EAI_GATEWAY_UPGRADE_SOCK";
 }
 
 /// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
@@ -161,6 +168,7 @@ impl Settings {
             threads: default_threads(),
             read_buffer_bytes: 0,
             shutdown: ShutdownSettings::default(),
+            upgrade_sock: None,
             database: DatabaseSettings::default(),
             agent_service,
             chat: ChatSettings::default(),
@@ -224,6 +232,9 @@ impl Settings {
         if let Some(v) = set(env::METRICS_LISTEN) {
             self.metrics_listen = Some(addr(env::METRICS_LISTEN, v)?);
         }
+        if let Some(v) = set(env::UPGRADE_SOCK) {
+            self.upgrade_sock = Some(PathBuf::from(v));
+        }
         if let Some(v) = set(env::DATABASE_URL) {
             self.database.url =
                 DatabaseUrl::parse(&v).map_err(|e| ConfigError::new(env::DATABASE_URL, e))?;
@@ -278,6 +289,16 @@ impl Settings {
             )
         })?;
         Ok(())
+    }
+
+    /// The upgrade socket: the configured one, or one per public listen
+    /// address in the temporary directory, so two gateways on one machine
+    /// never hand their sockets to each other.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.upgrade_sock.clone().unwrap_or_else(|| {
+            let addr = self.listen.to_string().replace([':', '[', ']'], "_");
+            std::env::temp_dir().join(format!("eai-gateway-{addr}.upgrade.sock"))
+        })
     }
 
     /// Checks what a type alone cannot: ranges and cross-references.

@@ -130,3 +130,51 @@ fn bad_values_name_their_key() {
     let err = parse("agent_service: {dialect: eai, url: 'not a url'}\n").unwrap_err();
     assert_eq!(err.key, "agent_service.url", "{err}");
 }
+
+#[test]
+fn restart_only_changes_are_named_and_the_rest_reloads() {
+    let base = parse(MINIMAL).unwrap();
+    let reloadable = parse(&format!(
+        "{MINIMAL}  token: rotated\n  request_timeout_ms: 5000\nchat:\n  timeout_seconds: 9\n\
+         limits:\n  user_rate_per_min: 3\nupstreams:\n  a:\n    backends: [\"127.0.0.1:1\"]\n\
+         routes:\n  - prefix: /a\n    upstream: a\n"
+    ))
+    .unwrap();
+    assert!(base.restart_only_changes(&reloadable).is_empty());
+    let moved = parse(
+        "listen: 127.0.0.1:1\nthreads: 3\nagent_service:\n  dialect: letta\n  url: http://127.0.0.1:9\n\
+         database:\n  url: sqlite://other.db\nagents:\n  cache_capacity: 5\nusers:\n  pseudonym_key: another-key-123\n",
+    )
+    .unwrap();
+    assert_eq!(
+        base.restart_only_changes(&moved),
+        [
+            "listen",
+            "threads",
+            "database",
+            "agent_service.dialect",
+            "agents.cache_capacity",
+            "users"
+        ]
+    );
+}
+
+#[test]
+fn health_check_is_validated_by_key() {
+    let yaml = |hc: &str| {
+        format!(
+            "{MINIMAL}upstreams:\n  web:\n    backends: [\"127.0.0.1:1\"]\n    health_check:\n{hc}"
+        )
+    };
+    let ok = parse(&yaml(
+        "      type: tcp\n      interval_ms: 500\n      timeout_ms: 200\n",
+    ))
+    .unwrap();
+    let hc = ok.upstreams["web"].health_check.clone().unwrap();
+    assert_eq!(hc.kind, HealthCheckKind::Tcp);
+    assert_eq!(hc.unhealthy_after, 1);
+    let err = parse(&yaml("      interval_ms: 500\n      timeout_ms: 900\n")).unwrap_err();
+    assert_eq!(err.key, "upstreams.web.health_check.timeout_ms");
+    let err = parse(&yaml("      path: health\n")).unwrap_err();
+    assert_eq!(err.key, "upstreams.web.health_check.path");
+}

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, units};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// One or more `host:port`, used round robin.
@@ -20,6 +20,95 @@ pub struct UpstreamSettings {
     pub tls: bool,
     /// SNI and certificate name when `tls` is on; defaults to the host.
     pub sni: Option<String>,
+    /// Active health check; without one every backend stays in rotation
+    /// (a failed connection is still retried once on another backend).
+    pub health_check: Option<HealthCheckSettings>,
+}
+
+/// `upstreams.NAME.health_check`: probes every backend on its own clock.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckSettings {
+    /// `http` (a GET of `path` must answer `expect_status`) or `tcp` (a
+    /// connection must open).
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    pub path: String,
+    pub expect_status: u16,
+    /// `Host` header of the probe; defaults to the backend's host.
+    pub host: Option<String>,
+    #[serde(rename = "interval_ms", with = "units::millis")]
+    pub interval: Duration,
+    /// Bound on one probe (connect and response); at most the interval.
+    #[serde(rename = "timeout_ms", with = "units::millis")]
+    pub timeout: Duration,
+    /// Consecutive passed probes that bring a backend back.
+    pub healthy_after: usize,
+    /// Consecutive failed probes that take a backend out of rotation.
+    pub unhealthy_after: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+impl Default for HealthCheckSettings {
+    fn default() -> Self {
+        Self {
+            kind: HealthCheckKind::Http,
+            path: "/".into(),
+            expect_status: 200,
+            host: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 1,
+        }
+    }
+}
+
+impl HealthCheckSettings {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_millis(50) {
+            return Err(ConfigError::new(
+                format!("{key}.interval_ms"),
+                "must be at least 50",
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            return Err(ConfigError::new(
+                format!("{key}.timeout_ms"),
+                "must be at least 1 and at most interval_ms",
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{key}.path"),
+                "must start with '/'",
+            ));
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return Err(ConfigError::new(
+                format!("{key}.expect_status"),
+                "must be an HTTP status between 100 and 599",
+            ));
+        }
+        for (name, n) in [
+            ("healthy_after", self.healthy_after),
+            ("unhealthy_after", self.unhealthy_after),
+        ] {
+            if !(1..=100).contains(&n) {
+                return Err(ConfigError::new(
+                    format!("{key}.{name}"),
+                    "must be between 1 and 100",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for UpstreamSettings {
@@ -30,6 +119,7 @@ impl Default for UpstreamSettings {
             read_timeout: Duration::from_secs(60),
             tls: false,
             sni: None,
+            health_check: None,
         }
     }
 }
@@ -44,7 +134,7 @@ impl UpstreamSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub prefix: String,
@@ -83,6 +173,9 @@ pub(crate) fn validate(
                 format!("{key}.read_timeout_ms"),
                 "must be at least 1",
             ));
+        }
+        if let Some(hc) = &u.health_check {
+            hc.validate(&format!("{key}.health_check"))?;
         }
     }
     let native = crate::routes::NATIVE_PREFIX;

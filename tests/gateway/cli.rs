@@ -80,6 +80,64 @@ fn check_config_accepts_shipped_files_and_names_bad_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("AGENT_SERVICE_DIALECT"));
 }
 
+#[test]
+fn check_config_reports_what_a_reload_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n";
+    let running = write(&dir, base);
+    let reloadable = dir.path().join("reloadable.yaml");
+    std::fs::write(
+        &reloadable,
+        format!("{base}upstreams:\n  a: {{backends: ['127.0.0.1:1']}}\ndefault_upstream: a\n"),
+    )
+    .unwrap();
+    let out = gateway_bin()
+        .args(["check-config", "--config"])
+        .arg(&reloadable)
+        .arg("--against")
+        .arg(&running)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restart = dir.path().join("restart.yaml");
+    std::fs::write(
+        &restart,
+        format!("threads: 4\ndatabase: {{url: 'sqlite://x.db'}}\n{base}"),
+    )
+    .unwrap();
+    let out = gateway_bin()
+        .arg("check-config")
+        .arg(&restart)
+        .arg("--against")
+        .arg(&running)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("threads, database: cannot change while running"),
+        "{err}"
+    );
+    // A backend host that does not resolve fails here, not at reload time.
+    let unresolvable = dir.path().join("dns.yaml");
+    std::fs::write(
+        &unresolvable,
+        format!("{base}upstreams:\n  a: {{backends: ['no-such-host.invalid:80']}}\n"),
+    )
+    .unwrap();
+    let out = gateway_bin()
+        .arg("check-config")
+        .arg(&unresolvable)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams.a.backends"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_table_in_both_databases() {
     for kind in [DbKind::Sqlite, DbKind::Postgres] {

@@ -189,7 +189,14 @@ pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The file given to `run --config`: rewrite it, then `signal("HUP")`.
+    pub config_path: std::path::PathBuf,
+    /// How the process was started, to start its successor (`upgrade`).
+    command: (
+        Vec<std::ffi::OsString>,
+        Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    ),
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 pub struct GatewaySpec<'a> {
@@ -286,15 +293,63 @@ impl GatewayProcess {
                 .stdout(file.try_clone().expect("dup"))
                 .stderr(file);
         }
+        let command = (
+            cmd.get_args().map(ToOwned::to_owned).collect(),
+            cmd.get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                .collect(),
+        );
         let child = cmd.spawn().expect("spawn gateway");
         let mut gw = Self {
             child,
             addr,
             metrics,
-            _dir: dir,
+            config_path,
+            command,
+            _dir: std::sync::Arc::new(dir),
         };
         gw.wait_healthy().await;
         gw
+    }
+
+    /// Starts `run --upgrade` with this process's config and environment:
+    /// it waits (up to 5 s) for this one to hand over its sockets on SIGQUIT.
+    pub fn start_successor(&self) -> Self {
+        let (args, envs) = &self.command;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eai-gateway"));
+        cmd.args(args).arg("--upgrade").stdin(Stdio::null());
+        for (k, v) in envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        Self {
+            child: cmd.spawn().expect("spawn successor"),
+            addr: self.addr,
+            metrics: self.metrics,
+            config_path: self.config_path.clone(),
+            command: self.command.clone(),
+            _dir: self._dir.clone(),
+        }
+    }
+
+    /// Sends a signal (`HUP`, `QUIT`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Replaces `from` with `to` in the config file (which must contain it).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        assert!(text.contains(from), "{from:?} not in config:\n{text}");
+        std::fs::write(&self.config_path, text.replacen(from, to, 1)).expect("write config");
     }
 
     async fn wait_healthy(&mut self) {
