@@ -156,13 +156,18 @@ mod tests {
 
     #[test]
     fn default_schedule_meets_the_poll_budgets() {
-        // Polls needed to see an answer ready at 3 s and at 30 s.
-        for (ready, budget) in [(3_000, 12), (30_000, 25)] {
-            for jitter in [0.0, 0.2] {
-                for _ in 0..50 {
-                    let n = poll_times(&cfg(jitter), ready).len();
-                    assert!(n <= budget, "{n} polls for {ready} ms (jitter {jitter})");
-                }
+        // Polls needed to see an answer ready at 3 s and at 30 s. With
+        // jitter the bound is the worst case, every delay drawn 20 % short
+        // (29 at 30 s); a bound between typical and worst fails at random.
+        for (ready, jitter, budget) in [
+            (3_000, 0.0, 9),
+            (3_000, 0.2, 12),
+            (30_000, 0.0, 23),
+            (30_000, 0.2, 29),
+        ] {
+            for _ in 0..50 {
+                let n = poll_times(&cfg(jitter), ready).len();
+                assert!(n <= budget, "{n} polls for {ready} ms (jitter {jitter})");
             }
         }
         // Around a 300 ± 100 ms answer no gap exceeds dense_interval (+jitter).
