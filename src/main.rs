@@ -207,7 +207,8 @@ fn serve(cfg: &Settings, source: Option<&Path>, start: server::Start) -> ExitCod
     if let Err(e) = migrate(cfg) {
         return fail(&e);
     }
-    tracing::info!(listen = %cfg.listen, metrics = ?cfg.metrics_listen, "Gateway starting.");
+    let metrics = cfg.metrics_listen.map(|a| a.to_string());
+    tracing::info!(listen = %cfg.listen, metrics, "Gateway starting.");
     match server::run(cfg, source, start) {
         Ok(never) => match never {},
         Err(e) => fail(&e),
