@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -35,15 +36,24 @@ pub struct Live {
     /// Requests being served, and keep-alive connections given a last
     /// chance to send one after shutdown began; shutdown waits for them.
     pub inflight: InFlight,
+    /// How long an idle connection may still send its last request once
+    /// shutdown began: the drain period.
+    pub linger: Duration,
 }
 
 impl Live {
-    pub fn new(gateway: Gateway, metrics_tokens: TokenSet, inflight: InFlight) -> Self {
+    pub fn new(
+        gateway: Gateway,
+        metrics_tokens: TokenSet,
+        inflight: InFlight,
+        linger: Duration,
+    ) -> Self {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics_tokens: ArcSwap::from_pointee(metrics_tokens),
             closing: AtomicBool::new(false),
             inflight,
+            linger,
         }
     }
 

@@ -142,6 +142,7 @@ pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Resu
         gateway,
         cfg.auth.metrics_tokens.clone(),
         inflight,
+        cfg.shutdown.drain,
     ));
     server.add_service(background_service(
         "config-reload",

@@ -37,9 +37,6 @@ use crate::routes;
 
 /// Pingora's own keep-alive default for HTTP/1.1 clients.
 const KEEPALIVE: Duration = Duration::from_secs(60);
-/// How long an idle keep-alive connection may still send a request once
-/// shutdown has begun (see `Front::first_read`).
-const LINGER: Duration = Duration::from_secs(2);
 /// Pingora's initial request-header buffer; most requests fit in one read.
 const FIRST_READ_BYTES: usize = 4096;
 
@@ -193,14 +190,18 @@ impl Front {
     }
 
     /// The first bytes of the next request, or `None` when the client goes
-    /// away, stays silent for the keep-alive period, or stays silent for a
-    /// moment after shutdown began.
+    /// away, stays silent for the keep-alive period, or stays silent through
+    /// the drain after shutdown began.
     ///
-    /// Why that moment: closing an idle keep-alive connection the instant
-    /// shutdown begins resets a request the client may be sending right
-    /// then, which it cannot safely retry. So the connection stays open a
-    /// little longer, counted as in flight so the drain waits for it, and a
-    /// request that arrives is answered with `Connection: close`.
+    /// Why: closing an idle keep-alive connection resets a request the
+    /// client may be sending right then, which it cannot safely retry (a
+    /// busy client may not yet have seen the close when it reuses the
+    /// connection). So an idle connection stays open through the drain,
+    /// counted as in flight so the drain waits for it; the client's next
+    /// request on it is answered with `Connection: close`, and the client
+    /// moves to a new connection (to the successor, in an upgrade) on its
+    /// own. Only a connection that stays silent for the whole drain period
+    /// is closed under the client.
     async fn first_read(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
         let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
         let mut shutdown = shutdown.clone();
@@ -215,7 +216,7 @@ impl Front {
             Some(read) => read,
             None => {
                 let _lingering = self.live.inflight.enter();
-                fast_timeout::fast_timeout(LINGER, stream.read_buf(&mut buf)).await
+                fast_timeout::fast_timeout(self.live.linger, stream.read_buf(&mut buf)).await
             }
         };
         match read {
