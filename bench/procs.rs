@@ -30,10 +30,24 @@ impl Proc {
 
 /// Resident set size of a process in MB, from /proc.
 pub fn proc_rss_mb(pid: u32) -> Option<f64> {
+    proc_status_mb(pid, "VmRSS:")
+}
+
+/// RSS split into anonymous memory (the heap: what chats cost) and
+/// file-backed pages (mostly the binary's code, whose count moves by a
+/// megabyte or two with the code layout of each build).
+pub fn proc_rss_split_mb(pid: u32) -> Option<(f64, f64)> {
+    Some((
+        proc_status_mb(pid, "RssAnon:")?,
+        proc_status_mb(pid, "RssFile:")?,
+    ))
+}
+
+fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)

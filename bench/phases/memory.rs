@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::load::{chat_body, open_loop, user};
-use crate::procs::{proc_rss_mb, start_gateway};
+use crate::procs::{proc_rss_mb, proc_rss_split_mb, start_gateway};
 use crate::{Ctx, Rows, verdict};
 
 pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
@@ -17,17 +17,21 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
         let pid = mg.proc.pid();
         tokio::spawn(async move {
             let mut peak: f64 = 0.0;
+            let mut split = (0.0, 0.0);
             let end = Instant::now() + Duration::from_secs(45);
             while Instant::now() < end {
                 if let Some(mb) = proc_rss_mb(pid) {
-                    peak = peak.max(mb);
+                    if mb > peak {
+                        peak = mb;
+                        split = proc_rss_split_mb(pid).unwrap_or_default();
+                    }
                     if std::env::var_os("BENCH_TRACE_RSS").is_some() {
                         eprintln!("rss {mb:.1} MB");
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            peak
+            (peak, split)
         })
     };
     let samples = open_loop(
@@ -38,7 +42,7 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
         |i| (chat_body(&user(10, i), 30_000), Duration::from_secs(30)),
     )
     .await;
-    let peak = sampler.await.unwrap_or(0.0);
+    let (peak, (anon, file)) = sampler.await.unwrap_or_default();
     let ok = samples.iter().filter(|s| s.ok).count();
     let mut failures = std::collections::BTreeMap::<&str, usize>::new();
     for f in samples.iter().filter_map(|s| s.failure.as_deref()) {
@@ -55,7 +59,9 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
     );
     rows.add(
         "gateway RSS, 10,000 chats in flight (30 s processing)",
-        format!("{peak:.1} MB peak ({ok}/{total} answered 200)"),
+        format!(
+            "{peak:.1} MB peak: {anon:.1} anon + {file:.1} file-backed ({ok}/{total} answered 200)"
+        ),
         "< 150 MB",
         verdict(peak < 150.0 && ok == total),
     );
