@@ -62,6 +62,14 @@ pub struct CompletedMessage {
     pub data: Value,
 }
 
+/// See `ChatService::saturation`.
+pub struct ChatSaturation {
+    pub waiting: usize,
+    pub leases_held: usize,
+    pub cache_entries: usize,
+    pub pool: Option<crate::mapping::PoolStats>,
+}
+
 #[derive(Clone)]
 pub struct ChatService {
     inner: Arc<Inner>,
@@ -188,6 +196,16 @@ impl ChatService {
                 delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),
             }),
+        }
+    }
+
+    /// How full the chat flow's queues and pools are, for the gauges.
+    pub fn saturation(&self) -> ChatSaturation {
+        ChatSaturation {
+            waiting: self.inner.lanes.waiting(),
+            leases_held: self.inner.leases.held(),
+            cache_entries: self.inner.cache.len_estimate(),
+            pool: self.inner.store.pool_stats(),
         }
     }
 

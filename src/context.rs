@@ -47,33 +47,133 @@ impl fmt::Debug for RequestId {
     }
 }
 
-/// One request's id and timing. Cheap to clone: the chat runs in a task of
-/// its own and the route must still read the clock after it.
+/// W3C trace context (`traceparent`): the client's trace when it sent a
+/// valid one, else a new trace. Every outgoing call carries the same trace
+/// id with a span id of its own, so the agent service's and the backends'
+/// logs line up with the gateway's access line. Plain bytes, no heap: every
+/// waiting chat holds one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    flags: u8,
+}
+
+impl TraceContext {
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        value.and_then(Self::parse).unwrap_or_else(Self::start)
+    }
+
+    /// A new trace, sampled.
+    pub fn start() -> Self {
+        Self {
+            trace_id: uuid::Uuid::new_v4().into_bytes(),
+            flags: 1,
+        }
+    }
+
+    /// `version-traceid-parentid-flags`; version ff and all-zero ids are
+    /// invalid. Later versions may append fields after the flags.
+    fn parse(v: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(v).ok()?.trim();
+        let mut parts = s.split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let parent = parts.next()?;
+        let flags = parts.next()?;
+        let hex = |p: &str, len: usize| {
+            p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) {
+            return None;
+        }
+        if !hex(flags, 2) || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        hex::decode_to_slice(trace, &mut trace_id).ok()?;
+        if trace_id == [0; 16] || parent.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    /// The `traceparent` of one outgoing call: this trace, a new span.
+    pub fn child_header(&self) -> String {
+        let span: [u8; 8] = fastrand::u64(1..).to_be_bytes();
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id(),
+            hex::encode(span),
+            self.flags
+        )
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.trace_id())
+    }
+}
+
+/// One request's id, trace and timing. Cheap to clone: the chat runs in a
+/// task of its own and the route must still read the clock after it. What
+/// both copies share sits behind one pointer: a waiting chat holds two.
 #[derive(Clone)]
 pub struct RequestContext {
     pub id: RequestId,
     started: Instant,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    trace: TraceContext,
     /// Time spent waiting on the agent service: its calls and the sleeps
     /// between polls.
-    upstream_wait: Arc<AtomicU64>,
+    upstream_wait: AtomicU64,
 }
 
 impl RequestContext {
+    /// A context in a new trace.
     pub fn new(id: RequestId) -> Self {
+        Self::traced(id, TraceContext::start())
+    }
+
+    pub fn traced(id: RequestId, trace: TraceContext) -> Self {
         Self {
             id,
             started: Instant::now(),
-            upstream_wait: Arc::default(),
+            shared: Arc::new(Shared {
+                trace,
+                upstream_wait: AtomicU64::new(0),
+            }),
         }
+    }
+
+    pub fn trace(&self) -> &TraceContext {
+        &self.shared.trace
     }
 
     pub fn add_upstream_wait(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.upstream_wait.fetch_add(nanos, Ordering::Relaxed);
+        self.shared
+            .upstream_wait
+            .fetch_add(nanos, Ordering::Relaxed);
     }
 
     pub fn upstream_wait(&self) -> Duration {
-        Duration::from_nanos(self.upstream_wait.load(Ordering::Relaxed))
+        Duration::from_nanos(self.shared.upstream_wait.load(Ordering::Relaxed))
+    }
+
+    /// Time since the request started (its body in).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Time since the request started that was not spent waiting on the
@@ -86,6 +186,32 @@ impl RequestContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_is_kept_when_valid_and_started_otherwise() {
+        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceContext::from_header(Some(incoming));
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = t.child_header();
+        assert!(
+            child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{child}"
+        );
+        assert!(child.ends_with("-01"));
+        assert_ne!(&child.as_bytes()[36..52], b"00f067aa0ba902b7");
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"garbage",
+        ] {
+            let t = TraceContext::from_header(Some(bad));
+            assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(t.trace_id().len(), 32);
+        }
+    }
 
     #[test]
     fn plain_ids_are_kept_others_replaced() {

@@ -63,6 +63,19 @@ impl ErrorKind {
         }
     }
 
+    /// Every kind that `rejection` names, so the counter starts at 0.
+    pub const REJECTING: [Self; 9] = [
+        Self::Unauthorized,
+        Self::MalformedRequest,
+        Self::UserRateLimited,
+        Self::UserQueueFull,
+        Self::AtCapacity,
+        Self::LimiterUnavailable,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RequestTimeout,
+    ];
+
     /// The `reason` label of `eai_gateway_rejections_total` when this error
     /// refuses a request before any work was done.
     pub fn rejection(self) -> Option<&'static str> {

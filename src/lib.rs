@@ -20,6 +20,7 @@ mod metrics_http;
 mod proxy;
 mod reload;
 pub mod routes;
+mod saturation;
 pub mod server;
 pub mod settings;
 pub mod sim;

@@ -8,10 +8,25 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, exponential_buckets,
-    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge_vec,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    exponential_buckets, register_gauge, register_histogram, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
+
+/// Buckets of HTTP-level durations: 1 ms to 30 s.
+const HTTP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets of chat and agent-service durations: 25 ms to 120 s, with the
+/// usual objectives (1, 2.5, 5, 10, 30 s) as bounds, so quantiles near them
+/// are read, not guessed.
+const CHAT_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+/// Buckets of database statements: 0.5 ms to 5 s.
+const DB_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -27,7 +42,7 @@ pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "eai_gateway_request_duration_seconds",
         "Time from request start to the end of the response, by route template.",
         &["route"],
-        exponential_buckets(0.001, 2.0, 19).expect("buckets")
+        HTTP_BUCKETS.to_vec()
     )
     .expect("metric definition")
 });
@@ -46,7 +61,7 @@ pub static AGENT_SERVICE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "eai_gateway_agent_service_call_duration_seconds",
         "Duration of one agent-service call, by operation.",
         &["operation"],
-        exponential_buckets(0.001, 2.0, 16).expect("buckets")
+        CHAT_BUCKETS.to_vec()
     )
     .expect("metric definition")
 });
@@ -153,6 +168,206 @@ pub static UPSTREAM_BACKEND_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static CHAT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_chat_duration_seconds",
+        "Time from a chat's arrival to its answer, by outcome (ok, error).",
+        &["outcome"],
+        CHAT_BUCKETS.to_vec()
+    )
+    .expect("metric definition")
+});
+
+pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "eai_gateway_build_info",
+        "Always 1; the version of the running binary in its label.",
+        &["version"]
+    )
+    .expect("metric definition")
+});
+
+/// Gauges read when the metrics are scraped (`saturation.rs`).
+pub static CHATS_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_chats_in_flight",
+        "Chats admitted and not yet answered (what limits.max_inflight_chats caps)."
+    )
+    .expect("metric definition")
+});
+
+pub static CHATS_IN_FLIGHT_LIMIT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_chats_in_flight_limit",
+        "limits.max_inflight_chats; 0 when there is no limit."
+    )
+    .expect("metric definition")
+});
+
+pub static CHATS_WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_chats_waiting",
+        "Chats queued behind an earlier message of the same user."
+    )
+    .expect("metric definition")
+});
+
+pub static AGENT_CALLS_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_agent_service_calls_in_flight",
+        "Agent-service calls on the wire."
+    )
+    .expect("metric definition")
+});
+
+pub static AGENT_CALLS_WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_agent_service_calls_waiting",
+        "Agent-service calls waiting for one of agent_service.max_concurrent_calls."
+    )
+    .expect("metric definition")
+});
+
+pub static DB_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "eai_gateway_db_connections",
+        "Database pool connections, by state (in_use, idle).",
+        &["state"]
+    )
+    .expect("metric definition")
+});
+
+pub static DB_CONNECTIONS_MAX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_db_connections_max",
+        "database.max_connections."
+    )
+    .expect("metric definition")
+});
+
+pub static MAPPING_CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_mapping_cache_entries",
+        "Mappings in this replica's cache: stored minus removed, at most agents.cache_capacity (evictions are not seen, so an upper bound)."
+    )
+    .expect("metric definition")
+});
+
+pub static LEASES_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "eai_gateway_leases_held",
+        "Users' agent leases this replica holds: messages being delivered or processed."
+    )
+    .expect("metric definition")
+});
+
+pub static DB_STATEMENT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_db_statement_duration_seconds",
+        "Duration of one database statement, by operation (waiting for a connection excluded).",
+        &["operation"],
+        DB_BUCKETS.to_vec()
+    )
+    .expect("metric definition")
+});
+
+pub static DB_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_db_errors_total",
+        "Database statements that failed, by operation; no connection in time counts too.",
+        &["operation"]
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_upstream_requests_total",
+        "Pass-through requests, by upstream and the backend's status class (1xx..5xx; error when no response came).",
+        &["upstream", "status_class"]
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_RESPONSE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_upstream_response_duration_seconds",
+        "From choosing a backend to the end of its response, by upstream.",
+        &["upstream"],
+        HTTP_BUCKETS.to_vec()
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "eai_gateway_upstream_ttfb_seconds",
+        "From choosing a backend to its response header, by upstream.",
+        &["upstream"],
+        HTTP_BUCKETS.to_vec()
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_CONNECT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_upstream_connect_failures_total",
+        "Connections to a backend that failed, by upstream.",
+        &["upstream"]
+    )
+    .expect("metric definition")
+});
+
+pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_upstream_retries_total",
+        "Requests sent to another backend after a failed connection, by upstream.",
+        &["upstream"]
+    )
+    .expect("metric definition")
+});
+
+/// Label values of the counters whose label sets are known in advance,
+/// exported at 0 from start-up so that rates and alerts have data before
+/// the first event.
+pub const DB_OPERATIONS: &[&str] = &[
+    "get",
+    "claim",
+    "replace",
+    "delete",
+    "ping",
+    "try_lease",
+    "renew_leases",
+    "release_lease",
+];
+const AGENT_OPERATIONS: &[&str] = &[
+    "create_agent",
+    "delete_agent",
+    "send",
+    "send_sync",
+    "poll",
+    "fetch_messages",
+    "fetch_usage",
+];
+const AGENT_OUTCOMES: &[&str] = &[
+    "ok",
+    "http_4xx",
+    "http_5xx",
+    "unreachable",
+    "invalid_response",
+    "queue_timeout",
+];
+pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Exports the per-upstream series of `name` at 0.
+pub fn upstream_known(name: &str) {
+    for class in STATUS_CLASSES {
+        UPSTREAM_REQUESTS.with_label_values(&[name, class]);
+    }
+    UPSTREAM_CONNECT_FAILURES.with_label_values(&[name]);
+    UPSTREAM_RETRIES.with_label_values(&[name]);
+}
+
 /// Forces registration, so a scrape lists the plain metrics before the
 /// first request.
 pub fn init() {
@@ -173,6 +388,46 @@ pub fn init() {
         CONFIG_RELOADS.with_label_values(&[result]);
     }
     LazyLock::force(&UPSTREAM_BACKEND_UP);
+    for result in ["hit", "miss"] {
+        MAPPING_CACHE.with_label_values(&[result]);
+    }
+    for kind in crate::error::ErrorKind::REJECTING {
+        if let Some(reason) = kind.rejection() {
+            REJECTIONS.with_label_values(&[reason]);
+        }
+    }
+    for op in AGENT_OPERATIONS {
+        for outcome in AGENT_OUTCOMES {
+            AGENT_SERVICE_CALLS.with_label_values(&[op, outcome]);
+        }
+    }
+    for op in DB_OPERATIONS {
+        DB_ERRORS.with_label_values(&[op]);
+    }
+    for outcome in ["ok", "error"] {
+        CHAT_DURATION.with_label_values(&[outcome]);
+    }
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    for gauge in [
+        &CHATS_IN_FLIGHT,
+        &CHATS_IN_FLIGHT_LIMIT,
+        &CHATS_WAITING,
+        &AGENT_CALLS_IN_FLIGHT,
+        &AGENT_CALLS_WAITING,
+        &DB_CONNECTIONS_MAX,
+        &MAPPING_CACHE_ENTRIES,
+        &LEASES_HELD,
+    ] {
+        LazyLock::force(gauge);
+    }
+    for state in ["in_use", "idle"] {
+        DB_CONNECTIONS.with_label_values(&[state]);
+    }
+    LazyLock::force(&DB_STATEMENT_DURATION);
+    LazyLock::force(&UPSTREAM_RESPONSE_DURATION);
+    LazyLock::force(&UPSTREAM_TTFB);
     config_taken();
 }
 

@@ -43,6 +43,7 @@ impl ServeHttp for MetricsApp {
             h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
             return resp;
         }
+        crate::saturation::refresh(&self.live);
         PrometheusHttpApp.response(session).await
     }
 }

@@ -26,6 +26,23 @@ pub(crate) struct AgentHttp {
     slot_wait: Duration,
 }
 
+/// Counts itself in a gauge while it lives.
+struct GaugeGuard(&'static prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn enter(gauge: &'static std::sync::LazyLock<prometheus::IntGauge>) -> Self {
+        let gauge: &'static prometheus::IntGauge = gauge;
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A response the agent service gave, whatever its status.
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
@@ -115,6 +132,7 @@ impl AgentHttp {
             None => self.slot(operation).await?,
             Some(_) => None,
         };
+        let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
         let started = Instant::now();
         let result = self.call_inner(ctx, method, path, body, timeout).await;
         let elapsed = started.elapsed();
@@ -200,6 +218,7 @@ impl AgentHttp {
         let Some(slots) = &self.slots else {
             return Ok(None);
         };
+        let _waiting = GaugeGuard::enter(&metrics::AGENT_CALLS_WAITING);
         match tokio::time::timeout(self.slot_wait, slots.acquire()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             _ => {
@@ -232,7 +251,9 @@ impl AgentHttp {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        req = req.header("x-request-id", ctx.id.as_str());
+        req = req
+            .header("x-request-id", ctx.id.as_str())
+            .header("traceparent", ctx.trace().child_header());
         if let Some(body) = body {
             req = req.json(body);
         }

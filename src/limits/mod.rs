@@ -59,6 +59,16 @@ impl ChatLimits {
         }
     }
 
+    /// Chats admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.count()
+    }
+
+    /// `limits.max_inflight_chats`, when set.
+    pub fn max_in_flight(&self) -> Option<usize> {
+        self.max_inflight
+    }
+
     /// Takes a place among the chats in flight or answers 503 with
     /// `Retry-After`.
     pub fn begin(&self) -> GatewayResult<InflightGuard> {

@@ -3,7 +3,7 @@
 //! mapping itself; other replicas keep theirs until `agents.cache_ttl_seconds`
 //! runs out (or until the agent turns out to be gone, which heals).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pingora_memory_cache::MemoryCache;
@@ -19,6 +19,10 @@ pub struct MappingCache {
     /// Entries of an older epoch are dead: `clear` in O(1), which the
     /// memory cache has no operation for.
     epoch: AtomicU64,
+    /// Stored minus removed, for the saturation gauge: evictions and
+    /// expiries are not seen, so it is an upper bound, capped at capacity.
+    entries: AtomicUsize,
+    capacity: usize,
 }
 
 impl MappingCache {
@@ -27,6 +31,8 @@ impl MappingCache {
             cache: (!ttl.is_zero() && capacity > 0).then(|| MemoryCache::new(capacity)),
             ttl,
             epoch: AtomicU64::new(0),
+            entries: AtomicUsize::new(0),
+            capacity,
         }
     }
 
@@ -46,12 +52,21 @@ impl MappingCache {
     pub fn put(&self, user: &UserNumber, agent: &AgentId) {
         if let Some(cache) = &self.cache {
             let epoch = self.epoch.load(Ordering::Acquire);
+            // A put follows a miss, so this extra lookup is off the hot path.
+            if cache.get(user).0.is_none() {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
             cache.put(user, (user.clone(), agent.clone(), epoch), Some(self.ttl));
         }
     }
 
     pub fn remove(&self, user: &UserNumber) {
         if let Some(cache) = &self.cache {
+            if cache.get(user).0.is_some() {
+                let _ = self
+                    .entries
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
             cache.remove(user);
         }
     }
@@ -59,5 +74,14 @@ impl MappingCache {
     /// Forgets every entry.
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.store(0, Ordering::Relaxed);
+    }
+
+    /// Entries for the saturation gauge (an upper bound, see `entries`).
+    pub fn len_estimate(&self) -> usize {
+        if self.cache.is_none() {
+            return 0;
+        }
+        self.entries.load(Ordering::Relaxed).min(self.capacity)
     }
 }

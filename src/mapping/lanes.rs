@@ -3,6 +3,7 @@
 //! number of a user's chats holding or waiting for the lane is capped.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
@@ -16,7 +17,15 @@ struct Lane {
     tickets: usize,
 }
 
-type LaneMap = Arc<Mutex<HashMap<UserNumber, Lane>>>;
+/// The lanes, and the tickets not yet holding theirs (chats queued behind
+/// an earlier message of their user), behind one pointer per ticket.
+#[derive(Default)]
+struct Lanes {
+    map: Mutex<HashMap<UserNumber, Lane>>,
+    waiting: AtomicUsize,
+}
+
+type LaneMap = Arc<Lanes>;
 
 #[derive(Default, Clone)]
 pub struct UserLanes {
@@ -29,6 +38,7 @@ pub struct LaneTicket {
     mutex: Arc<tokio::sync::Mutex<()>>,
     user: UserNumber,
     lanes: LaneMap,
+    holding: bool,
 }
 
 /// Holding this is holding the user's lane.
@@ -39,8 +49,8 @@ pub struct LaneGuard {
 
 pub struct QueueFull;
 
-fn lock(map: &LaneMap) -> std::sync::MutexGuard<'_, HashMap<UserNumber, Lane>> {
-    map.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(lanes: &LaneMap) -> std::sync::MutexGuard<'_, HashMap<UserNumber, Lane>> {
+    lanes.map.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl UserLanes {
@@ -59,11 +69,18 @@ impl UserLanes {
             return Err(QueueFull);
         }
         lane.tickets += 1;
+        self.lanes.waiting.fetch_add(1, Ordering::Relaxed);
         Ok(LaneTicket {
             mutex: lane.mutex.clone(),
             user: user.clone(),
             lanes: self.lanes.clone(),
+            holding: false,
         })
+    }
+
+    /// Chats waiting for their user's lane.
+    pub fn waiting(&self) -> usize {
+        self.lanes.waiting.load(Ordering::Relaxed)
     }
 
     /// Users with a chat running or queued.
@@ -74,8 +91,10 @@ impl UserLanes {
 }
 
 impl LaneTicket {
-    pub async fn wait(self) -> LaneGuard {
+    pub async fn wait(mut self) -> LaneGuard {
         let guard = self.mutex.clone().lock_owned().await;
+        self.lanes.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.holding = true;
         LaneGuard {
             _guard: guard,
             _ticket: self,
@@ -85,6 +104,9 @@ impl LaneTicket {
 
 impl Drop for LaneTicket {
     fn drop(&mut self) {
+        if !self.holding {
+            self.lanes.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut map = lock(&self.lanes);
         if let Some(lane) = map.get_mut(&self.user) {
             lane.tickets -= 1;

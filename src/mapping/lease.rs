@@ -57,6 +57,11 @@ impl ChatLeases {
         }
     }
 
+    /// Leases this process holds now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
     /// Waits for the user's lease until `deadline` (then 504).
     pub async fn acquire(&self, user: &UserNumber, deadline: Instant) -> GatewayResult<Lease> {
         let holder = format!(

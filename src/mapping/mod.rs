@@ -17,9 +17,10 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
+use crate::metrics;
 use crate::settings::DatabaseSettings;
 use sql::SqlStore;
-pub use store::{LeaseStore, MappingStore};
+pub use store::{LeaseStore, MappingStore, PoolStats};
 
 /// Applies the migrations of the configured database.
 pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
@@ -83,15 +84,40 @@ impl LazyStore {
     }
 }
 
+impl LazyStore {
+    /// One statement of `operation` with a slot: timed (the wait for the
+    /// slot excluded) and counted when it fails.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        statement: impl AsyncFnOnce(&SqlStore) -> GatewayResult<T>,
+    ) -> GatewayResult<T> {
+        let result = match self.slot().await {
+            Ok((_slot, store)) => {
+                let started = std::time::Instant::now();
+                let result = statement(store).await;
+                metrics::DB_STATEMENT_DURATION
+                    .with_label_values(&[operation])
+                    .observe(started.elapsed().as_secs_f64());
+                result
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            metrics::DB_ERRORS.with_label_values(&[operation]).inc();
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl MappingStore for LazyStore {
     async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        let (_slot, store) = self.slot().await?;
-        store.get(user).await
+        self.run("get", async |s| s.get(user).await).await
     }
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
-        let (_slot, store) = self.slot().await?;
-        store.claim(user, agent).await
+        self.run("claim", async |s| s.claim(user, agent).await)
+            .await
     }
     async fn replace(
         &self,
@@ -99,16 +125,20 @@ impl MappingStore for LazyStore {
         old: &AgentId,
         new: &AgentId,
     ) -> GatewayResult<Option<AgentId>> {
-        let (_slot, store) = self.slot().await?;
-        store.replace(user, old, new).await
+        self.run("replace", async |s| s.replace(user, old, new).await)
+            .await
     }
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        let (_slot, store) = self.slot().await?;
-        store.delete(user).await
+        self.run("delete", async |s| s.delete(user).await).await
     }
     async fn ping(&self) -> GatewayResult<()> {
-        let (_slot, store) = self.slot().await?;
-        store.ping().await
+        self.run("ping", async |s| s.ping().await).await
+    }
+    fn pool_stats(&self) -> Option<PoolStats> {
+        match self.cell.get() {
+            Some(Ok(store)) => Some(store.pool_stats(self.cfg.max_connections)),
+            _ => None,
+        }
     }
 }
 
@@ -120,15 +150,19 @@ impl LeaseStore for LazyStore {
         holder: &str,
         ttl: Duration,
     ) -> GatewayResult<bool> {
-        let (_slot, store) = self.slot().await?;
-        store.try_lease(user, holder, ttl).await
+        self.run("try_lease", async |s| s.try_lease(user, holder, ttl).await)
+            .await
     }
     async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
-        let (_slot, store) = self.slot().await?;
-        store.renew_leases(holder_prefix, ttl).await
+        self.run("renew_leases", async |s| {
+            s.renew_leases(holder_prefix, ttl).await
+        })
+        .await
     }
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
-        let (_slot, store) = self.slot().await?;
-        store.release_lease(user, holder).await
+        self.run("release_lease", async |s| {
+            s.release_lease(user, holder).await
+        })
+        .await
     }
 }

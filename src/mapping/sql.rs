@@ -110,6 +110,17 @@ fn sqlite_options(cfg: &DatabaseSettings, url: &str) -> Result<SqliteConnectOpti
 }
 
 impl SqlStore {
+    /// The pool's connections now.
+    pub fn pool_stats(&self, max: u32) -> super::PoolStats {
+        let (size, idle) = on_pool!(&self.pool, |p| (p.size(), p.num_idle()));
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        super::PoolStats {
+            in_use: size.saturating_sub(idle),
+            idle,
+            max,
+        }
+    }
+
     /// Builds the pool without connecting: the gateway starts (and recovers)
     /// while the database is down; routes answer 503 meanwhile.
     pub fn connect_lazy(cfg: &DatabaseSettings) -> Result<Self, sqlx::Error> {

@@ -32,6 +32,19 @@ pub trait MappingStore: Send + Sync {
 
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> GatewayResult<()>;
+
+    /// The connection pool's use, for the saturation gauges.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+}
+
+/// Connections of a database pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 /// Cluster-wide "one chat at a time per user" (see `lease.rs`).

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::auth::TokenSet;
 use crate::chat::ChatService;
-use crate::context::{RequestContext, RequestId};
+use crate::context::{RequestContext, RequestId, TraceContext};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserRules;
 use crate::inflight::InflightGuard;
@@ -127,14 +127,31 @@ pub struct Ctx {
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
     request_id: Option<RequestId>,
+    trace: Option<TraceContext>,
     /// The route and the normalised target, once routed to a backend.
     upstream: Option<(Route, Target)>,
+    /// The backend chosen last, and when.
+    backend: Option<(std::net::SocketAddr, Instant)>,
+    /// The backend's response status, once its header arrived.
+    upstream_status: Option<StatusCode>,
     /// What the gateway itself answered, when it answered.
     status: Option<StatusCode>,
 }
 
 fn request_id(session: &ServerSession) -> RequestId {
     RequestId::from_header(session.get_header("x-request-id").map(|v| v.as_bytes()))
+}
+
+fn trace(session: &ServerSession) -> TraceContext {
+    TraceContext::from_header(session.get_header("traceparent").map(|v| v.as_bytes()))
+}
+
+/// What the access line adds for a proxied request.
+struct Proxied<'a> {
+    upstream: &'a str,
+    backend: Option<std::net::SocketAddr>,
+    /// From choosing the backend to the end of its response.
+    upstream_time: Option<Duration>,
 }
 
 /// The access line and request metrics of one finished request. `route` is
@@ -145,30 +162,49 @@ fn record(
     method: &http::Method,
     status: Option<StatusCode>,
     started: Instant,
-    request_id: Option<&RequestId>,
+    ids: (Option<&RequestId>, Option<&TraceContext>),
+    proxied: Option<Proxied<'_>>,
     error: Option<&Error>,
 ) {
     let method = metrics::method_label(method);
     let elapsed = started.elapsed();
     let status = status.map_or(0, |s| s.as_u16());
     let status_label = status.to_string();
-    let request_id = request_id.map(RequestId::as_str);
+    let request_id = ids.0.map(RequestId::as_str);
+    let trace_id = ids.1.map(TraceContext::trace_id);
     metrics::REQUESTS
         .with_label_values(&[route, method, &status_label])
         .inc();
     metrics::REQUEST_DURATION
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let (upstream, backend, upstream_ms) = match &proxied {
+        Some(p) => (
+            Some(p.upstream),
+            p.backend.map(|b| b.to_string()),
+            p.upstream_time.map(millis),
+        ),
+        None => (None, None, None),
+    };
     tracing::info!(
         request_id,
+        trace_id,
         route,
         method,
         status,
-        // Microsecond precision: float noise (0.39179200000000003) helps no one.
-        ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        ms = millis(elapsed),
+        upstream,
+        backend,
+        upstream_ms,
         error = error.map(|e| e.etype().as_str()),
         "Request."
     );
+}
+
+/// Milliseconds to the microsecond: float noise (0.39179200000000003)
+/// helps no one.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 #[async_trait]
@@ -183,7 +219,10 @@ impl ProxyHttp for GatewayProxy {
             started: Instant::now(),
             route: UNMATCHED.clone(),
             request_id: None,
+            trace: None,
             upstream: None,
+            backend: None,
+            upstream_status: None,
             status: None,
         }
     }
@@ -196,6 +235,8 @@ impl ProxyHttp for GatewayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = ctx.gateway.clone();
         let id = request_id(session);
+        let trace = trace(session);
+        ctx.trace = Some(trace);
         let method = session.req_header().method.clone();
         let target = match path::normalize(session.req_header().raw_path(), &gw.paths) {
             Ok(target) => target,
@@ -207,7 +248,7 @@ impl ProxyHttp for GatewayProxy {
         };
         if let Some(native) = routes::match_native(&method, &target.path) {
             ctx.route = Arc::from(native.template());
-            let served = gw.serve_native(session, native, &id, &self.0).await;
+            let served = gw.serve_native(session, native, &id, &trace, &self.0).await;
             ctx.request_id = Some(id);
             ctx.status = Some(served?);
             return Ok(true);
@@ -243,16 +284,18 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        ctx.upstream
+        let peer = ctx
+            .upstream
             .as_ref()
             .and_then(|(route, _)| route.upstream.peer(ctx.failed_backend.as_ref()))
-            .map(Box::new)
             .ok_or_else(|| {
                 Error::explain(
                     ErrorType::HTTPStatus(502),
                     "no backend of this upstream is available",
                 )
-            })
+            })?;
+        ctx.backend = peer._address.as_inet().map(|addr| (*addr, Instant::now()));
+        Ok(Box::new(peer))
     }
 
     /// Nothing has reached the backend when its connection fails, so any
@@ -264,9 +307,18 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let upstream = ctx.upstream.as_ref().map(|(r, _)| r.upstream.name());
+        if let Some(name) = upstream {
+            metrics::UPSTREAM_CONNECT_FAILURES
+                .with_label_values(&[name])
+                .inc();
+        }
         if ctx.failed_backend.is_none() {
             ctx.failed_backend = peer._address.as_inet().copied();
             e.set_retry(true);
+            if let Some(name) = upstream {
+                metrics::UPSTREAM_RETRIES.with_label_values(&[name]).inc();
+            }
         }
         e
     }
@@ -296,6 +348,9 @@ impl ProxyHttp for GatewayProxy {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.as_str())?;
         }
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header("traceparent", trace.child_header())?;
+        }
         // The backend reads the path the gateway routed by.
         if let Some((route, target)) = &ctx.upstream
             && target.changed
@@ -319,6 +374,12 @@ impl ProxyHttp for GatewayProxy {
         }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header("x-request-id", id.as_str())?;
+        }
+        if let (Some((route, _)), Some((_, chosen))) = (&ctx.upstream, &ctx.backend) {
+            ctx.upstream_status = Some(upstream_response.status);
+            metrics::UPSTREAM_TTFB
+                .with_label_values(&[route.upstream.name()])
+                .observe(chosen.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -368,12 +429,37 @@ impl ProxyHttp for GatewayProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|h| h.status).or(ctx.status);
+        let proxied = ctx.upstream.as_ref().map(|(route, _)| {
+            let upstream = route.upstream.name();
+            let upstream_time = ctx.backend.map(|(_, chosen)| chosen.elapsed());
+            let class = match ctx.upstream_status {
+                Some(s) => metrics::STATUS_CLASSES
+                    .get(usize::from(s.as_u16() / 100).saturating_sub(1))
+                    .copied()
+                    .unwrap_or("error"),
+                None => "error",
+            };
+            metrics::UPSTREAM_REQUESTS
+                .with_label_values(&[upstream, class])
+                .inc();
+            if let Some(t) = upstream_time {
+                metrics::UPSTREAM_RESPONSE_DURATION
+                    .with_label_values(&[upstream])
+                    .observe(t.as_secs_f64());
+            }
+            Proxied {
+                upstream,
+                backend: ctx.backend.map(|(addr, _)| addr),
+                upstream_time,
+            }
+        });
         record(
             &ctx.route,
             &session.req_header().method,
             status,
             ctx.started,
-            ctx.request_id.as_ref(),
+            (ctx.request_id.as_ref(), ctx.trace.as_ref()),
+            proxied,
             e,
         );
     }
@@ -390,6 +476,7 @@ impl Gateway {
         let _inflight = live.inflight.enter();
         let started = Instant::now();
         let request_id = request_id(session);
+        let trace = trace(session);
         let method = session.req_header().method.clone();
         let (route, result) = match path::normalize(session.req_header().raw_path(), &self.paths) {
             Ok(target) => {
@@ -398,7 +485,8 @@ impl Gateway {
                 let route = native.template();
                 (
                     route,
-                    self.serve_native(session, native, &request_id, live).await,
+                    self.serve_native(session, native, &request_id, &trace, live)
+                        .await,
                 )
             }
             // Front sends a target it cannot read one way to this path.
@@ -416,7 +504,8 @@ impl Gateway {
             &method,
             status,
             started,
-            Some(&request_id),
+            (Some(&request_id), Some(&trace)),
+            None,
             result.as_ref().err().map(|e| &**e),
         );
         result.map(|_| ())
@@ -427,6 +516,7 @@ impl Gateway {
         session: &mut ServerSession,
         native: Native,
         request_id: &RequestId,
+        trace: &TraceContext,
         live: &Live,
     ) -> Result<StatusCode> {
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
@@ -448,10 +538,10 @@ impl Gateway {
             (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
             (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, users, &raw).await,
             (Ok(()), Native::AgentDelete(raw)) => {
-                let ctx = RequestContext::new(request_id.clone());
+                let ctx = RequestContext::traced(request_id.clone(), *trace);
                 routes::agent::delete(&self.chat, users, &ctx, &raw).await
             }
-            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
+            (Ok(()), Native::Chat) => self.serve_chat(session, request_id, trace).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
@@ -470,6 +560,7 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         request_id: &RequestId,
+        trace: &TraceContext,
     ) -> GatewayResult<Reply> {
         let body = tokio::time::timeout(
             self.body_timeout,
@@ -484,12 +575,18 @@ impl Gateway {
         });
         // The overhead clock starts once the body is in: a slow client is
         // not the gateway's cost.
-        let ctx = RequestContext::new(request_id.clone());
+        let ctx = RequestContext::traced(request_id.clone(), *trace);
         let result =
             routes::chat::handle(&self.chat, &self.limits, &self.chat_rules, body, &ctx).await;
-        if result.is_ok() {
+        let outcome = if result.is_ok() {
             metrics::CHAT_OVERHEAD.observe(ctx.own_time().as_secs_f64());
-        }
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::CHAT_DURATION
+            .with_label_values(&[outcome])
+            .observe(ctx.elapsed().as_secs_f64());
         result
     }
 }

@@ -47,6 +47,11 @@ impl Upstream {
         })
     }
 
+    /// The name under `upstreams`: the metrics' `upstream` label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A backend in rotation, other than `avoid` (one whose connection just
     /// failed); `None` when there is none.
     pub fn peer(&self, avoid: Option<&SocketAddr>) -> Option<HttpPeer> {
@@ -249,6 +254,7 @@ impl RouteTable {
     pub fn activate(&self) {
         UPSTREAM_BACKEND_UP.reset();
         for upstream in self.upstreams.values() {
+            crate::metrics::upstream_known(&upstream.name);
             upstream.publish_health();
             upstream.start_checks();
         }

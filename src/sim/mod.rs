@@ -118,6 +118,8 @@ pub(crate) struct Message {
 pub(crate) struct World {
     /// `X-Request-Id` values seen, most recent last (bounded).
     pub request_ids: Vec<String>,
+    /// `traceparent` values seen, most recent last (bounded).
+    pub traceparents: Vec<String>,
     pub agents: HashMap<String, Agent>,
     pub messages: HashMap<String, Message>,
     pub stats: SimStats,
@@ -326,6 +328,11 @@ impl Simulator {
         self.world().request_ids.clone()
     }
 
+    /// `traceparent` values the simulator has received, most recent last.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.world().traceparents.clone()
+    }
+
     pub fn router(&self) -> Router {
         let recorder = self.clone();
         Router::new()
@@ -350,6 +357,16 @@ impl Simulator {
                                     world.request_ids.remove(0);
                                 }
                                 world.request_ids.push(id.to_owned());
+                            }
+                            if let Some(tp) = req
+                                .headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                            {
+                                if world.traceparents.len() >= 1000 {
+                                    world.traceparents.remove(0);
+                                }
+                                world.traceparents.push(tp.to_owned());
                             }
                             world.in_flight += 1;
                             world.stats.peak_in_flight =

@@ -363,9 +363,15 @@ async fn one_database_slot_and_one_agent_service_slot_serve_a_burst() {
         1,
         "the agent service saw more than one call at once"
     );
-    let metrics = gw.metrics_text().await;
+    let metrics = gw.metrics().await;
     assert!(
-        !metrics.contains("queue_timeout"),
+        metrics
+            .with_label(
+                "eai_gateway_agent_service_calls_total",
+                "outcome",
+                "queue_timeout"
+            )
+            .is_empty(),
         "no call should have timed out waiting for its slot"
     );
 }

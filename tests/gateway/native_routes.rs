@@ -272,8 +272,18 @@ async fn letta_sync_delivery_answers_without_polling_and_heals() {
         "{page}"
     );
     assert!(
-        page.contains(r#"operation="send_sync",outcome="ok""#),
+        metrics
+            .value(
+                "eai_gateway_agent_service_calls_total",
+                &[("operation", "send_sync"), ("outcome", "ok")]
+            )
+            .is_some_and(|n| n >= 1.0),
         "{page}"
     );
-    assert!(!page.contains(r#"operation="poll""#), "{page}");
+    assert!(
+        metrics
+            .with_label("eai_gateway_agent_service_calls_total", "operation", "poll")
+            .is_empty(),
+        "{page}"
+    );
 }

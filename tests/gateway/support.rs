@@ -16,6 +16,11 @@ pub fn pg_url() -> String {
     std::env::var("EAI_TEST_PG_URL").unwrap_or_else(|_| PG_URL_DEFAULT.to_owned())
 }
 
+/// Held by the tests that load the machine for many seconds (the 30 s
+/// upgrade under load, the Prometheus run), so that on a 2-core machine
+/// they do not starve each other; lighter tests still run beside them.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -590,10 +595,14 @@ impl Metrics {
 
     /// Every label set of `name` that has `label` = `value`, e.g. all
     /// outcomes of one operation.
+    /// The non-zero samples of `name` with this label (counters with known
+    /// labels are exported at 0, so "never happened" is an empty list).
     pub fn with_label(&self, name: &str, label: &str, value: &str) -> Vec<(Labels, f64)> {
         self.samples
             .iter()
-            .filter(|(n, l, _)| n == name && l.iter().any(|(k, v)| k == label && v == value))
+            .filter(|(n, l, v)| {
+                n == name && *v != 0.0 && l.iter().any(|(k, v)| k == label && v == value)
+            })
             .map(|(_, l, v)| (l.clone(), *v))
             .collect()
     }
