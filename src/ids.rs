@@ -59,7 +59,9 @@ impl UserRules {
 /// `UserRules::parse` builds one.
 #[derive(Clone)]
 pub struct UserNumber {
-    number: Box<str>,
+    // Shared: a chat clones its user into the lane, the lease and the
+    // cache, and one allocation serves them all.
+    number: Arc<str>,
     rules: Arc<UserRules>,
 }
 
