@@ -26,7 +26,12 @@ pub fn demo_settings(opts: &DemoOptions, simulator: SocketAddr) -> Settings {
     settings.listen = opts.listen;
     settings.metrics_listen = Some(opts.metrics_listen);
     settings.shutdown.drain = Duration::from_secs(1);
-    settings.database.url = DatabaseUrl::Sqlite(format!("sqlite://{}", opts.database.display()));
+    let database = opts.database.display().to_string();
+    settings.database.url = if database.starts_with("sqlite:") {
+        DatabaseUrl::Sqlite(database)
+    } else {
+        DatabaseUrl::Sqlite(format!("sqlite://{database}"))
+    };
     settings.upstreams.insert(
         "simulator".into(),
         UpstreamSettings::with_backends([simulator.to_string()]),

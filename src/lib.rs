@@ -25,6 +25,14 @@ pub mod server;
 pub mod settings;
 pub mod sim;
 
+/// The version and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("EAI_GATEWAY_COMMIT"),
+    ")"
+);
+
 /// Installs the tracing subscriber (which also takes Pingora's `log` lines).
 /// `EAI_GATEWAY_LOG_FORMAT=json` selects JSON lines; `RUST_LOG` filters.
 pub fn init_logging() {

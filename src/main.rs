@@ -16,7 +16,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(
     name = "eai-gateway",
-    version,
+    version = eai_gateway::VERSION,
     about = "Pingora gateway giving every chat user one long-lived agent"
 )]
 struct Cli {
@@ -54,29 +54,38 @@ enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate {
+        /// The YAML config file (its `database:` section and `DATABASE_URL`).
         #[arg(long)]
         config: PathBuf,
     },
     /// Start the simulator and the gateway on loopback with a SQLite file.
     Demo {
+        /// Public listener of the gateway.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Prometheus listener of the gateway.
         #[arg(long, default_value = "127.0.0.1:9091")]
         metrics_listen: SocketAddr,
+        /// Listener of the bundled agent-service simulator.
         #[arg(long, default_value = "127.0.0.1:8300")]
         simulator_listen: SocketAddr,
+        /// Agent-service dialect the gateway speaks: eai or letta.
         #[arg(long, default_value = "eai", value_parser = parse_dialect)]
         dialect: Dialect,
         /// Simulated agent processing time.
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
+        /// The SQLite database: a file path (created when missing) or a
+        /// `sqlite:` URL.
         #[arg(long, default_value = "eai-gateway-demo.db")]
         database: PathBuf,
     },
     /// Run only the agent-service simulator (both dialects).
     Simulate {
+        /// Listener of the simulator.
         #[arg(long, default_value = "127.0.0.1:8300")]
         listen: SocketAddr,
+        /// Simulated agent processing time.
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
         /// Worker threads of the simulator's runtime.

@@ -181,8 +181,8 @@ pub static CHAT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "eai_gateway_build_info",
-        "Always 1; the version of the running binary in its label.",
-        &["version"]
+        "Always 1; the version of the running binary and its commit in the labels.",
+        &["version", "commit"]
     )
     .expect("metric definition")
 });
@@ -408,7 +408,7 @@ pub fn init() {
         CHAT_DURATION.with_label_values(&[outcome]);
     }
     BUILD_INFO
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EAI_GATEWAY_COMMIT")])
         .set(1);
     for gauge in [
         &CHATS_IN_FLIGHT,

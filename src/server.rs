@@ -97,6 +97,9 @@ pub enum Start {
 }
 
 pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<Built, String> {
+    if start == Start::Fresh {
+        ports_free(cfg)?;
+    }
     let conf = ServerConf {
         threads: cfg.threads,
         // Pingora's default is 300 s: far longer than any chat may take.
@@ -165,6 +168,19 @@ pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Resu
         server.add_service(metrics);
     }
     Ok(Built { server, drain })
+}
+
+/// Fails at once, naming the address, when a listener's port is taken:
+/// Pingora would retry the bind every second forever while the process
+/// looks started. (An upgrade takes its sockets over instead.)
+fn ports_free(cfg: &Settings) -> Result<(), String> {
+    let listeners = std::iter::once(("listen", cfg.listen))
+        .chain(cfg.metrics_listen.map(|a| ("metrics_listen", a)));
+    for (key, addr) in listeners {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Builds what a reload would build from `cfg`, and drops it: the errors

@@ -225,3 +225,113 @@ async fn demo_serves_a_chat_with_sqlite_and_the_bundled_simulator() {
     );
     assert!(dir.path().join("demo.db").exists());
 }
+
+#[test]
+fn a_taken_port_fails_at_once_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n",
+    );
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    let free = format!("127.0.0.1:{}", free_port());
+    let runs: [(Vec<String>, &str, &str); 3] = [
+        (
+            vec![
+                "run".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            "listen",
+            "EAI_GATEWAY_LISTEN",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            "metrics_listen",
+            "EAI_GATEWAY_METRICS_LISTEN",
+        ),
+        (
+            vec![
+                "demo".into(),
+                "--listen".into(),
+                addr.clone(),
+                "--simulator-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--database".into(),
+                dir.path().join("demo.db").display().to_string(),
+            ],
+            "listen",
+            "UNUSED",
+        ),
+    ];
+    for (args, key, var) in runs {
+        let started = std::time::Instant::now();
+        let (listen, metrics) = if var == "EAI_GATEWAY_METRICS_LISTEN" {
+            (free.clone(), addr.clone())
+        } else {
+            (addr.clone(), format!("127.0.0.1:{}", free_port()))
+        };
+        let out = gateway_bin()
+            .args(&args)
+            .env("EAI_GATEWAY_LISTEN", &listen)
+            .env("EAI_GATEWAY_METRICS_LISTEN", &metrics)
+            .env("DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started on a taken port");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{key}: cannot listen on {addr}")),
+            "{args:?}: {err}"
+        );
+    }
+    drop(taken);
+}
+
+#[test]
+fn version_names_the_commit_and_every_option_has_help() {
+    let out = gateway_bin().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!("eai-gateway {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    for sub in ["run", "check-config", "migrate", "demo", "simulate"] {
+        let out = gateway_bin().args([sub, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        // clap prints an option's help on its line or, in the long form, on
+        // the next one; an option without help has neither.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with("--") || line.contains("--help") {
+                continue;
+            }
+            // `[default: …]` alone is not help.
+            let inline = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .skip(1)
+                .any(|p| !p.starts_with('['));
+            let below = lines.get(i + 1).is_some_and(|next| {
+                let t = next.trim_start();
+                !t.is_empty()
+                    && !t.starts_with('-')
+                    && next.len() - t.len() > line.len() - line.trim_start().len()
+            });
+            assert!(
+                inline || below,
+                "`{sub} --help`: no help text: {line:?}\n{help}"
+            );
+        }
+    }
+}
