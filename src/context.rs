@@ -8,20 +8,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A request id: the client's `X-Request-Id` when it is short and plain,
-/// else a new UUID. Safe in headers and logs as it is.
+/// else a new UUID. Safe in headers and logs as it is. It carries the
+/// request's trace context too: one pointer for both, which every future
+/// of a waiting chat holds.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(Arc<Ids>);
+
+#[derive(PartialEq, Eq)]
+struct Ids {
+    id: Box<str>,
+    trace: TraceContext,
+}
 
 impl RequestId {
+    /// From the `X-Request-Id` header, in a new trace.
     pub fn from_header(value: Option<&[u8]>) -> Self {
-        match value {
-            Some(v) if Self::acceptable(v) => Self(Arc::from(String::from_utf8_lossy(v))),
-            _ => Self::generate(),
-        }
+        Self::from_headers(value, None)
+    }
+
+    /// From the `X-Request-Id` and `traceparent` headers.
+    pub fn from_headers(id: Option<&[u8]>, traceparent: Option<&[u8]>) -> Self {
+        let id = match id {
+            Some(v) if Self::acceptable(v) => String::from_utf8_lossy(v).into(),
+            _ => uuid::Uuid::new_v4().to_string().into(),
+        };
+        Self(Arc::new(Ids {
+            id,
+            trace: TraceContext::from_header(traceparent),
+        }))
     }
 
     pub fn generate() -> Self {
-        Self(Arc::from(uuid::Uuid::new_v4().to_string()))
+        Self::from_headers(None, None)
     }
 
     fn acceptable(v: &[u8]) -> bool {
@@ -31,19 +49,23 @@ impl RequestId {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.id
+    }
+
+    pub fn trace(&self) -> &TraceContext {
+        &self.0.trace
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -122,53 +144,38 @@ impl fmt::Debug for TraceContext {
     }
 }
 
-/// One request's id, trace and timing. Cheap to clone: the chat runs in a
-/// task of its own and the route must still read the clock after it. What
-/// both copies share sits behind one pointer: a waiting chat holds two.
+/// One request's id (with its trace) and timing. Cheap to clone: the chat
+/// runs in a task of its own and the route must still read the clock after
+/// it.
 #[derive(Clone)]
 pub struct RequestContext {
     pub id: RequestId,
     started: Instant,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    trace: TraceContext,
     /// Time spent waiting on the agent service: its calls and the sleeps
     /// between polls.
-    upstream_wait: AtomicU64,
+    upstream_wait: Arc<AtomicU64>,
 }
 
 impl RequestContext {
-    /// A context in a new trace.
     pub fn new(id: RequestId) -> Self {
-        Self::traced(id, TraceContext::start())
-    }
-
-    pub fn traced(id: RequestId, trace: TraceContext) -> Self {
         Self {
             id,
             started: Instant::now(),
-            shared: Arc::new(Shared {
-                trace,
-                upstream_wait: AtomicU64::new(0),
-            }),
+            upstream_wait: Arc::default(),
         }
     }
 
     pub fn trace(&self) -> &TraceContext {
-        &self.shared.trace
+        self.id.trace()
     }
 
     pub fn add_upstream_wait(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.shared
-            .upstream_wait
-            .fetch_add(nanos, Ordering::Relaxed);
+        self.upstream_wait.fetch_add(nanos, Ordering::Relaxed);
     }
 
     pub fn upstream_wait(&self) -> Duration {
-        Duration::from_nanos(self.shared.upstream_wait.load(Ordering::Relaxed))
+        Duration::from_nanos(self.upstream_wait.load(Ordering::Relaxed))
     }
 
     /// Time since the request started (its body in).

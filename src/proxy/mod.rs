@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::auth::TokenSet;
 use crate::chat::ChatService;
-use crate::context::{RequestContext, RequestId, TraceContext};
+use crate::context::{RequestContext, RequestId};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserRules;
 use crate::inflight::InflightGuard;
@@ -127,7 +127,6 @@ pub struct Ctx {
     /// Route template or `upstream:<name>`; never the raw path.
     route: Arc<str>,
     request_id: Option<RequestId>,
-    trace: Option<TraceContext>,
     /// The route and the normalised target, once routed to a backend.
     upstream: Option<(Route, Target)>,
     /// The backend chosen last, and when.
@@ -139,11 +138,10 @@ pub struct Ctx {
 }
 
 fn request_id(session: &ServerSession) -> RequestId {
-    RequestId::from_header(session.get_header("x-request-id").map(|v| v.as_bytes()))
-}
-
-fn trace(session: &ServerSession) -> TraceContext {
-    TraceContext::from_header(session.get_header("traceparent").map(|v| v.as_bytes()))
+    RequestId::from_headers(
+        session.get_header("x-request-id").map(|v| v.as_bytes()),
+        session.get_header("traceparent").map(|v| v.as_bytes()),
+    )
 }
 
 /// What the access line adds for a proxied request.
@@ -162,7 +160,7 @@ fn record(
     method: &http::Method,
     status: Option<StatusCode>,
     started: Instant,
-    ids: (Option<&RequestId>, Option<&TraceContext>),
+    request_id: Option<&RequestId>,
     proxied: Option<Proxied<'_>>,
     error: Option<&Error>,
 ) {
@@ -170,8 +168,8 @@ fn record(
     let elapsed = started.elapsed();
     let status = status.map_or(0, |s| s.as_u16());
     let status_label = status.to_string();
-    let request_id = ids.0.map(RequestId::as_str);
-    let trace_id = ids.1.map(TraceContext::trace_id);
+    let trace_id = request_id.map(|id| id.trace().trace_id());
+    let request_id = request_id.map(RequestId::as_str);
     metrics::REQUESTS
         .with_label_values(&[route, method, &status_label])
         .inc();
@@ -219,7 +217,6 @@ impl ProxyHttp for GatewayProxy {
             started: Instant::now(),
             route: UNMATCHED.clone(),
             request_id: None,
-            trace: None,
             upstream: None,
             backend: None,
             upstream_status: None,
@@ -235,8 +232,6 @@ impl ProxyHttp for GatewayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = ctx.gateway.clone();
         let id = request_id(session);
-        let trace = trace(session);
-        ctx.trace = Some(trace);
         let method = session.req_header().method.clone();
         let target = match path::normalize(session.req_header().raw_path(), &gw.paths) {
             Ok(target) => target,
@@ -248,7 +243,7 @@ impl ProxyHttp for GatewayProxy {
         };
         if let Some(native) = routes::match_native(&method, &target.path) {
             ctx.route = Arc::from(native.template());
-            let served = gw.serve_native(session, native, &id, &trace, &self.0).await;
+            let served = gw.serve_native(session, native, &id, &self.0).await;
             ctx.request_id = Some(id);
             ctx.status = Some(served?);
             return Ok(true);
@@ -348,8 +343,8 @@ impl ProxyHttp for GatewayProxy {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.as_str())?;
         }
-        if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header("traceparent", trace.child_header())?;
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header("traceparent", id.trace().child_header())?;
         }
         // The backend reads the path the gateway routed by.
         if let Some((route, target)) = &ctx.upstream
@@ -458,7 +453,7 @@ impl ProxyHttp for GatewayProxy {
             &session.req_header().method,
             status,
             ctx.started,
-            (ctx.request_id.as_ref(), ctx.trace.as_ref()),
+            ctx.request_id.as_ref(),
             proxied,
             e,
         );
@@ -476,7 +471,6 @@ impl Gateway {
         let _inflight = live.inflight.enter();
         let started = Instant::now();
         let request_id = request_id(session);
-        let trace = trace(session);
         let method = session.req_header().method.clone();
         let (route, result) = match path::normalize(session.req_header().raw_path(), &self.paths) {
             Ok(target) => {
@@ -485,8 +479,7 @@ impl Gateway {
                 let route = native.template();
                 (
                     route,
-                    self.serve_native(session, native, &request_id, &trace, live)
-                        .await,
+                    self.serve_native(session, native, &request_id, live).await,
                 )
             }
             // Front sends a target it cannot read one way to this path.
@@ -504,7 +497,7 @@ impl Gateway {
             &method,
             status,
             started,
-            (Some(&request_id), Some(&trace)),
+            Some(&request_id),
             None,
             result.as_ref().err().map(|e| &**e),
         );
@@ -516,7 +509,6 @@ impl Gateway {
         session: &mut ServerSession,
         native: Native,
         request_id: &RequestId,
-        trace: &TraceContext,
         live: &Live,
     ) -> Result<StatusCode> {
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
@@ -538,10 +530,10 @@ impl Gateway {
             (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
             (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, users, &raw).await,
             (Ok(()), Native::AgentDelete(raw)) => {
-                let ctx = RequestContext::traced(request_id.clone(), *trace);
+                let ctx = RequestContext::new(request_id.clone());
                 routes::agent::delete(&self.chat, users, &ctx, &raw).await
             }
-            (Ok(()), Native::Chat) => self.serve_chat(session, request_id, trace).await,
+            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
@@ -560,7 +552,6 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         request_id: &RequestId,
-        trace: &TraceContext,
     ) -> GatewayResult<Reply> {
         let body = tokio::time::timeout(
             self.body_timeout,
@@ -575,7 +566,7 @@ impl Gateway {
         });
         // The overhead clock starts once the body is in: a slow client is
         // not the gateway's cost.
-        let ctx = RequestContext::traced(request_id.clone(), *trace);
+        let ctx = RequestContext::new(request_id.clone());
         let result =
             routes::chat::handle(&self.chat, &self.limits, &self.chat_rules, body, &ctx).await;
         let outcome = if result.is_ok() {
