@@ -456,6 +456,19 @@ async fn unhealthy_backend_leaves_rotation_and_returns() {
     // a refused connection is retried on another backend.
     tokio::time::sleep(Duration::from_millis(2 * interval_ms)).await;
     let client = reqwest::Client::new();
+    // Out of rotation means never tried: connect failures stop growing
+    // (with the backend still in rotation, round robin would try it for a
+    // third of these requests and of the background load).
+    let failures = || async {
+        gw.metrics()
+            .await
+            .value(
+                "eai_gateway_upstream_connect_failures_total",
+                &[("upstream", "web")],
+            )
+            .unwrap()
+    };
+    let failed_before = failures().await;
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..60 {
         *seen
@@ -463,6 +476,11 @@ async fn unhealthy_backend_leaves_rotation_and_returns() {
             .or_default() += 1;
     }
     assert!(!seen.contains_key("two"), "{seen:?}");
+    assert_eq!(
+        failures().await,
+        failed_before,
+        "the dead backend was still tried"
+    );
     assert!(
         eventually_async(Duration::from_secs(3), || async {
             up(&gw.metrics().await, addrs[1]) == Some(0.0)
