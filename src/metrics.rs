@@ -357,15 +357,40 @@ const AGENT_OUTCOMES: &[&str] = &[
     "invalid_response",
     "queue_timeout",
 ];
-pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
-/// Exports the per-upstream series of `name` at 0.
-pub fn upstream_known(name: &str) {
-    for class in STATUS_CLASSES {
-        UPSTREAM_REQUESTS.with_label_values(&[name, class]);
+/// One upstream's pass-through series, resolved once when the upstream is
+/// built, so a proxied request does no label lookup; creating them exports
+/// the counters at 0.
+pub struct UpstreamMetrics {
+    /// By `STATUS_CLASSES`.
+    requests: [IntCounter; 6],
+    pub ttfb: Histogram,
+    pub response: Histogram,
+    pub connect_failures: IntCounter,
+    pub retries: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            requests: STATUS_CLASSES
+                .map(|class| UPSTREAM_REQUESTS.with_label_values(&[upstream, class])),
+            ttfb: UPSTREAM_TTFB.with_label_values(&[upstream]),
+            response: UPSTREAM_RESPONSE_DURATION.with_label_values(&[upstream]),
+            connect_failures: UPSTREAM_CONNECT_FAILURES.with_label_values(&[upstream]),
+            retries: UPSTREAM_RETRIES.with_label_values(&[upstream]),
+        }
     }
-    UPSTREAM_CONNECT_FAILURES.with_label_values(&[name]);
-    UPSTREAM_RETRIES.with_label_values(&[name]);
+
+    /// Counts a request by the backend's status class; `None`: no response.
+    pub fn request(&self, status: Option<http::StatusCode>) {
+        let class = status
+            .map(|s| usize::from(s.as_u16() / 100))
+            .filter(|c| (1..=5).contains(c))
+            .map_or(5, |c| c - 1);
+        self.requests[class].inc();
+    }
 }
 
 /// Forces registration, so a scrape lists the plain metrics before the

@@ -168,32 +168,28 @@ fn record(
     let elapsed = started.elapsed();
     let status = status.map_or(0, |s| s.as_u16());
     let status_label = status.to_string();
-    let trace_id = request_id.map(|id| id.trace().trace_id());
-    let request_id = request_id.map(RequestId::as_str);
+    let request_id_str = request_id.map(RequestId::as_str);
     metrics::REQUESTS
         .with_label_values(&[route, method, &status_label])
         .inc();
     metrics::REQUEST_DURATION
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
-    let (upstream, backend, upstream_ms) = match &proxied {
-        Some(p) => (
-            Some(p.upstream),
-            p.backend.map(|b| b.to_string()),
-            p.upstream_time.map(millis),
-        ),
-        None => (None, None, None),
-    };
+    // Field expressions run only when the line is logged: the trace id's
+    // hex and the backend's address cost nothing at a quieter level.
     tracing::info!(
-        request_id,
-        trace_id,
+        request_id = request_id_str,
+        trace_id = request_id.map(|id| id.trace().trace_id()),
         route,
         method,
         status,
         ms = millis(elapsed),
-        upstream,
-        backend,
-        upstream_ms,
+        upstream = proxied.as_ref().map(|p| p.upstream),
+        backend = proxied
+            .as_ref()
+            .and_then(|p| p.backend)
+            .map(|b| b.to_string()),
+        upstream_ms = proxied.as_ref().and_then(|p| p.upstream_time).map(millis),
         error = error.map(|e| e.etype().as_str()),
         "Request."
     );
@@ -302,17 +298,15 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let upstream = ctx.upstream.as_ref().map(|(r, _)| r.upstream.name());
-        if let Some(name) = upstream {
-            metrics::UPSTREAM_CONNECT_FAILURES
-                .with_label_values(&[name])
-                .inc();
+        let upstream = ctx.upstream.as_ref().map(|(r, _)| &r.upstream.metrics);
+        if let Some(m) = upstream {
+            m.connect_failures.inc();
         }
         if ctx.failed_backend.is_none() {
             ctx.failed_backend = peer._address.as_inet().copied();
             e.set_retry(true);
-            if let Some(name) = upstream {
-                metrics::UPSTREAM_RETRIES.with_label_values(&[name]).inc();
+            if let Some(m) = upstream {
+                m.retries.inc();
             }
         }
         e
@@ -372,8 +366,10 @@ impl ProxyHttp for GatewayProxy {
         }
         if let (Some((route, _)), Some((_, chosen))) = (&ctx.upstream, &ctx.backend) {
             ctx.upstream_status = Some(upstream_response.status);
-            metrics::UPSTREAM_TTFB
-                .with_label_values(&[route.upstream.name()])
+            route
+                .upstream
+                .metrics
+                .ttfb
                 .observe(chosen.elapsed().as_secs_f64());
         }
         Ok(())
@@ -425,25 +421,14 @@ impl ProxyHttp for GatewayProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|h| h.status).or(ctx.status);
         let proxied = ctx.upstream.as_ref().map(|(route, _)| {
-            let upstream = route.upstream.name();
+            let upstream = &route.upstream;
             let upstream_time = ctx.backend.map(|(_, chosen)| chosen.elapsed());
-            let class = match ctx.upstream_status {
-                Some(s) => metrics::STATUS_CLASSES
-                    .get(usize::from(s.as_u16() / 100).saturating_sub(1))
-                    .copied()
-                    .unwrap_or("error"),
-                None => "error",
-            };
-            metrics::UPSTREAM_REQUESTS
-                .with_label_values(&[upstream, class])
-                .inc();
+            upstream.metrics.request(ctx.upstream_status);
             if let Some(t) = upstream_time {
-                metrics::UPSTREAM_RESPONSE_DURATION
-                    .with_label_values(&[upstream])
-                    .observe(t.as_secs_f64());
+                upstream.metrics.response.observe(t.as_secs_f64());
             }
             Proxied {
-                upstream,
+                upstream: upstream.name(),
                 backend: ctx.backend.map(|(addr, _)| addr),
                 upstream_time,
             }

@@ -17,7 +17,7 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::prelude::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::metrics::UPSTREAM_BACKEND_UP;
+use crate::metrics::{UPSTREAM_BACKEND_UP, UpstreamMetrics};
 use crate::settings::{HealthCheckKind, HealthCheckSettings, Settings, UpstreamSettings};
 
 pub struct Upstream {
@@ -28,6 +28,7 @@ pub struct Upstream {
     cfg: UpstreamSettings,
     /// Whether the health-check task of this upstream has been started.
     checking: AtomicBool,
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {
@@ -40,6 +41,7 @@ impl Upstream {
         }
         Ok(Self {
             label: format!("upstream:{name}").into(),
+            metrics: UpstreamMetrics::new(&name),
             name,
             lb,
             cfg: cfg.clone(),
@@ -254,7 +256,6 @@ impl RouteTable {
     pub fn activate(&self) {
         UPSTREAM_BACKEND_UP.reset();
         for upstream in self.upstreams.values() {
-            crate::metrics::upstream_known(&upstream.name);
             upstream.publish_health();
             upstream.start_checks();
         }

@@ -114,6 +114,16 @@ pub(crate) struct Message {
     pub ready_at: Instant,
 }
 
+/// Keeps the last 1,000 values of a request header, most recent last.
+fn remember(seen: &mut Vec<String>, headers: &axum::http::HeaderMap, name: &str) {
+    if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+        if seen.len() >= 1000 {
+            seen.remove(0);
+        }
+        seen.push(v.to_owned());
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct World {
     /// `X-Request-Id` values seen, most recent last (bounded).
@@ -348,26 +358,9 @@ impl Simulator {
                     async move {
                         {
                             let mut world = sim.world();
-                            if let Some(id) = req
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|v| v.to_str().ok())
-                            {
-                                if world.request_ids.len() >= 1000 {
-                                    world.request_ids.remove(0);
-                                }
-                                world.request_ids.push(id.to_owned());
-                            }
-                            if let Some(tp) = req
-                                .headers()
-                                .get("traceparent")
-                                .and_then(|v| v.to_str().ok())
-                            {
-                                if world.traceparents.len() >= 1000 {
-                                    world.traceparents.remove(0);
-                                }
-                                world.traceparents.push(tp.to_owned());
-                            }
+                            let headers = req.headers();
+                            remember(&mut world.request_ids, headers, "x-request-id");
+                            remember(&mut world.traceparents, headers, "traceparent");
                             world.in_flight += 1;
                             world.stats.peak_in_flight =
                                 world.stats.peak_in_flight.max(world.in_flight);
