@@ -14,6 +14,7 @@ mod gateway {
     pub mod observability;
     pub mod passthrough;
     pub mod paths;
+    pub mod pg_server;
     pub mod security;
     pub mod shared_limits;
     pub mod support;

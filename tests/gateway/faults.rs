@@ -194,10 +194,17 @@ async fn transient_poll_errors_are_retried_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_is_503_while_pass_through_works_and_recovers() {
     let (sim, sim_addr) = simulator(10).await;
-    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let link = DbLink::start(pg).await;
     let mut db = TestDb::new(DbKind::Postgres);
-    db.url = format!("postgres://root@127.0.0.1:{}/test", link.port);
+    // The same server the other tests use, reached through a link this
+    // test can cut.
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    let pg: std::net::SocketAddr =
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap();
+    let link = DbLink::start(pg).await;
+    url.set_port(Some(link.port)).unwrap();
+    db.url = url.to_string();
     let backend = plain_backend().await;
     let mut spec = GatewaySpec::new(Dialect::Eai, &db, sim_addr);
     spec.database_extra = "  acquire_timeout_ms: 500\n".into();
