@@ -218,7 +218,7 @@ pub async fn start_gateway_with(
         "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
          database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32, acquire_timeout_ms: 15000}}\n\
          agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
-         limits: {limits}\n\
+         limits: {limits}\nusers: {{pseudonym_key: pseudonyms-of-the-benchmark}}\n\
          upstreams: {{backend: {{backends: ['{sim}']}}}}\ndefault_upstream: backend\n"
     );
     let config = dir.path().join("gateway.yaml");

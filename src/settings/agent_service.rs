@@ -64,36 +64,54 @@ impl AgentServiceSettings {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "agent_service.connect_timeout_ms",
+                0,
                 "must be at least 1",
             ));
         }
         if self.request_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "agent_service.request_timeout_ms",
+                0,
                 "must be at least 1",
             ));
         }
         if self.max_response_bytes < 1024 {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "agent_service.max_response_bytes",
+                self.max_response_bytes,
                 "must be at least 1024",
             ));
         }
         if !self.letta.agent_template.is_object() {
             return Err(ConfigError::new(
                 "agent_service.letta.agent_template",
-                "must be a mapping (the body of POST /v1/agents/)",
+                format!(
+                    "got {}, expected a section of `key: value` lines (the body of POST /v1/agents/)",
+                    json_kind(&self.letta.agent_template)
+                ),
             ));
         }
         if self.eai.agent_fields.contains_key("user_number") {
             return Err(ConfigError::new(
                 "agent_service.eai.agent_fields.user_number",
-                "is set by the gateway from the request",
+                "must not be set: the gateway sets it from the request",
             ));
         }
         Ok(())
+    }
+}
+
+/// A JSON value as the YAML it was written as.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a section",
     }
 }
 

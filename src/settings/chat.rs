@@ -80,33 +80,41 @@ const MINUTE: Duration = Duration::from_secs(60);
 impl ChatSettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=100_000).contains(&self.max_message_chars) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.max_message_chars",
+                self.max_message_chars,
                 "must be between 1 and 100000",
             ));
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.body_timeout) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.body_timeout_ms",
+                self.body_timeout.as_millis(),
                 "must be between 100 and 600000",
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.max_body_bytes",
+                self.max_body_bytes,
                 "must be between 1024 and 16777216",
             ));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(3600) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.timeout_seconds",
-                "must be in (0, 3600]",
+                self.timeout.as_secs_f64(),
+                "must be more than 0 and at most 3600",
             ));
         }
         if self.max_processing < self.timeout || self.max_processing > Duration::from_secs(86_400) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.max_processing_seconds",
-                "must be between chat.timeout_seconds and 86400",
+                self.max_processing.as_secs(),
+                &format!(
+                    "must be between chat.timeout_seconds ({}) and 86400",
+                    self.timeout.as_secs_f64()
+                ),
             ));
         }
         self.poll.validate()
@@ -116,38 +124,47 @@ impl ChatSettings {
 impl PollSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.initial_delay.is_zero() || self.initial_delay > MINUTE {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.initial_delay_ms",
+                self.initial_delay.as_millis(),
                 "must be between 1 and 60000",
             ));
         }
         if self.max_delay < self.initial_delay || self.max_delay > MINUTE {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.max_delay_ms",
-                "must be between chat.poll.initial_delay_ms and 60000",
+                self.max_delay.as_millis(),
+                &format!(
+                    "must be between chat.poll.initial_delay_ms ({}) and 60000",
+                    self.initial_delay.as_millis()
+                ),
             ));
         }
         if self.dense_interval.is_zero() || self.dense_interval > MINUTE {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.dense_interval_ms",
+                self.dense_interval.as_millis(),
                 "must be between 1 and 60000",
             ));
         }
         if self.dense_until > MINUTE {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.dense_until_ms",
+                self.dense_until.as_millis(),
                 "must be at most 60000",
             ));
         }
         if !(1.0..=10.0).contains(&self.multiplier) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.multiplier",
+                self.multiplier,
                 "must be between 1 and 10",
             ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "chat.poll.jitter",
+                self.jitter,
                 "must be between 0 and 1",
             ));
         }

@@ -45,7 +45,13 @@ impl DatabaseUrl {
         } else if raw.starts_with("sqlite:") {
             Ok(Self::Sqlite(raw.to_owned()))
         } else {
-            Err("must start with postgres://, postgresql:// or sqlite:".into())
+            // Only the scheme is shown: the rest may hold a password.
+            let expected = "expected postgres://, postgresql:// or sqlite: \
+                            (e.g. postgres://user:password@host/db or sqlite://eai-gateway.db)";
+            Err(match raw.split_once("://") {
+                Some((scheme, _)) => format!("the scheme {scheme:?} is not known: {expected}"),
+                None => format!("not a database URL: {expected}"),
+            })
         }
     }
 }
@@ -90,19 +96,24 @@ impl DatabaseSettings {
             if !ok {
                 return Err(ConfigError::new(
                     "database.schema",
-                    "must be 1-63 lowercase letters, digits or '_', not starting with a digit",
+                    format!(
+                        "{schema:?} is not a schema name: must be 1-63 lowercase letters, \
+                         digits or '_', not starting with a digit"
+                    ),
                 ));
             }
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "database.max_connections",
+                0,
                 "must be at least 1",
             ));
         }
         if self.acquire_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "database.acquire_timeout_ms",
+                0,
                 "must be at least 1",
             ));
         }

@@ -38,7 +38,7 @@ impl LimitSettings {
         if self.redis_url.is_some() && self.user_rate_per_min == 0 {
             return Err(ConfigError::new(
                 "limits.redis_url",
-                "shares limits.user_rate_per_min, which is 0 (off)",
+                "shares limits.user_rate_per_min, which is 0 (off): set a rate or remove redis_url",
             ));
         }
         Ok(())
@@ -61,12 +61,20 @@ pub struct RedisUrl(redis::Client);
 
 impl RedisUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
+        // Only the scheme is shown: the rest may hold a password.
         if !(raw.starts_with("redis://") || raw.starts_with("rediss://")) {
-            return Err("must start with redis:// or rediss://".into());
+            let expected = "expected redis:// or rediss:// (e.g. redis://127.0.0.1:6379)";
+            return Err(match raw.split_once("://") {
+                Some((scheme, _)) => format!("the scheme {scheme:?} is not known: {expected}"),
+                None => format!("not a Redis URL: {expected}"),
+            });
         }
-        redis::Client::open(raw)
-            .map(Self)
-            .map_err(|e| format!("{e}"))
+        redis::Client::open(raw).map(Self).map_err(|e| {
+            // The crate appends its error kind, a Rust name.
+            let e = e.to_string();
+            let problem = e.split(" - ").next().unwrap_or_default();
+            format!("not a valid Redis URL: {problem} (expected e.g. redis://127.0.0.1:6379)")
+        })
     }
 
     pub fn client(&self) -> redis::Client {

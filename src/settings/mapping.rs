@@ -36,14 +36,16 @@ impl Default for MappingSettings {
 impl MappingSettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.cache_ttl > Duration::from_secs(86_400) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "agents.cache_ttl_seconds",
+                self.cache_ttl.as_secs(),
                 "must be at most 86400",
             ));
         }
         if self.delete_wait.is_zero() || self.delete_wait > Duration::from_secs(3600) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "agents.delete_wait_seconds",
+                self.delete_wait.as_secs(),
                 "must be between 1 and 3600",
             ));
         }

@@ -8,6 +8,7 @@ mod agent_service;
 mod auth;
 mod chat;
 mod database;
+mod humanize;
 mod limits;
 mod mapping;
 mod paths;
@@ -34,29 +35,72 @@ pub use mapping::MappingSettings;
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::RESTART_ONLY;
 pub use upstreams::{HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings};
-pub use users::{DEFAULT_USER_PATTERN, UserPattern, UserSettings};
+pub use users::{DEFAULT_PSEUDONYM_KEY, DEFAULT_USER_PATTERN, UserPattern, UserSettings};
 
 use crate::auth::TokenSet;
 
 #[derive(Debug)]
 pub struct ConfigError {
-    /// Dotted config key or environment variable the error is about.
+    /// The file the value came from; `None` for an environment variable
+    /// and for a text given in code.
+    pub file: Option<PathBuf>,
+    /// Dotted config key, or the environment variable when `from_env`;
+    /// empty when the error is about the file as a whole.
     pub key: String,
+    /// The value came from the environment variable `key`, not a file.
+    pub from_env: bool,
     pub message: String,
 }
 
 impl ConfigError {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
+            file: None,
             key: key.into(),
+            from_env: false,
             message: message.into(),
         }
+    }
+
+    /// About the value of the environment variable `var`.
+    pub(crate) fn env(var: &str, message: impl Into<String>) -> Self {
+        Self {
+            from_env: true,
+            ..Self::new(var, message)
+        }
+    }
+
+    /// `KEY: VALUE is out of range: EXPECTED`; `value` in the unit of the key.
+    pub(crate) fn out_of_range(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        expected: &str,
+    ) -> Self {
+        Self::new(key, format!("{value} is out of range: {expected}"))
+    }
+
+    /// Names `path` as where the value came from, unless it came from the
+    /// environment.
+    pub fn in_file(mut self, path: &Path) -> Self {
+        if !self.from_env {
+            self.file = Some(path.to_owned());
+        }
+        self
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        if self.from_env {
+            return write!(f, "environment variable {}: {}", self.key, self.message);
+        }
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -67,10 +111,10 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Public listener.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", with = "units::addr")]
     pub listen: SocketAddr,
     /// Prometheus listener; no metrics listener when absent.
-    #[serde(default)]
+    #[serde(default, with = "units::optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
@@ -153,6 +197,7 @@ pub mod env {
     pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
     pub const REDIS_URL: &str = "EAI_GATEWAY_REDIS_URL";
     pub const UPGRADE_SOCK: &str = "EAI_GATEWAY_UPGRADE_SOCK";
+    pub const PSEUDONYM_KEY: &str = "EAI_GATEWAY_PSEUDONYM_KEY";
 }
 
 /// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
@@ -184,14 +229,33 @@ impl Settings {
     }
 
     /// Reads the file, applies the process environment, reads the token
-    /// files and validates: what `run` and `check-config` both do.
+    /// files and validates, then insists on a secret pseudonym key: what
+    /// `run`, `check-config`, `migrate` and a reload all do. Every error
+    /// not about an environment variable names the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
-        Self::parse(&text, |k| std::env::var(k).ok())
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("", format!("cannot read the file: {e}")).in_file(path)
+        })?;
+        Self::parse_deployed(&text, |k| std::env::var(k).ok()).map_err(|e| e.in_file(path))
     }
 
     /// `load` for a text and an environment given by the caller.
+    pub fn parse_deployed(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let key_from_env = env(env::PSEUDONYM_KEY).is_some_and(|v| !v.is_empty());
+        let settings = Self::parse(text, &env)?;
+        // Last, so that a file with several mistakes reports the others
+        // first: this one is the same for every file written from a sample.
+        users::check_deployed_key(&settings.users.pseudonym_key, key_from_env, || {
+            key_in_yaml(text)
+        })?;
+        Ok(settings)
+    }
+
+    /// The file and the environment, validated; unlike `load`, accepts the
+    /// built-in pseudonym key (for tests).
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut settings = Self::from_yaml(text)?;
         settings.apply_env(env)?;
@@ -206,14 +270,13 @@ impl Settings {
         // their key too, not just the section around it.
         let de = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
+            // `?` marks where a syntax error cut the path short.
             let path = e.path().to_string();
+            let path = path.trim_end_matches(".?").trim_end_matches('?');
             let message = e.into_inner().to_string();
-            let message = message
-                .strip_prefix(&format!("{path}: "))
-                .unwrap_or(&message)
-                .to_owned();
-            match path.as_str() {
-                "" | "." => ConfigError::new("<file>", message),
+            let message = humanize::serde_message(strip_yaml_path(&message, path));
+            match path {
+                "" | "." => ConfigError::new("", message),
                 _ => ConfigError::new(path, message),
             }
         })
@@ -222,10 +285,7 @@ impl Settings {
     /// Applies the environment overrides and reads the token files.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let set = |k: &str| var(k).filter(|v| !v.is_empty());
-        let addr = |k: &str, v: String| -> Result<SocketAddr, ConfigError> {
-            v.parse()
-                .map_err(|_| ConfigError::new(k, format!("{v:?} is not an ip:port address")))
-        };
+        let addr = |k: &str, v: String| units::addr::parse(&v).map_err(|e| ConfigError::env(k, e));
         if let Some(v) = set(env::LISTEN) {
             self.listen = addr(env::LISTEN, v)?;
         }
@@ -237,16 +297,16 @@ impl Settings {
         }
         if let Some(v) = set(env::DATABASE_URL) {
             self.database.url =
-                DatabaseUrl::parse(&v).map_err(|e| ConfigError::new(env::DATABASE_URL, e))?;
+                DatabaseUrl::parse(&v).map_err(|e| ConfigError::env(env::DATABASE_URL, e))?;
         }
         if let Some(v) = set(env::DIALECT) {
             self.agent_service.dialect = Dialect::parse(&v).ok_or_else(|| {
-                ConfigError::new(env::DIALECT, format!("{v:?} is not one of letta, eai"))
+                ConfigError::env(env::DIALECT, format!("{v:?} is not one of letta, eai"))
             })?;
         }
         if let Some(v) = set(env::AGENT_URL) {
             self.agent_service.url =
-                units::http_url::parse(&v).map_err(|e| ConfigError::new(env::AGENT_URL, e))?;
+                units::http_url::parse(&v).map_err(|e| ConfigError::env(env::AGENT_URL, e))?;
         }
         if let Some(v) = set(env::AGENT_TOKEN) {
             self.agent_service.token = Some(v);
@@ -262,7 +322,11 @@ impl Settings {
         }
         if let Some(v) = set(env::REDIS_URL) {
             self.limits.redis_url =
-                Some(RedisUrl::parse(&v).map_err(|e| ConfigError::new(env::REDIS_URL, e))?);
+                Some(RedisUrl::parse(&v).map_err(|e| ConfigError::env(env::REDIS_URL, e))?);
+        }
+        if let Some(v) = set(env::PSEUDONYM_KEY) {
+            users::check_key_length(&v).map_err(|e| ConfigError::env(env::PSEUDONYM_KEY, e))?;
+            self.users.pseudonym_key = v;
         }
         if let Some(v) = set(env::DEFAULT_UPSTREAM) {
             let name = self
@@ -275,19 +339,24 @@ impl Settings {
                 .or_insert_with(|| UpstreamSettings::with_backends([v]));
             self.default_upstream = Some(name);
         }
+        // The variable is checked alone first so that a bad token is
+        // blamed on where it came from.
+        let env_tokens = set(env::TOKENS);
+        let env_metrics_tokens = set(env::METRICS_TOKENS);
+        for (var, list) in [
+            (env::TOKENS, &env_tokens),
+            (env::METRICS_TOKENS, &env_metrics_tokens),
+        ] {
+            TokenSet::load(list.as_deref(), None).map_err(|e| ConfigError::env(var, e))?;
+        }
         let auth = &mut self.auth;
-        auth.tokens = TokenSet::load(set(env::TOKENS).as_deref(), auth.tokens_file.as_deref())
-            .map_err(|e| ConfigError::new(format!("{} / auth.tokens_file", env::TOKENS), e))?;
+        auth.tokens = TokenSet::load(env_tokens.as_deref(), auth.tokens_file.as_deref())
+            .map_err(|e| ConfigError::new("auth.tokens_file", e))?;
         auth.metrics_tokens = TokenSet::load(
-            set(env::METRICS_TOKENS).as_deref(),
+            env_metrics_tokens.as_deref(),
             auth.metrics_tokens_file.as_deref(),
         )
-        .map_err(|e| {
-            ConfigError::new(
-                format!("{} / auth.metrics_tokens_file", env::METRICS_TOKENS),
-                e,
-            )
-        })?;
+        .map_err(|e| ConfigError::new("auth.metrics_tokens_file", e))?;
         Ok(())
     }
 
@@ -306,21 +375,27 @@ impl Settings {
         if self.metrics_listen == Some(self.listen) {
             return Err(ConfigError::new(
                 "metrics_listen",
-                "must differ from listen",
+                format!("{} is also listen: must differ from it", self.listen),
             ));
         }
         if self.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "read_buffer_bytes",
+                self.read_buffer_bytes,
                 "must be 0 (no buffer) or between 1024 and 1048576",
             ));
         }
         if !(1..=256).contains(&self.threads) {
-            return Err(ConfigError::new("threads", "must be between 1 and 256"));
+            return Err(ConfigError::out_of_range(
+                "threads",
+                self.threads,
+                "must be between 1 and 256",
+            ));
         }
         if self.shutdown.drain > Duration::from_secs(3600) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 "shutdown.drain_seconds",
+                self.shutdown.drain.as_secs(),
                 "must be at most 3600",
             ));
         }
@@ -333,7 +408,7 @@ impl Settings {
         if self.auth.protect_passthrough && !self.auth.tokens.is_enabled() {
             return Err(ConfigError::new(
                 "auth.protect_passthrough",
-                "needs tokens (EAI_GATEWAY_TOKENS or auth.tokens_file)",
+                "true needs bearer tokens: set EAI_GATEWAY_TOKENS or auth.tokens_file",
             ));
         }
         upstreams::validate(
@@ -346,11 +421,31 @@ impl Settings {
 
 fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
     v.trim().parse().map_err(|_| {
-        ConfigError::new(
+        ConfigError::env(
             key,
-            format!("{v:?} is not a non-negative integer (0 = no limit)"),
+            format!("got {v:?}, expected a whole number (0 or more; 0 = no limit)"),
         )
     })
+}
+
+/// serde_yaml_ng starts a message with its own idea of the path, which
+/// may stop at the enclosing section; the key is shown once, in full.
+fn strip_yaml_path<'a>(message: &'a str, path: &str) -> &'a str {
+    if let Some((head, rest)) = message.split_once(": ")
+        && let Some(tail) = path.strip_prefix(head)
+        && (tail.is_empty() || tail.starts_with(['.', '[']))
+    {
+        return rest;
+    }
+    message
+}
+
+/// Whether the file sets `users.pseudonym_key` at all.
+fn key_in_yaml(text: &str) -> bool {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+        .ok()
+        .and_then(|doc| doc.get("users")?.get("pseudonym_key").cloned())
+        .is_some()
 }
 
 #[cfg(test)]

@@ -73,26 +73,32 @@ impl Default for HealthCheckSettings {
 impl HealthCheckSettings {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.interval < Duration::from_millis(50) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 format!("{key}.interval_ms"),
+                self.interval.as_millis(),
                 "must be at least 50",
             ));
         }
         if self.timeout.is_zero() || self.timeout > self.interval {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 format!("{key}.timeout_ms"),
-                "must be at least 1 and at most interval_ms",
+                self.timeout.as_millis(),
+                &format!(
+                    "must be at least 1 and at most interval_ms ({})",
+                    self.interval.as_millis()
+                ),
             ));
         }
         if !self.path.starts_with('/') {
             return Err(ConfigError::new(
                 format!("{key}.path"),
-                "must start with '/'",
+                format!("{:?} does not start with '/'", self.path),
             ));
         }
         if !(100..=599).contains(&self.expect_status) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 format!("{key}.expect_status"),
+                self.expect_status,
                 "must be an HTTP status between 100 and 599",
             ));
         }
@@ -101,8 +107,9 @@ impl HealthCheckSettings {
             ("unhealthy_after", self.unhealthy_after),
         ] {
             if !(1..=100).contains(&n) {
-                return Err(ConfigError::new(
+                return Err(ConfigError::out_of_range(
                     format!("{key}.{name}"),
+                    n,
                     "must be between 1 and 100",
                 ));
             }
@@ -156,21 +163,23 @@ pub(crate) fn validate(
         if u.backends.is_empty() {
             return Err(ConfigError::new(
                 format!("{key}.backends"),
-                "needs at least one host:port",
+                "is empty: needs at least one host:port",
             ));
         }
         for (i, b) in u.backends.iter().enumerate() {
             host_port(&format!("{key}.backends[{i}]"), b)?;
         }
         if u.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 format!("{key}.connect_timeout_ms"),
+                0,
                 "must be at least 1",
             ));
         }
         if u.read_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::out_of_range(
                 format!("{key}.read_timeout_ms"),
+                0,
                 "must be at least 1",
             ));
         }
@@ -184,13 +193,16 @@ pub(crate) fn validate(
         if !r.prefix.starts_with('/') {
             return Err(ConfigError::new(
                 format!("{key}.prefix"),
-                "must start with '/'",
+                format!("{:?} does not start with '/'", r.prefix),
             ));
         }
         if r.prefix.starts_with(native) {
             return Err(ConfigError::new(
                 format!("{key}.prefix"),
-                format!("{native} is served by the gateway itself"),
+                format!(
+                    "{:?} is taken: {native} is served by the gateway itself",
+                    r.prefix
+                ),
             ));
         }
         if !upstreams.contains_key(&r.upstream) {
@@ -218,6 +230,9 @@ fn host_port(key: &str, v: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(key, format!("{v:?} is not host:port")))
+        Err(ConfigError::new(
+            key,
+            format!("{v:?} is not host:port (expected e.g. 127.0.0.1:8000)"),
+        ))
     }
 }

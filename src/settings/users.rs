@@ -19,25 +19,93 @@ pub struct UserSettings {
     pub pseudonym_key: String,
 }
 
+/// The same in every installation: fit for tests and the demo, refused by
+/// `Settings::load`.
+pub const DEFAULT_PSEUDONYM_KEY: &str = "eai-gateway";
+
+const KEY: &str = "users.pseudonym_key";
+
+/// Shortest key `validate` takes; a deployment needs `DEPLOYED_KEY_CHARS`.
+const MIN_KEY_CHARS: usize = 8;
+const DEPLOYED_KEY_CHARS: usize = 16;
+
 impl Default for UserSettings {
     fn default() -> Self {
         Self {
             pattern: UserPattern::default(),
-            pseudonym_key: "eai-gateway".into(),
+            pseudonym_key: DEFAULT_PSEUDONYM_KEY.into(),
         }
     }
 }
 
 impl UserSettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.pseudonym_key.len() < 8 {
+        check_key_length(&self.pseudonym_key).map_err(|e| ConfigError::new(KEY, e))
+    }
+}
+
+/// How to fix any problem with the key; the reason to keep it stable is
+/// given because a changed key loses every user's Letta agent.
+fn how_to_set_key() -> String {
+    format!(
+        "set a secret of at least {DEPLOYED_KEY_CHARS} characters in {KEY} or {} \
+         (e.g. `openssl rand -hex 32`); it names the Letta agents and masks user numbers \
+         in logs, so keep it stable",
+        super::env::PSEUDONYM_KEY
+    )
+}
+
+/// The key is a secret: a message names its length, never its value.
+pub(crate) fn check_key_length(key: &str) -> Result<(), String> {
+    let chars = key.chars().count();
+    if chars < MIN_KEY_CHARS {
+        return Err(format!(
+            "a key of {chars} characters is too short: {}",
+            how_to_set_key()
+        ));
+    }
+    Ok(())
+}
+
+/// What a deployment needs beyond `check_key_length`: a key nobody else
+/// has. `written` tells whether the file sets the key at all.
+pub(crate) fn check_deployed_key(
+    key: &str,
+    from_env: bool,
+    written: impl FnOnce() -> bool,
+) -> Result<(), ConfigError> {
+    let var = super::env::PSEUDONYM_KEY;
+    let problem = if key == DEFAULT_PSEUDONYM_KEY {
+        if !from_env && !written() {
             return Err(ConfigError::new(
-                "users.pseudonym_key",
-                "must be at least 8 characters",
+                KEY,
+                format!("missing, and {var} is not set either: {}", how_to_set_key()),
             ));
         }
-        Ok(())
-    }
+        // Public (it is in the source), so safe to show.
+        format!("{key:?} is the built-in default, the same in every installation")
+    } else if is_placeholder(key) {
+        format!("{key:?} is a placeholder")
+    } else if key.chars().count() < DEPLOYED_KEY_CHARS {
+        format!("a key of {} characters is too short", key.chars().count())
+    } else {
+        return Ok(());
+    };
+    let message = format!("{problem}: {}", how_to_set_key());
+    Err(if from_env {
+        ConfigError::env(var, message)
+    } else {
+        ConfigError::new(KEY, message)
+    })
+}
+
+/// Keys copied from a sample file or a tutorial rather than generated.
+fn is_placeholder(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["change-me", "changeme", "change_me", "change me"]
+        .iter()
+        .any(|p| key.contains(p))
+        || ["secret", "placeholder"].contains(&key.as_str())
 }
 
 /// A compiled, anchored user-number pattern.
@@ -47,9 +115,13 @@ pub struct UserPattern(Regex);
 impl UserPattern {
     pub fn new(pattern: &str) -> Result<Self, String> {
         if !pattern.starts_with('^') || !pattern.ends_with('$') {
-            return Err("must be anchored with ^ and $".into());
+            return Err(format!(
+                "{pattern:?} is not anchored: must start with ^ and end with $"
+            ));
         }
-        Regex::new(pattern).map(Self).map_err(|e| e.to_string())
+        Regex::new(pattern)
+            .map(Self)
+            .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
     }
 
     pub fn is_match(&self, raw: &str) -> bool {

@@ -14,6 +14,50 @@ fn write(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
     p
 }
 
+/// `run` refuses the built-in pseudonym key: every file for it sets one.
+const KEY_YAML: &str = "users: {pseudonym_key: pseudonyms-of-the-cli-tests}\n";
+const PSEUDONYM_KEY_VAR: &str = "EAI_GATEWAY_PSEUDONYM_KEY";
+
+/// Words of Rust, not of YAML, that no config error may contain.
+const RUST_WORDS: &[&str] = &[
+    "usize",
+    "u64",
+    "u32",
+    "f64",
+    "struct",
+    "Option",
+    "Duration",
+    "variant",
+    "<file>",
+    "relative URL without a base",
+    "invalid socket address syntax",
+];
+
+/// `check-config FILE` with `yaml` in FILE: the path and stderr of a
+/// refusal, which must exit 2 and speak no Rust.
+fn refused(yaml: &str, envs: &[(&str, &str)]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, yaml);
+    let mut cmd = gateway_bin();
+    cmd.arg("check-config")
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .env_remove(PSEUDONYM_KEY_VAR);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{yaml:?}: {err}");
+    for word in RUST_WORDS {
+        assert!(
+            !err.contains(word),
+            "{word:?} in the error for {yaml:?}: {err}"
+        );
+    }
+    (path.display().to_string(), err)
+}
+
 #[test]
 fn check_config_accepts_shipped_files_and_names_bad_keys() {
     let shipped: Vec<_> = std::fs::read_dir("conf")
@@ -27,6 +71,7 @@ fn check_config_accepts_shipped_files_and_names_bad_keys() {
         let out = gateway_bin()
             .args(["check-config", file])
             .env_remove("DATABASE_URL")
+            .env(PSEUDONYM_KEY_VAR, "pseudonyms-of-the-shipped-files")
             .output()
             .unwrap();
         assert!(
@@ -81,10 +126,217 @@ fn check_config_accepts_shipped_files_and_names_bad_keys() {
 }
 
 #[test]
+fn a_file_error_names_the_file_the_key_the_value_and_what_is_expected() {
+    let agent = "agent_service: {dialect: eai, url: 'http://x:1'}\n";
+    let cases = [
+        (
+            format!("{agent}threads: many\n"),
+            "threads: got the text \"many\", expected a whole number (0 or more)",
+        ),
+        (
+            format!("{agent}chat: {{timeout_seconds: 0}}\n"),
+            "chat.timeout_seconds: 0 is out of range: must be more than 0 and at most 3600",
+        ),
+        (
+            format!("{agent}chat: {{body_timeout_ms: 10s}}\n"),
+            "chat.body_timeout_ms: got the text \"10s\", expected a whole number of milliseconds",
+        ),
+        (
+            format!("{agent}listen: nonsense\n"),
+            "listen: \"nonsense\" is not an ip:port address (expected e.g. 127.0.0.1:8080)",
+        ),
+        (
+            "agent_service: {url: 'not a url'}\n".to_owned(),
+            "agent_service.url: \"not a url\" is not an absolute URL (expected e.g. http://host:8283)",
+        ),
+        (
+            format!("{agent}threads: 300\n"),
+            "threads: 300 is out of range: must be between 1 and 256",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let (path, err) = refused(&yaml, &[]);
+        assert!(
+            err.starts_with(&format!("config error: {path}: {want}")),
+            "{yaml:?}:\n got  {err}\n want {want}"
+        );
+    }
+}
+
+#[test]
+fn a_top_level_error_starts_with_the_file() {
+    for (yaml, want) in [
+        ("threads: 2\n", "missing key `agent_service`"),
+        (
+            "- a list\n",
+            "got a list, expected a section of `key: value` lines",
+        ),
+        (
+            "agent_service: {dialect: eai\n",
+            "agent_service: did not find expected ',' or '}' at line 2 column 1",
+        ),
+    ] {
+        let (path, err) = refused(yaml, &[]);
+        assert!(
+            err.starts_with(&format!("config error: {path}: {want}")),
+            "{yaml:?}: {err}"
+        );
+    }
+    let out = gateway_bin()
+        .args(["check-config", "/nonexistent/eai-gateway.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.starts_with("config error: /nonexistent/eai-gateway.yaml: cannot read the file: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_environment_variable_is_named_as_the_variable() {
+    let yaml = format!("agent_service: {{dialect: eai, url: 'http://x:1'}}\n{KEY_YAML}");
+    let (path, err) = refused(&yaml, &[("DATABASE_URL", "bogus")]);
+    assert!(
+        err.starts_with("config error: environment variable DATABASE_URL: not a database URL: "),
+        "{err}"
+    );
+    assert!(
+        !err.contains("database.url") && !err.contains(&path),
+        "{err}"
+    );
+    let (_, err) = refused(&yaml, &[("EAI_GATEWAY_LISTEN", "everywhere")]);
+    assert!(
+        err.starts_with(
+            "config error: environment variable EAI_GATEWAY_LISTEN: \"everywhere\" is not an ip:port address"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_and_check_config_refuse_a_default_placeholder_or_short_pseudonym_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let agent = "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n";
+    let cases: [(String, Option<&str>, &str); 6] = [
+        (
+            agent.to_owned(),
+            None,
+            "users.pseudonym_key: missing, and EAI_GATEWAY_PSEUDONYM_KEY is not set either: ",
+        ),
+        (
+            format!("{agent}users: {{pseudonym_key: eai-gateway}}\n"),
+            None,
+            "users.pseudonym_key: \"eai-gateway\" is the built-in default",
+        ),
+        (
+            format!("{agent}users: {{pseudonym_key: change-me-please}}\n"),
+            None,
+            "users.pseudonym_key: \"change-me-please\" is a placeholder: ",
+        ),
+        (
+            format!("{agent}users: {{pseudonym_key: ab12cd34ef}}\n"),
+            None,
+            "users.pseudonym_key: a key of 10 characters is too short: ",
+        ),
+        (
+            agent.to_owned(),
+            Some("change-me-please"),
+            "environment variable EAI_GATEWAY_PSEUDONYM_KEY: \"change-me-please\" is a placeholder: ",
+        ),
+        (
+            agent.to_owned(),
+            Some("ab12cd34ef"),
+            "environment variable EAI_GATEWAY_PSEUDONYM_KEY: a key of 10 characters is too short: ",
+        ),
+    ];
+    for (yaml, key_env, want) in &cases {
+        let config = write(&dir, yaml);
+        for sub in [
+            &["run", "--config"][..],
+            &["check-config"],
+            &["migrate", "--config"],
+        ] {
+            let mut cmd = gateway_bin();
+            cmd.args(sub)
+                .arg(&config)
+                .env("DATABASE_URL", &db)
+                .env_remove(PSEUDONYM_KEY_VAR);
+            if let Some(key) = key_env {
+                cmd.env(PSEUDONYM_KEY_VAR, key);
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{sub:?} {yaml:?} {key_env:?}: {err}"
+            );
+            assert!(
+                err.contains(want),
+                "{sub:?} {yaml:?}:\n got  {err}\n want {want}"
+            );
+            assert!(
+                err.contains("set a secret of at least 16 characters in users.pseudonym_key or EAI_GATEWAY_PSEUDONYM_KEY (e.g. `openssl rand -hex 32`)"),
+                "{sub:?}: {err}"
+            );
+            assert!(!err.contains("ab12cd34ef"), "the key itself shown: {err}");
+        }
+    }
+    // The shipped sample holds no key of its own.
+    let out = gateway_bin()
+        .args(["check-config", "conf/eai-gateway.yaml"])
+        .env_remove("DATABASE_URL")
+        .env_remove(PSEUDONYM_KEY_VAR)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(PSEUDONYM_KEY_VAR));
+    // A good key from the variable: `check-config` passes and `run` gets as
+    // far as its listener (taken here, so that it stops at once).
+    let good = "5f0e9c1d7b2a4e68a3c1f0d2b4e6a8c0";
+    let config = write(&dir, agent);
+    let out = gateway_bin()
+        .arg("check-config")
+        .arg(&config)
+        .env("DATABASE_URL", &db)
+        .env(PSEUDONYM_KEY_VAR, good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = gateway_bin()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", &db)
+        .env(PSEUDONYM_KEY_VAR, good)
+        .env("EAI_GATEWAY_LISTEN", &addr)
+        .env(
+            "EAI_GATEWAY_METRICS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("config error"), "{err}");
+    assert!(
+        err.contains(&format!("listen: cannot listen on {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_config_reports_what_a_reload_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
-    let base = "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n";
-    let running = write(&dir, base);
+    let base = format!("agent_service: {{dialect: eai, url: 'http://127.0.0.1:9'}}\n{KEY_YAML}");
+    let running = write(&dir, &base);
     let reloadable = dir.path().join("reloadable.yaml");
     std::fs::write(
         &reloadable,
@@ -144,7 +396,7 @@ async fn migrate_creates_the_table_in_both_databases() {
         let db = TestDb::new(kind);
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "agent_service: {{dialect: eai, url: 'http://127.0.0.1:9'}}\n{}",
+            "agent_service: {{dialect: eai, url: 'http://127.0.0.1:9'}}\n{KEY_YAML}{}",
             db.yaml()
         );
         let out = gateway_bin()
@@ -233,7 +485,7 @@ fn a_taken_port_fails_at_once_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir,
-        "agent_service: {dialect: eai, url: 'http://127.0.0.1:9'}\n",
+        &format!("agent_service: {{dialect: eai, url: 'http://127.0.0.1:9'}}\n{KEY_YAML}"),
     );
     let db = format!("sqlite://{}", dir.path().join("p.db").display());
     let free = format!("127.0.0.1:{}", free_port());

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use eai_gateway::ids::UserRules;
 use serde_json::json;
 
 use super::support::*;
@@ -34,7 +33,7 @@ async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
 
 /// Entries Redis holds for the user (the key names the pseudonym).
 async fn counted_in_redis(user: &str) -> i64 {
-    let pseudonym = UserRules::standard().parse(user).unwrap().pseudonym();
+    let pseudonym = test_user_rules().parse(user).unwrap().pseudonym();
     let client = redis::Client::open(format!("redis://{REDIS}")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ZCARD")

@@ -10,10 +10,18 @@ use std::time::{Duration, Instant};
 use eai_gateway::sim::{SimSettings, Simulator};
 use serde_json::{Value, json};
 
-pub const PG_URL_DEFAULT: &str = "postgres://root@127.0.0.1:5432/test";
+pub use super::pg_server::url as pg_url;
 
-pub fn pg_url() -> String {
-    std::env::var("EAI_TEST_PG_URL").unwrap_or_else(|_| PG_URL_DEFAULT.to_owned())
+/// The pseudonym key of every gateway started from a generated config
+/// (`run` refuses the built-in one).
+pub const TEST_PSEUDONYM_KEY: &str = "pseudonyms-of-the-test-suite";
+
+/// The user rules those gateways apply: pseudonyms as they compute them.
+pub fn test_user_rules() -> std::sync::Arc<eai_gateway::ids::UserRules> {
+    eai_gateway::ids::UserRules::new(&eai_gateway::settings::UserSettings {
+        pseudonym_key: TEST_PSEUDONYM_KEY.into(),
+        ..Default::default()
+    })
 }
 
 /// Held by the tests that load the machine for many seconds (the 30 s
@@ -280,9 +288,15 @@ impl GatewayProcess {
             .env("AGENT_SERVICE_URL", &spec.agent_url)
             .env(
                 "RUST_LOG",
-                std::env::var("EAI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                // Errors only: most tests run with open routes on purpose, and
+                // the start-up warning about that would fill the output.
+                std::env::var("EAI_TEST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdin(Stdio::null());
+        if spec.config_file.is_none() {
+            // `run` refuses the built-in key; a given file brings its own.
+            cmd.env("EAI_GATEWAY_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY);
+        }
         if let Some(up) = &spec.default_upstream {
             cmd.env("EAI_GATEWAY_DEFAULT_UPSTREAM", up);
         } else {
