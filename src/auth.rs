@@ -59,6 +59,16 @@ impl TokenSet {
         })
     }
 
+    /// Says so at start-up and on every reload: open routes are a
+    /// choice an operator should see, not discover.
+    pub(crate) fn warn_if_open(&self) {
+        if !self.is_enabled() {
+            tracing::warn!(
+                "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
+            );
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
         !self.digests.is_empty()
     }

@@ -114,11 +114,7 @@ impl Reloader {
         refuse_restart_only(&running, &new)?;
         let gateway = Gateway::reconfigured(&new, &self.live.peek())?;
         gateway.routes.activate();
-        if !new.auth.tokens.is_enabled() {
-            tracing::warn!(
-                "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
-            );
-        }
+        new.auth.tokens.warn_if_open();
         self.live.swap(gateway, new.auth.metrics_tokens.clone());
         *running = new;
         Ok(())

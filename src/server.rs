@@ -121,11 +121,7 @@ pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Resu
     server.bootstrap();
 
     crate::metrics::init();
-    if !cfg.auth.tokens.is_enabled() {
-        tracing::warn!(
-            "No bearer token configured (EAI_GATEWAY_TOKENS, auth.tokens_file): the /eai-gateway routes are open."
-        );
-    }
+    cfg.auth.tokens.warn_if_open();
     let store = Arc::new(LazyStore::new(&cfg.database));
     let agents = crate::agent_service::build(&cfg.agent_service)
         .map_err(|e| format!("agent_service: {e}"))?;
