@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
@@ -18,8 +19,53 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::settings::{DatabaseSettings, DatabaseUrl};
 
-static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// One embedded migration file: version, description, SQL.
+type Embedded = (i64, &'static str, &'static str);
+
+/// The files under `migrations/`, embedded as `sqlx::migrate!` would embed
+/// them (same versions, descriptions and checksums, so databases migrated
+/// before keep validating), without its proc-macro crate in the build.
+const PG_MIGRATIONS: &[Embedded] = &[
+    (
+        20261125000001,
+        "user agents",
+        include_str!("../../migrations/postgres/20261125000001_user_agents.sql"),
+    ),
+    (
+        20261125000002,
+        "chat leases",
+        include_str!("../../migrations/postgres/20261125000002_chat_leases.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[Embedded] = &[
+    (
+        20261125000001,
+        "user agents",
+        include_str!("../../migrations/sqlite/20261125000001_user_agents.sql"),
+    ),
+    (
+        20261125000002,
+        "chat leases",
+        include_str!("../../migrations/sqlite/20261125000002_chat_leases.sql"),
+    ),
+];
+
+fn migrator(files: &[Embedded]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
 
 enum Pool {
     Postgres(PgPool),
@@ -160,7 +206,7 @@ impl SqlStore {
                     .max_connections(1)
                     .connect_with(pg_options(cfg, url)?)
                     .await?;
-                PG_MIGRATOR.run(&pool).await?;
+                migrator(PG_MIGRATIONS).run(&pool).await?;
                 pool.close().await;
             }
             DatabaseUrl::Sqlite(url) => {
@@ -168,7 +214,7 @@ impl SqlStore {
                     .max_connections(1)
                     .connect_with(sqlite_options(cfg, url)?)
                     .await?;
-                SQLITE_MIGRATOR.run(&pool).await?;
+                migrator(SQLITE_MIGRATIONS).run(&pool).await?;
                 pool.close().await;
             }
         }
@@ -333,5 +379,31 @@ impl LeaseStore for SqlStore {
             .await
             .map(|_| ())
             .map_err(db_error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration file added under `migrations/` but not embedded would
+    /// never run: the embedded lists must be exactly the directories.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (dir, embedded) in [("postgres", PG_MIGRATIONS), ("sqlite", SQLITE_MIGRATIONS)] {
+            let mut files: Vec<_> = std::fs::read_dir(format!("migrations/{dir}"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), embedded.len(), "{dir}");
+            for (path, &(version, description, sql)) in files.iter().zip(embedded) {
+                let name = path.file_stem().unwrap().to_str().unwrap();
+                let (v, d) = name.split_once('_').unwrap();
+                assert_eq!(v.parse::<i64>().unwrap(), version, "{name}");
+                assert_eq!(d.replace('_', " "), description, "{name}");
+                assert_eq!(std::fs::read_to_string(path).unwrap(), sql, "{name}");
+            }
+        }
     }
 }
