@@ -210,6 +210,19 @@ fn assert_plain(message: &str) {
     }
 }
 
+/// Each `(extra YAML, expected start of the error)` added to a minimal file.
+fn assert_errors_start_with(cases: &[(&str, &str)]) {
+    for (extra, want) in cases {
+        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(want),
+            "{extra:?}:\n got  {shown}\n want {want}"
+        );
+        assert_plain(&shown);
+    }
+}
+
 #[test]
 fn type_errors_name_key_value_and_kind_in_yaml_words() {
     let cases = [
@@ -282,15 +295,7 @@ fn type_errors_name_key_value_and_kind_in_yaml_words() {
             "threads: got nothing, expected a whole number (0 or more)",
         ),
     ];
-    for (extra, want) in cases {
-        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
-        let shown = err.to_string();
-        assert!(
-            shown.starts_with(want),
-            "{extra:?}:\n got  {shown}\n want {want}"
-        );
-        assert_plain(&shown);
-    }
+    assert_errors_start_with(&cases);
 }
 
 #[test]
@@ -483,15 +488,7 @@ fn validation_errors_show_the_bad_value_in_the_unit_of_the_key() {
             "users.pseudonym_key: a key of 5 characters is too short: set a secret of at least 16",
         ),
     ];
-    for (extra, want) in cases {
-        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
-        let shown = err.to_string();
-        assert!(
-            shown.starts_with(want),
-            "{extra:?}:\n got  {shown}\n want {want}"
-        );
-        assert_plain(&shown);
-    }
+    assert_errors_start_with(&cases);
     let err = parse(&format!(
         "{MINIMAL}database: {{url: 'mysql://u:pw@h/db'}}\n"
     ))
