@@ -361,6 +361,17 @@ impl ProxyHttp for GatewayProxy {
             // connection; the client learns it from this response.
             session.set_keepalive(None);
         }
+        if session.req_header().version == http::Version::HTTP_10
+            && upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            // An HTTP/1.0 client cannot read chunked framing (RFC 9112
+            // §6.1): the body goes unframed and the connection's close ends
+            // it, which is what Pingora writes without the header.
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header("x-request-id", id.as_str())?;
         }

@@ -156,6 +156,32 @@ async fn slow_streamed_response_arrives_in_pieces() {
     );
 }
 
+/// A chunked backend answer reaches an HTTP/1.0 client unframed, ended by
+/// the close: chunk sizes inside its body would corrupt it (RFC 9112 §6.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_never_gets_a_chunked_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = backend("main").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = gateway_with_default(&db, be.to_string(), "").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the connection ends with the body")
+        .unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(body.len(), 5 * 1024, "{head}");
+    assert!(body.iter().all(|&b| b == b'x'), "chunk framing in the body");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_table_sends_prefixes_to_their_upstreams() {
     let main = backend("main").await;
