@@ -54,7 +54,8 @@ impl Front {
     }
 
     /// Serves the request whose first bytes are `first`; the stream comes
-    /// back if the connection may carry another request.
+    /// back if the connection may carry another request, with the bytes of
+    /// that request when the client pipelined it.
     ///
     /// Memory is the point of this shape. A future is as large as its
     /// largest state, and a chat's future stays allocated, at that size, for
@@ -79,6 +80,10 @@ impl Front {
         };
         let mut h1 = H1Session::new(stream);
         h1.set_pipelined_prefix(first);
+        // A client may send its next request before this one is answered
+        // (RFC 9112 §9.3.2): the bytes of that request come back from
+        // `finish` instead of costing the connection.
+        h1.set_pipelining_enabled(native);
         let mut session = ServerSession::H1(h1);
         let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
         session.set_keepalive(keepalive);
@@ -96,13 +101,13 @@ impl Front {
                     .process_new_http(session, shutdown)
                     .await?
                     .consume();
-                Some(stream)
+                Some((stream, None))
             })
         }
     }
 
     /// Answers one native request.
-    async fn serve_native(&self, mut session: Box<ServerSession>) -> Option<Stream> {
+    async fn serve_native(&self, mut session: Box<ServerSession>) -> Option<Reused> {
         if !Box::pin(read_header(&mut session)).await {
             return None;
         }
@@ -111,7 +116,7 @@ impl Front {
             .await
             .ok()?;
         let reusable = Box::pin((*session).finish()).await.ok()??;
-        Some(reusable.into_parts().0)
+        Some(reusable.into_parts())
     }
 
     /// The rest of a connection whose request is native, in a task of its
@@ -124,15 +129,24 @@ impl Front {
     ) {
         let mut next = Some((stream, first));
         while let Some((stream, first)) = next {
-            let Some(stream) = self.serve_one(stream, first, &shutdown).await else {
+            let Some((stream, pipelined)) = self.serve_one(stream, first, &shutdown).await else {
                 return;
             };
-            next = Box::pin(self.next_request(stream, &shutdown)).await;
+            next = match pipelined {
+                // The next request's first bytes, already read: routed
+                // like any first read.
+                Some(first) if !first.is_empty() => Some((stream, first)),
+                _ => Box::pin(self.next_request(stream, &shutdown)).await,
+            };
         }
     }
 }
 
-type Served<'a> = Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'a>>;
+/// A connection that may carry another request, with the bytes of that
+/// request a pipelining client already sent.
+type Reused = (Stream, Option<BytesMut>);
+
+type Served<'a> = Pin<Box<dyn Future<Output = Option<Reused>> + Send + 'a>>;
 
 /// Reads and parses the request header; false when there is no request to
 /// answer (the client left, or sent something unparseable, which gets what
@@ -169,7 +183,11 @@ impl ServerApp for Front {
             );
             return None;
         }
-        self.serve_one(stream, first, shutdown).await
+        // Not native, so served by pingora-proxy, which keeps Pingora's
+        // default of no pipelining: no bytes of a next request come back.
+        self.serve_one(stream, first, shutdown)
+            .await
+            .map(|(stream, _)| stream)
     }
 
     async fn cleanup(&self) {

@@ -286,6 +286,45 @@ async fn read_response(
     (status, headers, body)
 }
 
+/// Requests pipelined behind a native one (all in one write, RFC 9112
+/// §9.3.2) are all answered, in order, whichever path each takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_behind_a_native_one_are_all_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, gw) = chatting_gateway(&db).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let mut s = tokio::io::BufReader::new(tcp);
+    let chat = r#"{"user_number":"5521987650002","message":"oi"}"#;
+    let pipelined = format!(
+        "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}\
+         GET /eai-gateway/agent/5521987650002 HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n",
+        chat.len()
+    );
+    s.get_mut()
+        .write_all(pipelined.as_bytes())
+        .await
+        .expect("write");
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+            .await
+            .expect("every pipelined request is answered");
+        answers.push(answer);
+    }
+    let body = |i: usize| String::from_utf8_lossy(&answers[i].2).into_owned();
+    assert_eq!(answers[0].0, 200, "{}", body(0));
+    let agent = answering_agent(&serde_json::from_str(&body(0)).expect("json"));
+    assert_eq!(answers[1].0, 200);
+    assert!(body(1).contains(&agent), "{}", body(1));
+    assert_eq!(answers[2].0, 200, "{}", body(2));
+    assert_eq!((answers[3].0, body(3)), (200, "main".to_owned()));
+}
+
 /// Native and proxied requests take different paths inside the gateway
 /// (decided from the first read of each request); one keep-alive connection
 /// carrying both, in any order, gets every answer right.
