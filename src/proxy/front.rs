@@ -135,8 +135,8 @@ impl Front {
             next = match pipelined {
                 // The next request's first bytes, already read: routed
                 // like any first read.
-                Some(first) if !first.is_empty() => Some((stream, first)),
-                _ => Box::pin(self.next_request(stream, &shutdown)).await,
+                Some(first) => Some((stream, first)),
+                None => Box::pin(self.next_request(stream, &shutdown)).await,
             };
         }
     }

@@ -286,6 +286,23 @@ async fn read_response(
     (status, headers, body)
 }
 
+/// A keep-alive connection to the gateway, read through a buffer.
+async fn raw_connection(gw: &GatewayProcess) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    tokio::io::BufReader::new(tcp)
+}
+
+/// A whole chat request as raw HTTP/1.1.
+fn raw_chat(user: &str) -> String {
+    let chat = format!(r#"{{"user_number":"{user}","message":"oi"}}"#);
+    format!(
+        "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}",
+        chat.len()
+    )
+}
+
 /// Requests pipelined behind a native one (all in one write, RFC 9112
 /// §9.3.2) are all answered, in order, whichever path each takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,18 +310,14 @@ async fn pipelined_requests_behind_a_native_one_are_all_answered_in_order() {
     use tokio::io::AsyncWriteExt;
     let db = TestDb::new(DbKind::Sqlite);
     let (_sim, gw) = chatting_gateway(&db).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let mut s = tokio::io::BufReader::new(tcp);
-    let chat = r#"{"user_number":"5521987650002","message":"oi"}"#;
-    let pipelined = format!(
-        "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}\
-         GET /eai-gateway/agent/5521987650002 HTTP/1.1\r\nHost: t\r\n\r\n\
-         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\
-         GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n",
-        chat.len()
-    );
+    let mut s = raw_connection(&gw).await;
+    let pipelined = [
+        raw_chat("5521987650002"),
+        "GET /eai-gateway/agent/5521987650002 HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+    ]
+    .concat();
     s.get_mut()
         .write_all(pipelined.as_bytes())
         .await
@@ -333,17 +346,10 @@ async fn one_connection_alternates_native_and_proxied_requests() {
     use tokio::io::AsyncWriteExt;
     let db = TestDb::new(DbKind::Sqlite);
     let (_sim, gw) = chatting_gateway(&db).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let mut s = tokio::io::BufReader::new(tcp);
-    let chat = r#"{"user_number":"5521987650001","message":"oi"}"#;
+    let mut s = raw_connection(&gw).await;
     let requests = [
         "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
-        format!(
-            "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}",
-            chat.len()
-        ),
+        raw_chat("5521987650001"),
         "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
         "GET /eai-gateway/agent/5521987650001 HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
         "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
