@@ -22,6 +22,7 @@ struct Ids {
 
 impl RequestId {
     /// From the `X-Request-Id` header, in a new trace.
+    #[cfg(any(test, feature = "internals"))]
     pub fn from_header(value: Option<&[u8]>) -> Self {
         Self::from_headers(value, None)
     }
@@ -38,6 +39,7 @@ impl RequestId {
         }))
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn generate() -> Self {
         Self::from_headers(None, None)
     }

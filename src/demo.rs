@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::{AgentServiceSettings, DatabaseUrl, Dialect, Settings, UpstreamSettings};
-use crate::sim::{SimSettings, Simulator};
+use eai_gateway::settings::{
+    AgentServiceSettings, DatabaseUrl, Dialect, Settings, UpstreamSettings,
+};
+use eai_gateway::sim::{SimSettings, Simulator};
 
 pub struct DemoOptions {
     pub listen: SocketAddr,

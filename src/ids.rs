@@ -28,6 +28,7 @@ impl UserRules {
     }
 
     /// The default rules (tests, benchmarks, fuzzing).
+    #[cfg(any(test, feature = "internals"))]
     pub fn standard() -> Arc<Self> {
         Self::new(&UserSettings::default())
     }

@@ -2,28 +2,55 @@
 //! long-lived agent and turns the agent service's send-then-poll protocol
 //! into one synchronous call. See README.md for the architecture.
 
-// Public: what the binary, the tests, the benches and the fuzz targets use.
-// Everything else is private, so the compiler reports what nothing uses.
+#![warn(missing_docs)]
+
+//! # Embedding
+//!
+//! [`EaiGateway`] is the middleware: build it from [`settings::Settings`]
+//! (or a config file), add its background services to your Pingora server,
+//! and call [`EaiGateway::handle`] from your `ProxyHttp::request_filter`.
+//! [`sim`] is the agent-service simulator, for your own tests. [`server`] is
+//! the standalone server the `eai-gateway` binary runs, built on the same
+//! middleware. Nothing else is public: the feature `internals` exposes more
+//! modules, hidden and unstable, for this crate's own tests, benches and
+//! fuzz targets.
+
+/// Modules private to the crate, public (hidden, unstable) with the
+/// feature `internals` for the crate's own tests, benches and fuzz targets.
+macro_rules! internal_modules {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+internal_modules!(chat, ids, mapping, routes);
+
 mod agent_service;
 mod auth;
-pub mod chat;
 mod context;
-pub mod demo;
 mod error;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod fuzzing;
-pub mod ids;
 mod inflight;
 mod limits;
-pub mod mapping;
 mod metrics;
 mod metrics_http;
+mod middleware;
 mod proxy;
 mod reload;
-pub mod routes;
 mod saturation;
 pub mod server;
 pub mod settings;
 pub mod sim;
+
+pub use middleware::{EaiGateway, SetupError};
 
 /// The version and the commit it was built from (`build.rs`).
 pub const VERSION: &str = concat!(

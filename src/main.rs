@@ -3,8 +3,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use eai_gateway::server;
 use eai_gateway::settings::{Dialect, Settings};
-use eai_gateway::{demo, mapping, server};
+
+mod demo;
 
 /// jemalloc, as Pingora runs in production: with thousands of connections
 /// each holding a few small buffers for minutes, glibc's malloc fragments
@@ -176,14 +178,7 @@ fn load(path: &std::path::Path) -> Result<Settings, ExitCode> {
 }
 
 fn migrate(cfg: &Settings) -> Result<(), String> {
-    // A throwaway runtime: Pingora builds its own per service later.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(mapping::migrate(&cfg.database))
-        .map_err(|e| format!("database migration failed: {e}"))
+    server::migrate(cfg).map_err(|e| e.to_string())
 }
 
 /// What a reload would do with `file`, without a running gateway: parse,

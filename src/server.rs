@@ -1,7 +1,6 @@
 //! Assembles the Pingora server from the settings.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::server::ExecutionPhase;
@@ -13,30 +12,26 @@ use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
-use crate::chat::ChatService;
-use crate::ids::UserRules;
 use crate::inflight::InFlight;
-use crate::mapping::LazyStore;
-use crate::mapping::invalidation::Invalidations;
+use crate::middleware::{EaiGateway, SetupError};
+use crate::proxy::GatewayProxy;
 use crate::proxy::front::Front;
 use crate::proxy::upstreams::RouteTable;
-use crate::proxy::{Gateway, GatewayProxy};
-use crate::reload::{Live, Reloader};
 use crate::settings::Settings;
 
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
 
 /// A built server and what shutdown waits for.
-pub struct Built {
-    pub server: Server,
-    pub drain: Drain,
+struct Built {
+    server: Server,
+    drain: Drain,
 }
 
 /// What a draining process waits for: requests being answered, and chats
 /// whose message is still being processed after their caller stopped
 /// waiting (they hold their user's turn).
-pub struct Drain {
+struct Drain {
     requests: InFlight,
     chats: InFlight,
     period: Duration,
@@ -91,12 +86,14 @@ fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, dra
 /// running gateway (`run --upgrade`).
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub enum Start {
+    /// A new process binding its listeners.
     #[default]
     Fresh,
+    /// A successor taking over the running process's sockets (`run --upgrade`).
     Upgrade,
 }
 
-pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<Built, String> {
+fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<Built, String> {
     if start == Start::Fresh {
         ports_free(cfg)?;
     }
@@ -120,34 +117,16 @@ pub fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Resu
     // hand over its listening sockets on SIGQUIT.
     server.bootstrap();
 
-    crate::metrics::init();
-    cfg.auth.tokens.warn_if_open();
-    let store = Arc::new(LazyStore::new(&cfg.database));
-    let agents = crate::agent_service::build(&cfg.agent_service)
-        .map_err(|e| format!("agent_service: {e}"))?;
-    let inflight = InFlight::default();
-    let chat = ChatService::new(cfg, store, agents);
+    let eai =
+        EaiGateway::build(cfg.clone(), source.map(Path::to_path_buf)).map_err(|e| e.to_string())?;
+    server.add_services(eai.background_services());
+    let live = eai.live().clone();
     let drain = Drain {
-        requests: inflight.clone(),
-        chats: chat.running(),
+        requests: live.inflight.clone(),
+        chats: eai.chats(),
         period: cfg.shutdown.drain,
     };
-    let users = UserRules::new(&cfg.users);
-    if let Some(listener) = Invalidations::new(&cfg.database, chat.cache(), users.clone()) {
-        server.add_service(background_service("mapping-invalidations", listener));
-    }
-    let gateway = Gateway::new(cfg, chat, users)?;
-    let live = Arc::new(Live::new(
-        gateway,
-        cfg.auth.metrics_tokens.clone(),
-        inflight,
-        cfg.shutdown.drain,
-    ));
-    server.add_service(background_service(
-        "config-reload",
-        Reloader::new(live.clone(), source.map(Path::to_path_buf), cfg.clone()),
-    ));
-    let proxy = http_proxy(&server.configuration, GatewayProxy(live.clone()));
+    let proxy = http_proxy(&server.configuration, GatewayProxy::new(eai));
     let mut proxy = Service::new("eai-gateway".to_owned(), Front::new(live.clone(), proxy));
     // Pingora's default read buffer is 64 KiB per client connection: with
     // thousands of chats held open that dominates memory. Small JSON requests
@@ -184,6 +163,18 @@ fn ports_free(cfg: &Settings) -> Result<(), String> {
 pub fn check(cfg: &Settings) -> Result<(), String> {
     crate::agent_service::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
     RouteTable::new(cfg, None).map(drop)
+}
+
+/// Applies the database migrations of `cfg`, on a runtime of its own (Pingora
+/// builds one per service later): what `eai-gateway migrate` and `run` do.
+pub fn migrate(cfg: &Settings) -> Result<(), SetupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SetupError::Migration(e.to_string()))?;
+    runtime
+        .block_on(crate::mapping::migrate(&cfg.database))
+        .map_err(|e| SetupError::Migration(e.to_string()))
 }
 
 pub use crate::reload::refuse_restart_only;

@@ -7,6 +7,7 @@ mod gateway {
     pub mod bad_input;
     pub mod cli;
     pub mod concurrency;
+    pub mod embed;
     pub mod faults;
     pub mod live_ops;
     pub mod monitoring;

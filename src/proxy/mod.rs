@@ -28,6 +28,7 @@ use crate::ids::UserRules;
 use crate::inflight::InflightGuard;
 use crate::limits::ChatLimits;
 use crate::metrics;
+use crate::middleware::EaiGateway;
 use crate::reload::Live;
 use crate::routes::chat::ChatRules;
 use crate::routes::{self, Native, Reply};
@@ -105,9 +106,22 @@ impl Gateway {
     }
 }
 
-/// The `ProxyHttp` face of the gateway; the lean native path in `front`
-/// reads the same `Live`.
-pub struct GatewayProxy(pub Arc<Live>);
+/// The `ProxyHttp` face of the standalone gateway: the middleware's native
+/// routes, then pass-through by the route table. The lean native path in
+/// `front` reads the same `Live`.
+pub struct GatewayProxy {
+    eai: EaiGateway,
+}
+
+impl GatewayProxy {
+    pub fn new(eai: EaiGateway) -> Self {
+        Self { eai }
+    }
+
+    fn live(&self) -> &Live {
+        self.eai.live()
+    }
+}
 
 /// The route label of a request no route claimed (yet); shared, so a
 /// request does not allocate it.
@@ -135,6 +149,8 @@ pub struct Ctx {
     upstream_status: Option<StatusCode>,
     /// What the gateway itself answered, when it answered.
     status: Option<StatusCode>,
+    /// Answered by the middleware, which recorded the request itself.
+    native: bool,
 }
 
 fn request_id(session: &ServerSession) -> RequestId {
@@ -207,8 +223,8 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _inflight: self.0.inflight.enter(),
-            gateway: self.0.gateway(),
+            _inflight: self.live().inflight.enter(),
+            gateway: self.live().gateway(),
             failed_backend: None,
             started: Instant::now(),
             route: UNMATCHED.clone(),
@@ -217,6 +233,7 @@ impl ProxyHttp for GatewayProxy {
             backend: None,
             upstream_status: None,
             status: None,
+            native: false,
         }
     }
 
@@ -226,9 +243,13 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The binary mounts the middleware as any host proxy would.
+        if self.eai.handle(session).await? {
+            ctx.native = true;
+            return Ok(true);
+        }
         let gw = ctx.gateway.clone();
         let id = request_id(session);
-        let method = session.req_header().method.clone();
         let target = match path::normalize(session.req_header().raw_path(), &gw.paths) {
             Ok(target) => target,
             Err(e) => {
@@ -237,13 +258,6 @@ impl ProxyHttp for GatewayProxy {
                 return Ok(true);
             }
         };
-        if let Some(native) = routes::match_native(&method, &target.path) {
-            ctx.route = Arc::from(native.template());
-            let served = gw.serve_native(session, native, &id, &self.0).await;
-            ctx.request_id = Some(id);
-            ctx.status = Some(served?);
-            return Ok(true);
-        }
         let refusal = if gw.protect_passthrough
             && let Err(e) = gw
                 .tokens
@@ -356,7 +370,7 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if self.0.closing() {
+        if self.live().closing() {
             // A process that is draining takes no further request on this
             // connection; the client learns it from this response.
             session.set_keepalive(None);
@@ -430,6 +444,9 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.native {
+            return;
+        }
         let status = session.response_written().map(|h| h.status).or(ctx.status);
         let proxied = ctx.upstream.as_ref().map(|(route, _)| {
             let upstream = &route.upstream;

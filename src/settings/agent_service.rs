@@ -7,15 +7,18 @@ use serde_json::{Value, json};
 
 use super::{ConfigError, units};
 
+/// The `agent_service:` section: where each user's agent lives and how it is called.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentServiceSettings {
+    /// Which API the agent service speaks (`letta` or `eai`).
     pub dialect: Dialect,
     /// Base URL, e.g. `http://127.0.0.1:8283`.
     #[serde(with = "units::http_url")]
     pub url: reqwest::Url,
     /// Bearer token; prefer the `AGENT_SERVICE_TOKEN` environment variable.
     pub token: Option<String>,
+    /// `connect_timeout_ms`: bound on opening a connection to the agent service.
     #[serde(rename = "connect_timeout_ms", with = "units::millis")]
     pub connect_timeout: Duration,
     /// Bound on one call (create, send, one poll), not on the whole chat.
@@ -28,7 +31,9 @@ pub struct AgentServiceSettings {
     /// Calls in flight to the agent service at once (0: no limit); more
     /// wait their turn. Synchronous Letta sends are not counted.
     pub max_concurrent_calls: usize,
+    /// Letta dialect only: the agent template and the delivery mode.
     pub letta: LettaSettings,
+    /// EAI dialect only: extra fields of the agent-creation call.
     pub eai: EaiSettings,
 }
 
@@ -115,14 +120,18 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// The agent-service API the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
+    /// Letta's API (`/v1/agents/…`): agents named by user pseudonym.
     Letta,
+    /// The EAI agent API (`/api/v1/…`): agents created per user number.
     Eai,
 }
 
 impl Dialect {
+    /// The name used in the config file and `AGENT_SERVICE_DIALECT`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Letta => "letta",
@@ -130,6 +139,7 @@ impl Dialect {
         }
     }
 
+    /// Reads `letta` or `eai`; `None` otherwise.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "letta" => Some(Self::Letta),
@@ -139,6 +149,7 @@ impl Dialect {
     }
 }
 
+/// `agent_service.letta`: how agents are created and messages delivered on Letta.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LettaSettings {
@@ -170,11 +181,14 @@ impl Default for LettaSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LettaDelivery {
+    /// Asynchronous send, then poll the run until it finishes.
     #[default]
     Poll,
+    /// One synchronous send, held open until the answer exists.
     Sync,
 }
 
+/// `agent_service.eai`: the EAI dialect's agent creation.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EaiSettings {

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::auth::TokenSet;
 
+/// The `auth:` section: bearer tokens for the native routes and the metrics listener.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
@@ -19,6 +20,7 @@ pub struct AuthSettings {
     /// The tokens themselves, read once when the settings are loaded.
     #[serde(skip)]
     pub tokens: TokenSet,
+    /// The metrics listener's tokens, read once when the settings are loaded.
     #[serde(skip)]
     pub metrics_tokens: TokenSet,
 }

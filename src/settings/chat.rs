@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, units};
 
+/// The `chat:` section: request bounds and how long a chat may take.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatSettings {
@@ -25,6 +26,7 @@ pub struct ChatSettings {
     /// stopped waiting; then it gives up and releases the user.
     #[serde(rename = "max_processing_seconds", with = "units::seconds")]
     pub max_processing: Duration,
+    /// `chat.poll`: the schedule of polls for an answer.
     pub poll: PollSettings,
 }
 
@@ -55,8 +57,10 @@ pub struct PollSettings {
     /// back off; 0 = back off from the first poll.
     #[serde(rename = "dense_until_ms", with = "units::millis")]
     pub dense_until: Duration,
+    /// `max_delay_ms`: the longest gap between two polls once backing off.
     #[serde(rename = "max_delay_ms", with = "units::millis")]
     pub max_delay: Duration,
+    /// Factor by which the gap grows after the dense phase.
     pub multiplier: f64,
     /// Fraction of each delay that is randomised (0 = none, 0.5 = ±50 %).
     pub jitter: f64,

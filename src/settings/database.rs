@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, de};
 
 use super::{ConfigError, units};
 
+/// The `database:` section: where the user → agent mapping and the leases live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -14,6 +15,7 @@ pub struct DatabaseSettings {
     pub url: DatabaseUrl,
     /// PostgreSQL only: schema holding the gateway's tables (created when missing).
     pub schema: Option<String>,
+    /// Connections in the pool; statements beyond them wait for a free one.
     pub max_connections: u32,
     /// How long a query may wait for a connection before the route answers 503.
     #[serde(rename = "acquire_timeout_ms", with = "units::millis")]
@@ -34,11 +36,14 @@ impl Default for DatabaseSettings {
 /// The database URL with its kind decided once, from its scheme.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
+    /// A `postgres://` or `postgresql://` URL.
     Postgres(String),
+    /// A `sqlite:` URL.
     Sqlite(String),
 }
 
 impl DatabaseUrl {
+    /// Decides the kind from the scheme; the error names the schemes accepted.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             Ok(Self::Postgres(raw.to_owned()))

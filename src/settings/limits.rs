@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, de};
 
 use super::ConfigError;
 
+/// The `limits:` section: admission control per user and per process (0 = no limit).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
@@ -50,8 +51,11 @@ impl LimitSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisFallback {
+    /// Each replica counts on its own until Redis is back.
     Local,
+    /// No per-user rate while Redis cannot answer.
     FailOpen,
+    /// Chats answer 503 while Redis cannot answer.
     FailClosed,
 }
 
@@ -60,6 +64,7 @@ pub enum RedisFallback {
 pub struct RedisUrl(redis::Client);
 
 impl RedisUrl {
+    /// Checks the scheme and the URL; the error never repeats a password.
     pub fn parse(raw: &str) -> Result<Self, String> {
         // Only the scheme is shown: the rest may hold a password.
         if !(raw.starts_with("redis://") || raw.starts_with("rediss://")) {
@@ -77,6 +82,7 @@ impl RedisUrl {
         })
     }
 
+    /// A client for this URL (connections open on first use).
     pub fn client(&self) -> redis::Client {
         self.0.clone()
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, units};
 
+/// The `agents:` section: the user → agent mapping and its cache.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MappingSettings {
@@ -15,6 +16,7 @@ pub struct MappingSettings {
     /// another replica may keep using a mapping deleted elsewhere. 0 = off.
     #[serde(rename = "cache_ttl_seconds", with = "units::seconds")]
     pub cache_ttl: Duration,
+    /// Most mappings a replica keeps in memory.
     pub cache_capacity: usize,
     /// How long a DELETE waits for the user's message in progress before
     /// answering 503 with `Retry-After`.

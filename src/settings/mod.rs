@@ -39,6 +39,7 @@ pub use users::{DEFAULT_PSEUDONYM_KEY, DEFAULT_USER_PATTERN, UserPattern, UserSe
 
 use crate::auth::TokenSet;
 
+/// An invalid setting: where it came from, its key and what is wrong with it.
 #[derive(Debug)]
 pub struct ConfigError {
     /// The file the value came from; `None` for an environment variable
@@ -49,6 +50,7 @@ pub struct ConfigError {
     pub key: String,
     /// The value came from the environment variable `key`, not a file.
     pub from_env: bool,
+    /// What is wrong, and what is expected instead.
     pub message: String,
 }
 
@@ -123,24 +125,31 @@ pub struct Settings {
     /// buffer takes the first read, so another one only costs memory).
     #[serde(default)]
     pub read_buffer_bytes: usize,
+    /// The `shutdown:` section.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
     /// Unix socket through which `run --upgrade` takes over the listening
     /// sockets of the running process; see `upgrade_sock()` for the default.
     #[serde(default)]
     pub upgrade_sock: Option<PathBuf>,
+    /// The `database:` section.
     #[serde(default)]
     pub database: DatabaseSettings,
+    /// The `agent_service:` section (required).
     pub agent_service: AgentServiceSettings,
+    /// The `chat:` section.
     #[serde(default)]
     pub chat: ChatSettings,
     /// The `agents:` section: the user → agent mapping.
     #[serde(default, rename = "agents")]
     pub mapping: MappingSettings,
+    /// The `users:` section: which user numbers are valid, and the pseudonym key.
     #[serde(default)]
     pub users: UserSettings,
+    /// The `auth:` section.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// The `limits:` section.
     #[serde(default)]
     pub limits: LimitSettings,
     /// How request paths are read before routing.
@@ -165,6 +174,7 @@ fn default_threads() -> usize {
     2
 }
 
+/// The `shutdown:` section: how a stopping process drains.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
@@ -183,20 +193,35 @@ impl Default for ShutdownSettings {
 
 /// The environment variables that override the file.
 pub mod env {
+    /// Overrides `listen`.
     pub const LISTEN: &str = "EAI_GATEWAY_LISTEN";
+    /// Overrides `metrics_listen`.
     pub const METRICS_LISTEN: &str = "EAI_GATEWAY_METRICS_LISTEN";
+    /// Overrides `database.url`.
     pub const DATABASE_URL: &str = "DATABASE_URL";
+    /// Overrides `agent_service.dialect`.
     pub const DIALECT: &str = "AGENT_SERVICE_DIALECT";
+    /// Overrides `agent_service.url`.
     pub const AGENT_URL: &str = "AGENT_SERVICE_URL";
+    /// Overrides `agent_service.token`.
     pub const AGENT_TOKEN: &str = "AGENT_SERVICE_TOKEN";
+    /// The backend of the default upstream (created when the file names none).
     pub const DEFAULT_UPSTREAM: &str = "EAI_GATEWAY_DEFAULT_UPSTREAM";
+    /// Bearer tokens of the native routes, comma-separated; added to `auth.tokens_file`.
     pub const TOKENS: &str = "EAI_GATEWAY_TOKENS";
+    /// Bearer tokens of the metrics listener; added to `auth.metrics_tokens_file`.
     pub const METRICS_TOKENS: &str = "EAI_GATEWAY_METRICS_TOKENS";
+    /// Overrides `limits.user_rate_per_min`.
     pub const USER_RATE_PER_MIN: &str = "EAI_GATEWAY_USER_RATE_PER_MIN";
+    /// Overrides `limits.user_queue_max`.
     pub const USER_QUEUE_MAX: &str = "EAI_GATEWAY_USER_QUEUE_MAX";
+    /// Overrides `limits.max_inflight_chats`.
     pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
+    /// Overrides `limits.redis_url`.
     pub const REDIS_URL: &str = "EAI_GATEWAY_REDIS_URL";
+    /// Overrides `upgrade_sock`.
     pub const UPGRADE_SOCK: &str = "EAI_GATEWAY_UPGRADE_SOCK";
+    /// Overrides `users.pseudonym_key`.
     pub const PSEUDONYM_KEY: &str = "EAI_GATEWAY_PSEUDONYM_KEY";
 }
 

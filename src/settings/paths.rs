@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+/// The `paths:` section: how request paths are read before routing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PathSettings {
@@ -21,9 +22,12 @@ impl Default for PathSettings {
     }
 }
 
+/// What an encoded separator in a path gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodedSeparators {
+    /// 400: the gateway and the backend could disagree on the path.
     Reject,
+    /// Kept encoded; the backend decides what it means.
     Keep,
 }

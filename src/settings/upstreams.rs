@@ -7,16 +7,19 @@ use serde::Deserialize;
 
 use super::{ConfigError, units};
 
+/// `upstreams.NAME`: one pass-through upstream and its backends.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// One or more `host:port`, used round robin.
     pub backends: Vec<String>,
+    /// `connect_timeout_ms`: bound on opening a connection to a backend.
     #[serde(rename = "connect_timeout_ms", with = "units::millis")]
     pub connect_timeout: Duration,
     /// Longest silence between two reads from the backend.
     #[serde(rename = "read_timeout_ms", with = "units::millis")]
     pub read_timeout: Duration,
+    /// Speak TLS to the backends.
     pub tls: bool,
     /// SNI and certificate name when `tls` is on; defaults to the host.
     pub sni: Option<String>,
@@ -33,10 +36,13 @@ pub struct HealthCheckSettings {
     /// connection must open).
     #[serde(rename = "type")]
     pub kind: HealthCheckKind,
+    /// `http` probes only: the path requested.
     pub path: String,
+    /// `http` probes only: the status that counts as healthy.
     pub expect_status: u16,
     /// `Host` header of the probe; defaults to the backend's host.
     pub host: Option<String>,
+    /// `interval_ms`: time between two probes of one backend.
     #[serde(rename = "interval_ms", with = "units::millis")]
     pub interval: Duration,
     /// Bound on one probe (connect and response); at most the interval.
@@ -48,10 +54,13 @@ pub struct HealthCheckSettings {
     pub unhealthy_after: usize,
 }
 
+/// How a backend is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
+    /// A GET of `path` must answer `expect_status`.
     Http,
+    /// A TCP connection must open.
     Tcp,
 }
 
@@ -141,10 +150,13 @@ impl UpstreamSettings {
     }
 }
 
+/// One entry of `routes:`: requests under a path prefix go to an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
+    /// Path prefix, matched on whole segments (`/api` takes `/api/x`, not `/apix`).
     pub prefix: String,
+    /// Name of the upstream (a key of `upstreams:`).
     pub upstream: String,
     /// Send the backend the request target exactly as the client wrote it
     /// instead of the normalised path. Unsafe with path rules in the

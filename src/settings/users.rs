@@ -10,6 +10,7 @@ use super::ConfigError;
 /// Optional `+`, then 8–15 digits: any E.164 number.
 pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
 
+/// The `users:` section: valid user numbers and how they are pseudonymised.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserSettings {
@@ -113,6 +114,7 @@ fn is_placeholder(key: &str) -> bool {
 pub struct UserPattern(Regex);
 
 impl UserPattern {
+    /// Compiles an anchored pattern (`^…$`); the error says what is wrong.
     pub fn new(pattern: &str) -> Result<Self, String> {
         if !pattern.starts_with('^') || !pattern.ends_with('$') {
             return Err(format!(
@@ -124,6 +126,7 @@ impl UserPattern {
             .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
     }
 
+    /// Whether a raw user number matches.
     pub fn is_match(&self, raw: &str) -> bool {
         self.0.is_match(raw)
     }

@@ -43,6 +43,7 @@ pub struct SimSettings {
 }
 
 impl SimSettings {
+    /// The defaults, with every answer taking `delay_ms`.
     pub fn with_delay(delay_ms: u64) -> Self {
         Self {
             delay_ms,
@@ -80,13 +81,18 @@ impl Drop for InFlight {
     }
 }
 
+/// What the simulator has seen (`GET /sim/stats`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SimStats {
     /// Create calls received, failed ones included.
     pub create_attempts: u64,
+    /// Agents created successfully.
     pub agents_created: u64,
+    /// Agents deleted.
     pub agents_deleted: u64,
+    /// Agents that exist now.
     pub live_agents: u64,
+    /// Messages received.
     pub messages: u64,
     /// Messages that arrived while their agent was still processing another.
     pub overlaps: u64,
@@ -136,6 +142,7 @@ pub(crate) struct World {
     in_flight: u64,
 }
 
+/// The agent-service simulator: both dialects on one port, in process. Clones share its state.
 #[derive(Clone)]
 pub struct Simulator {
     world: Arc<Mutex<World>>,
@@ -277,6 +284,7 @@ pub(crate) fn usage(msg: &Message) -> Value {
 }
 
 impl Simulator {
+    /// A simulator with these knobs and no agents yet.
     pub fn new(settings: SimSettings) -> Self {
         Self {
             world: Arc::default(),
@@ -295,6 +303,7 @@ impl Simulator {
             .clone()
     }
 
+    /// Replaces the knobs (as `POST /sim/config` does).
     pub fn configure(&self, settings: SimSettings) {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
     }
@@ -319,6 +328,7 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// The counters of `GET /sim/stats`.
     pub fn stats(&self) -> SimStats {
         self.world().stats.clone()
     }
@@ -343,6 +353,7 @@ impl Simulator {
         self.world().traceparents.clone()
     }
 
+    /// The simulator's routes, to serve on a listener of the caller's.
     pub fn router(&self) -> Router {
         let recorder = self.clone();
         Router::new()
