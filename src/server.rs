@@ -131,9 +131,17 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
     // Pingora's default read buffer is 64 KiB per client connection: with
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.
+    //
+    // No write buffer: Pingora flushes a response header or body piece with
+    // a `Content-Length` only when its 1,460-byte buffer fills or the body
+    // ends, so a backend's slow answer would reach the client whole at the
+    // end. Written straight through, each piece leaves when it arrives.
     proxy.add_listener(
-        ListenerConfig::tcp(cfg.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().read(cfg.read_buffer_bytes)),
+        ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(
+            L4BufferSettings::default()
+                .read(cfg.read_buffer_bytes)
+                .write(0),
+        ),
     );
     server.add_service(proxy);
 

@@ -48,7 +48,20 @@ async fn echo(req: Request) -> Response {
 
 /// Five 1 KiB chunks, 300 ms apart.
 async fn slow() -> Response {
-    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+    Response::new(Body::from_stream(slow_chunks(1024)))
+}
+
+/// Five 10-byte pieces, 300 ms apart, with their length announced: far less
+/// than a write buffer, so only a flush per piece shows them in time.
+async fn slow_with_length() -> Response {
+    let mut resp = Response::new(Body::from_stream(slow_chunks(10)));
+    resp.headers_mut()
+        .insert("content-length", HeaderValue::from_static("50"));
+    resp
+}
+
+fn slow_chunks(size: usize) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(0u32, move |i| async move {
         if i == 5 {
             return None;
         }
@@ -56,26 +69,25 @@ async fn slow() -> Response {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         Some((
-            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024])),
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; size])),
             i + 1,
         ))
-    });
-    Response::new(Body::from_stream(chunks))
+    })
 }
 
 async fn backend(tag: &'static str) -> SocketAddr {
     // Paths pass through unchanged, so match on the tail: `/api/tag` and
     // `/tag` both name the backend.
-    let app =
-        Router::new()
-            .route("/slow", get(slow))
-            .fallback(any(move |req: Request| async move {
-                if req.uri().path().ends_with("/tag") {
-                    Response::new(Body::from(tag))
-                } else {
-                    echo(req).await
-                }
-            }));
+    let app = Router::new()
+        .route("/slow", get(slow))
+        .route("/slow-length", get(slow_with_length))
+        .fallback(any(move |req: Request| async move {
+            if req.uri().path().ends_with("/tag") {
+                Response::new(Body::from(tag))
+            } else {
+                echo(req).await
+            }
+        }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -132,28 +144,38 @@ async fn get_and_1mib_post_pass_through_byte_exact() {
     assert!(back[..] == body[..], "response body changed");
 }
 
+/// Each piece of a slow answer reaches the client when the backend sends
+/// it, chunked or with a `Content-Length`: a proxy that buffered would hold
+/// the header and the body back until the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_streamed_response_arrives_in_pieces() {
     let be = backend("main").await;
     let db = TestDb::new(DbKind::Sqlite);
     let gw = gateway_with_default(&db, be.to_string(), "").await;
-    let started = Instant::now();
-    let mut r = reqwest::get(gw.url("/slow")).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let mut arrivals = Vec::new();
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        arrivals.push((started.elapsed(), chunk.len()));
+    for (path, size) in [("/slow", 1024), ("/slow-length", 10)] {
+        let started = Instant::now();
+        let mut r = reqwest::get(gw.url(path)).await.unwrap();
+        let header = started.elapsed();
+        assert_eq!(r.status(), 200);
+        let mut arrivals = Vec::new();
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            arrivals.push((started.elapsed(), chunk.len()));
+        }
+        let total: usize = arrivals.iter().map(|a| a.1).sum();
+        assert_eq!(total, 5 * size, "{path}");
+        let first = arrivals.first().unwrap().0;
+        let last = arrivals.last().unwrap().0;
+        // The backend sends its header and first piece at once, then spends
+        // ~1.2 s on the other four.
+        assert!(
+            header < Duration::from_millis(250) && first < Duration::from_millis(250),
+            "{path}: header after {header:?}, first byte after {first:?}"
+        );
+        assert!(
+            last - first >= Duration::from_millis(800),
+            "{path}: pieces arrived together: {arrivals:?}"
+        );
     }
-    let total: usize = arrivals.iter().map(|a| a.1).sum();
-    assert_eq!(total, 5 * 1024);
-    let first = arrivals.first().unwrap().0;
-    let last = arrivals.last().unwrap().0;
-    // The backend spends ~1.2 s between its first and last chunk; a proxy
-    // that buffered would deliver everything at the end.
-    assert!(
-        last - first >= Duration::from_millis(800),
-        "chunks arrived together: {arrivals:?}"
-    );
 }
 
 /// A chunked backend answer reaches an HTTP/1.0 client unframed, ended by
@@ -336,6 +358,85 @@ async fn pipelined_requests_behind_a_native_one_are_all_answered_in_order() {
     assert!(body(1).contains(&agent), "{}", body(1));
     assert_eq!(answers[2].0, 200, "{}", body(2));
     assert_eq!((answers[3].0, body(3)), (200, "main".to_owned()));
+}
+
+/// Requests pipelined behind a proxied one, whether they arrive with its
+/// header or with its body, are all answered in order (RFC 9112 §9.3.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_behind_a_proxied_one_are_all_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, gw) = chatting_gateway(&db).await;
+    // All in one write; then the next request behind a body that arrives
+    // after its header, so that Pingora reads it with the body.
+    let all_at_once = [
+        "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    ]
+    .concat();
+    let behind_a_body = [
+        "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n",
+        "hello",
+        "GET /api/tag HTTP/1.1\r\nHost: t\r\n\r\n",
+    ];
+    let mut s = raw_connection(&gw).await;
+    s.get_mut()
+        .write_all(all_at_once.as_bytes())
+        .await
+        .expect("write");
+    let answered = answered_or_closed(&mut s, &[(200, "main"), (200, "hello"), (200, "")]).await;
+    assert_eq!(answered, 3, "all three in one read are answered");
+    let mut s = raw_connection(&gw).await;
+    s.get_mut()
+        .write_all(behind_a_body[0].as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.get_mut()
+        .write_all(behind_a_body[1..].concat().as_bytes())
+        .await
+        .expect("write");
+    let answered = answered_or_closed(&mut s, &[(200, "hello"), (200, "main")]).await;
+    assert_eq!(answered, 2, "the request read with a body is answered");
+}
+
+/// Reads the answers to `expected` (status, body unless empty) in order
+/// until one says `Connection: close`, after which the connection must
+/// close; how many were answered.
+async fn answered_or_closed(
+    s: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    expected: &[(u16, &str)],
+) -> usize {
+    use tokio::io::AsyncReadExt;
+    for (i, (status, body)) in expected.iter().enumerate() {
+        let (got, headers, got_body) =
+            tokio::time::timeout(Duration::from_secs(10), read_response(s))
+                .await
+                .unwrap_or_else(|_| panic!("request {i} neither answered nor refused"));
+        assert_eq!(
+            got,
+            *status,
+            "request {i}: {headers:?} {}",
+            String::from_utf8_lossy(&got_body)
+        );
+        if !body.is_empty() {
+            assert_eq!(String::from_utf8_lossy(&got_body), *body, "request {i}");
+        }
+        let closes = headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        if closes {
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+                .await
+                .expect("the connection closes after Connection: close")
+                .expect("read");
+            assert_eq!(n, 0, "bytes after a Connection: close response");
+            return i + 1;
+        }
+    }
+    expected.len()
 }
 
 /// Native and proxied requests take different paths inside the gateway
