@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
@@ -82,8 +82,10 @@ impl Front {
         h1.set_pipelined_prefix(first);
         // A client may send its next request before this one is answered
         // (RFC 9112 §9.3.2): the bytes of that request come back from
-        // `finish` instead of costing the connection.
-        h1.set_pipelining_enabled(native);
+        // `finish` instead of costing the connection. (Without it, Pingora
+        // drops the connection after the answer, or answers 400 when the
+        // bytes arrive while the backend is still answering.)
+        h1.set_pipelining_enabled(true);
         let mut session = ServerSession::H1(h1);
         let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
         session.set_keepalive(keepalive);
@@ -92,17 +94,33 @@ impl Front {
             // more than one state of the future (1,392 bytes against 48).
             Box::pin(self.serve_native(Box::new(session)))
         } else {
-            Box::pin(async move {
-                // The returned settings only carry what this gateway leaves
-                // at Pingora's defaults (no reuse limit, no pipelining, no
-                // context).
-                let (stream, _settings) = self
-                    .proxy
-                    .process_new_http(session, shutdown)
-                    .await?
-                    .consume();
-                Some((stream, None))
-            })
+            Box::pin(self.serve_proxied(session, shutdown))
+        }
+    }
+
+    /// Serves a request in pingora-proxy, and the requests the client
+    /// pipelined behind it that Pingora read along with it: Pingora holds
+    /// their bytes, so it serves them too (native ones through the
+    /// middleware in `request_filter`).
+    async fn serve_proxied(
+        &self,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Reused> {
+        loop {
+            let (stream, settings) = self
+                .proxy
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            match settings {
+                Some(settings) if holds_pipelined_request(&settings) => {
+                    let mut next = ServerSession::new_http1(stream);
+                    settings.apply_to_session(&mut next);
+                    session = next;
+                }
+                _ => return Some((stream, None)),
+            }
         }
     }
 
@@ -183,8 +201,9 @@ impl ServerApp for Front {
             );
             return None;
         }
-        // Not native, so served by pingora-proxy, which keeps Pingora's
-        // default of no pipelining: no bytes of a next request come back.
+        // Not native, so served by pingora-proxy in Pingora's task, which
+        // then reads the connection's next request itself (a pipelined one
+        // is already served, see `serve_proxied`).
         self.serve_one(stream, first, shutdown)
             .await
             .map(|(stream, _)| stream)
@@ -253,6 +272,51 @@ impl Front {
     }
 }
 
+/// Whether Pingora kept the bytes of a next, pipelined request for the
+/// connection's next session. `HttpPersistentSettings` has no getter for
+/// them, only its `Debug` form, which is read up to that field and no
+/// further (the bytes themselves are never formatted).
+fn holds_pipelined_request(settings: &HttpPersistentSettings) -> bool {
+    let mut probe = PrefixProbe::default();
+    // The probe stops the formatting with an error once it has its answer.
+    let _ = std::fmt::write(&mut probe, format_args!("{settings:?}"));
+    probe.found == Some(true)
+}
+
+#[derive(Default)]
+struct PrefixProbe {
+    /// The end of what was written so far: enough to hold the field name.
+    tail: String,
+    found: Option<bool>,
+}
+
+impl std::fmt::Write for PrefixProbe {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        const FIELD: &str = "pipelined_prefix: ";
+        self.tail.push_str(s);
+        if let Some(at) = self.tail.find(FIELD) {
+            let value = &self.tail[at + FIELD.len()..];
+            if value.starts_with("Some") {
+                self.found = Some(true);
+                return Err(std::fmt::Error);
+            }
+            if value.starts_with("None") {
+                self.found = Some(false);
+                return Err(std::fmt::Error);
+            }
+            return Ok(());
+        }
+        if self.tail.len() > 4 * FIELD.len() {
+            let mut cut = self.tail.len() - FIELD.len();
+            while !self.tail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.tail.drain(..cut);
+        }
+        Ok(())
+    }
+}
+
 /// The target of the request line, if the first read holds a whole one.
 /// Only a routing hint: Pingora parses and validates the request either way.
 fn request_target(buf: &[u8]) -> Option<&[u8]> {
@@ -282,6 +346,37 @@ mod tests {
             t(b"GET http://h/eai-gateway/chat HTTP/1.1\r\n"),
             Some(&b"http://h/eai-gateway/chat"[..])
         );
+    }
+
+    #[test]
+    fn the_probe_reads_the_prefix_field_of_the_debug_form() {
+        use std::fmt::Write;
+        let probe = |chunks: &[&str]| {
+            let mut p = PrefixProbe::default();
+            for c in chunks {
+                if p.write_str(c).is_err() {
+                    break;
+                }
+            }
+            p.found
+        };
+        let head = "HttpPersistentSettings { keepalive_timeout: Some(60), \
+                    keepalive_reuses_remaining: None, user_context: None, ";
+        assert_eq!(
+            probe(&[
+                head,
+                "pipelined_prefix",
+                ": ",
+                "Some",
+                "(b\"GET / HTTP/1.1\")"
+            ]),
+            Some(true)
+        );
+        assert_eq!(
+            probe(&[head, "pipelined_prefix: None, pipelining_enabled: true }"]),
+            Some(false)
+        );
+        assert_eq!(probe(&[head, "something_else: Some(1) }"]), None);
     }
 
     #[test]
