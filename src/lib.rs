@@ -49,6 +49,7 @@ mod saturation;
 pub mod server;
 pub mod settings;
 pub mod sim;
+mod tls;
 
 pub use middleware::{EaiGateway, SetupError};
 

@@ -18,6 +18,7 @@ use crate::proxy::{Gateway, path};
 use crate::reload::{Live, Reloader};
 use crate::routes;
 use crate::settings::{ConfigError, Settings};
+use crate::tls::Certificate;
 
 /// Why the gateway could not be set up.
 #[derive(Debug)]
@@ -169,11 +170,13 @@ impl EaiGateway {
         let chats = chat.running();
         let users = UserRules::new(&settings.users);
         let gateway = Gateway::new(&settings, chat, users).map_err(SetupError::Build)?;
+        let certificate = Certificate::load(&settings.tls).map_err(SetupError::Build)?;
         let live = Arc::new(Live::new(
             gateway,
             settings.auth.metrics_tokens.clone(),
             InFlight::default(),
             settings.shutdown.drain,
+            certificate,
         ));
         Ok(Self {
             inner: Arc::new(Inner {

@@ -25,6 +25,7 @@ use crate::inflight::InFlight;
 use crate::metrics;
 use crate::proxy::Gateway;
 use crate::settings::Settings;
+use crate::tls::Certificate;
 
 /// What every request reads first.
 pub struct Live {
@@ -39,6 +40,9 @@ pub struct Live {
     /// How long an idle connection may still send its last request once
     /// shutdown began: the drain period.
     pub linger: Duration,
+    /// The HTTPS listener's certificate, re-read on reload; `None` without
+    /// a `tls:` section.
+    pub certificate: Option<Arc<Certificate>>,
 }
 
 impl Live {
@@ -47,6 +51,7 @@ impl Live {
         metrics_tokens: TokenSet,
         inflight: InFlight,
         linger: Duration,
+        certificate: Option<Arc<Certificate>>,
     ) -> Self {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
@@ -54,6 +59,7 @@ impl Live {
             closing: AtomicBool::new(false),
             inflight,
             linger,
+            certificate,
         }
     }
 
@@ -113,6 +119,11 @@ impl Reloader {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         refuse_restart_only(&running, &new)?;
         let gateway = Gateway::reconfigured(&new, &self.live.peek())?;
+        // Last of what can fail: a refused reload keeps the old certificate
+        // along with everything else.
+        if let Some(certificate) = &self.live.certificate {
+            certificate.reload(&new.tls)?;
+        }
         gateway.routes.activate();
         new.auth.tokens.warn_if_open();
         self.live.swap(gateway, new.auth.metrics_tokens.clone());

@@ -136,13 +136,17 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
     // a `Content-Length` only when its 1,460-byte buffer fills or the body
     // ends, so a backend's slow answer would reach the client whole at the
     // end. Written straight through, each piece leaves when it arrives.
-    proxy.add_listener(
-        ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(
-            L4BufferSettings::default()
-                .read(cfg.read_buffer_bytes)
-                .write(0),
-        ),
-    );
+    let buffers = L4BufferSettings::default()
+        .read(cfg.read_buffer_bytes)
+        .write(0);
+    proxy.add_listener(ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(buffers));
+    if let (Some(addr), Some(certificate)) = (cfg.tls.listen, &live.certificate) {
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(buffers)
+                .tls(certificate.listener_settings()),
+        );
+    }
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {
@@ -158,6 +162,7 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
 /// looks started. (An upgrade takes its sockets over instead.)
 fn ports_free(cfg: &Settings) -> Result<(), String> {
     let listeners = std::iter::once(("listen", cfg.listen))
+        .chain(cfg.tls.listen.map(|a| ("tls.listen", a)))
         .chain(cfg.metrics_listen.map(|a| ("metrics_listen", a)));
     for (key, addr) in listeners {
         std::net::TcpListener::bind(addr)
@@ -170,6 +175,7 @@ fn ports_free(cfg: &Settings) -> Result<(), String> {
 /// validation alone cannot see, such as a backend host that does not resolve.
 pub fn check(cfg: &Settings) -> Result<(), String> {
     crate::agent_service::build(&cfg.agent_service).map_err(|e| format!("agent_service: {e}"))?;
+    crate::tls::Certificate::load(&cfg.tls)?;
     RouteTable::new(cfg, None).map(drop)
 }
 

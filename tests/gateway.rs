@@ -19,5 +19,6 @@ mod gateway {
     pub mod security;
     pub mod shared_limits;
     pub mod support;
+    pub mod tls;
     pub mod turns;
 }

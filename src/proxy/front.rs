@@ -24,9 +24,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::prelude::*;
-use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::server::HttpSession as H1Session;
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -189,6 +189,12 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 (TLS with ALPN): Pingora's own connection handling, one
+            // pingora-proxy session per stream; native requests reach the
+            // middleware from `request_filter`.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
         let first = self.first_read(&mut stream, shutdown).await?;
         if self.is_native(&first) {
             // Pingora's task for this connection is sized for a TLS

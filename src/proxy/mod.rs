@@ -347,7 +347,11 @@ impl ProxyHttp for GatewayProxy {
             };
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let scheme = match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+            Some(_) => "https",
+            None => "http",
+        };
+        upstream_request.insert_header("x-forwarded-proto", scheme)?;
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.as_str())?;
         }

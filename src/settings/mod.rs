@@ -13,6 +13,7 @@ mod limits;
 mod mapping;
 mod paths;
 mod restart;
+mod tls;
 mod units;
 mod upstreams;
 mod users;
@@ -34,6 +35,7 @@ pub use limits::{LimitSettings, RedisFallback, RedisUrl};
 pub use mapping::MappingSettings;
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::RESTART_ONLY;
+pub use tls::TlsListenerSettings;
 pub use upstreams::{HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings};
 pub use users::{DEFAULT_PSEUDONYM_KEY, DEFAULT_USER_PATTERN, UserPattern, UserSettings};
 
@@ -115,6 +117,9 @@ pub struct Settings {
     /// Public listener.
     #[serde(default = "default_listen", with = "units::addr")]
     pub listen: SocketAddr,
+    /// The HTTPS listener (`tls:`), beside the plaintext one.
+    #[serde(default)]
+    pub tls: TlsListenerSettings,
     /// Prometheus listener; no metrics listener when absent.
     #[serde(default, with = "units::optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -223,6 +228,12 @@ pub mod env {
     pub const UPGRADE_SOCK: &str = "EAI_GATEWAY_UPGRADE_SOCK";
     /// Overrides `users.pseudonym_key`.
     pub const PSEUDONYM_KEY: &str = "EAI_GATEWAY_PSEUDONYM_KEY";
+    /// Overrides `tls.listen`.
+    pub const TLS_LISTEN: &str = "EAI_GATEWAY_TLS_LISTEN";
+    /// Overrides `tls.cert_file`.
+    pub const TLS_CERT: &str = "EAI_GATEWAY_TLS_CERT";
+    /// Overrides `tls.key_file`.
+    pub const TLS_KEY: &str = "EAI_GATEWAY_TLS_KEY";
 }
 
 /// Upstream created by `EAI_GATEWAY_DEFAULT_UPSTREAM` when the file names none.
@@ -234,6 +245,7 @@ impl Settings {
     pub fn new(agent_service: AgentServiceSettings) -> Self {
         Self {
             listen: default_listen(),
+            tls: TlsListenerSettings::default(),
             metrics_listen: None,
             threads: default_threads(),
             read_buffer_bytes: 0,
@@ -316,6 +328,15 @@ impl Settings {
         }
         if let Some(v) = set(env::METRICS_LISTEN) {
             self.metrics_listen = Some(addr(env::METRICS_LISTEN, v)?);
+        }
+        if let Some(v) = set(env::TLS_LISTEN) {
+            self.tls.listen = Some(addr(env::TLS_LISTEN, v)?);
+        }
+        if let Some(v) = set(env::TLS_CERT) {
+            self.tls.cert_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = set(env::TLS_KEY) {
+            self.tls.key_file = Some(PathBuf::from(v));
         }
         if let Some(v) = set(env::UPGRADE_SOCK) {
             self.upgrade_sock = Some(PathBuf::from(v));
@@ -403,6 +424,15 @@ impl Settings {
                 format!("{} is also listen: must differ from it", self.listen),
             ));
         }
+        if let Some(tls) = self.tls.listen
+            && (tls == self.listen || Some(tls) == self.metrics_listen)
+        {
+            return Err(ConfigError::new(
+                "tls.listen",
+                format!("{tls} is also listen or metrics_listen: must differ from them"),
+            ));
+        }
+        self.tls.validate()?;
         if self.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&self.read_buffer_bytes) {
             return Err(ConfigError::out_of_range(
                 "read_buffer_bytes",

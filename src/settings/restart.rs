@@ -10,6 +10,7 @@ use super::Settings;
 pub const RESTART_ONLY: &[&str] = &[
     "listen",
     "metrics_listen",
+    "tls.listen",
     "threads",
     "read_buffer_bytes",
     "upgrade_sock",
@@ -35,6 +36,7 @@ impl Settings {
         let changed = [
             a.listen != b.listen,
             a.metrics_listen != b.metrics_listen,
+            a.tls.listen != b.tls.listen,
             a.threads != b.threads,
             a.read_buffer_bytes != b.read_buffer_bytes,
             a.upgrade_sock != b.upgrade_sock,

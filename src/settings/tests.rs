@@ -122,6 +122,20 @@ fn bad_values_name_their_key() {
             "auth:\n  protect_passthrough: true\n",
             "auth.protect_passthrough",
         ),
+        ("tls:\n  listen: '127.0.0.1:8443'\n", "tls.cert_file"),
+        (
+            "tls:\n  listen: '127.0.0.1:8443'\n  cert_file: c.pem\n",
+            "tls.key_file",
+        ),
+        (
+            "tls:\n  cert_file: c.pem\n  key_file: k.pem\n",
+            "tls.listen",
+        ),
+        (
+            "tls:\n  listen: '127.0.0.1:8080'\n  cert_file: c.pem\n  key_file: k.pem\n",
+            "tls.listen",
+        ),
+        ("tls:\n  listen: 8443\n", "tls.listen"),
     ];
     for (extra, key) in cases {
         let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();

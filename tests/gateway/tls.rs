@@ -1,0 +1,273 @@
+//! The HTTPS listener: HTTP/1.1 and HTTP/2 (ALPN) for native and proxied
+//! routes, a certificate rotated by reload, and pass-through to a TLS
+//! backend. Every certificate is made by the test (rcgen).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::*;
+
+/// A CA and a leaf certificate it signed for `localhost`.
+struct Pki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("eai-gateway test CA {name}"),
+        );
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes the leaf's certificate and key where the gateway reads them.
+    fn install(&self, cert: &Path, key: &Path) {
+        std::fs::write(cert, &self.cert_pem).unwrap();
+        std::fs::write(key, &self.key_pem).unwrap();
+    }
+}
+
+/// A client that trusts only `ca_pem`, reaching `localhost` at `addr`.
+fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let builder = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(20));
+    let builder = if http1_only {
+        builder.http1_only()
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    fn new(pki: &Pki) -> Self {
+        let files = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.install(&files.cert(), &files.key());
+        files
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+/// A gateway with an HTTPS listener (certificate of `files`) in front of
+/// `backend`; returns it with its HTTPS address.
+async fn tls_gateway(
+    db: &TestDb,
+    agent: SocketAddr,
+    backend: SocketAddr,
+    files: &TlsFiles,
+    env: Vec<(&'static str, String)>,
+) -> (GatewayProcess, SocketAddr) {
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut spec = GatewaySpec::new(Dialect::Eai, db, agent);
+    spec.default_upstream = Some(backend.to_string());
+    spec.env = vec![
+        ("EAI_GATEWAY_TLS_LISTEN", https.to_string()),
+        ("EAI_GATEWAY_TLS_CERT", files.cert().display().to_string()),
+        ("EAI_GATEWAY_TLS_KEY", files.key().display().to_string()),
+    ];
+    spec.env.extend(env);
+    (GatewayProcess::start(spec).await, https)
+}
+
+/// A backend answering with the protocol details it saw.
+async fn seeing_backend() -> SocketAddr {
+    let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        axum::Json(json!({"path": req.uri().path(), "proto": proto}))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_http1_and_http2_for_every_route() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (sim, agent) = simulator(10).await;
+    let backend = seeing_backend().await;
+    let pki = Pki::new("one");
+    let files = TlsFiles::new(&pki);
+    let (gw, https) = tls_gateway(&db, agent, backend, &files, Vec::new()).await;
+
+    for (http1_only, version) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let client = client(&pki.ca_pem, https, http1_only);
+        let url = |path: &str| format!("https://localhost:{}{path}", https.port());
+        let user = if http1_only {
+            "+5521987650081"
+        } else {
+            "+5521987650082"
+        };
+
+        // Native: chat, then the mapping it made.
+        let r = client
+            .post(url("/eai-gateway/chat"))
+            .json(&json!({"user_number": user, "message": "por https"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(answer_text(&body), "echo: por https");
+        let agent_id = answering_agent(&body);
+        let r = client
+            .get(url(&format!(
+                "/eai-gateway/agent/{}",
+                user.trim_start_matches('+')
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"agent_id": agent_id})
+        );
+
+        // Bad input is still a 4xx with a detail.
+        let r = client
+            .post(url("/eai-gateway/chat"))
+            .json(&json!({"user_number": "12", "message": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.version(), r.status().as_u16()), (version, 422));
+
+        // Proxied, and the backend learns the client spoke HTTPS.
+        let r = client.get(url("/api/items")).send().await.unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"path": "/api/items", "proto": "https"})
+        );
+    }
+    assert_eq!(sim.stats().agents_created, 2);
+
+    // The plaintext listener stays, and says so to the backend.
+    let r = reqwest::get(gw.url("/api/items")).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"path": "/api/items", "proto": "http"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_certificate_and_a_bad_one_is_refused() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, agent) = simulator(10).await;
+    let backend = seeing_backend().await;
+    let (old, new) = (Pki::new("old"), Pki::new("new"));
+    let files = TlsFiles::new(&old);
+    let (gw, https) = tls_gateway(&db, agent, backend, &files, Vec::new()).await;
+    let url = format!("https://localhost:{}/healthz", https.port());
+    // A new client per attempt: every attempt is a new handshake.
+    let trusted_by = |pki: &Pki| {
+        let client = client(&pki.ca_pem, https, false);
+        let url = url.clone();
+        async move { client.get(&url).send().await.is_ok() }
+    };
+    assert!(trusted_by(&old).await);
+    assert!(!trusted_by(&new).await);
+
+    new.install(&files.cert(), &files.key());
+    gw.signal("HUP");
+    let mut rotated = false;
+    for _ in 0..50 {
+        if trusted_by(&new).await {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the new certificate was not served after SIGHUP");
+    assert!(!trusted_by(&old).await);
+
+    // A key that does not match the certificate: the reload is refused and
+    // the certificate served stays.
+    std::fs::write(files.key(), &old.key_pem).unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let page = gw.metrics_text().await;
+    let metrics = Metrics::parse(&page);
+    assert_eq!(
+        metrics.value("eai_gateway_config_reloads_total", &[("result", "failure")]),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(trusted_by(&new).await);
+}
+
+/// `upstreams.NAME.tls`: the gateway speaks TLS to a backend, here another
+/// gateway's HTTPS listener, trusting the CA the test made for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_to_a_tls_backend() {
+    let (db_a, db_b) = (TestDb::new(DbKind::Sqlite), TestDb::new(DbKind::Sqlite));
+    let (_sim, agent) = simulator(10).await;
+    let backend = seeing_backend().await;
+    let pki = Pki::new("backend");
+    let files = TlsFiles::new(&pki);
+    let (_tls_backend, https) = tls_gateway(&db_b, agent, backend, &files, Vec::new()).await;
+
+    let ca_file = files.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let mut spec = GatewaySpec::new(Dialect::Eai, &db_a, agent);
+    spec.extra_yaml = format!(
+        "upstreams:\n  secure:\n    backends: ['{https}']\n    tls: true\n    sni: localhost\n\
+         default_upstream: secure\n"
+    );
+    // Pingora's TLS connector reads the roots it trusts from SSL_CERT_FILE.
+    spec.env
+        .push(("SSL_CERT_FILE", ca_file.display().to_string()));
+    let gw = GatewayProcess::start(spec).await;
+    let r = reqwest::get(gw.url("/api/over-tls")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The TLS backend (the second gateway) saw HTTPS and passed it on.
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"path": "/api/over-tls", "proto": "https"})
+    );
+}
