@@ -142,7 +142,9 @@ pub struct Ctx {
     route: Arc<str>,
     request_id: Option<RequestId>,
     /// The route and the normalised target, once routed to a backend.
-    upstream: Option<(Route, Target)>,
+    upstream: Option<(Arc<Route>, Target)>,
+    /// Request body bytes received so far, against the route's bound.
+    body_bytes: u64,
     /// The backend chosen last, and when.
     backend: Option<(std::net::SocketAddr, Instant)>,
     /// The backend's response status, once its header arrived.
@@ -158,6 +160,44 @@ fn request_id(session: &ServerSession) -> RequestId {
         session.get_header("x-request-id").map(|v| v.as_bytes()),
         session.get_header("traceparent").map(|v| v.as_bytes()),
     )
+}
+
+/// The host a request names: its `Host` header, or the HTTP/2 authority;
+/// lower-cased, without port.
+fn request_host(req: &RequestHeader) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = match req.headers.get(http::header::HOST) {
+        Some(v) => v.to_str().ok()?,
+        None => req.uri.authority()?.as_str(),
+    };
+    let host = match raw.rsplit_once(':') {
+        // `[::1]:8080` or `name:8080`; a bare IPv6 literal keeps its colons.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h,
+        _ => raw,
+    };
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
+}
+
+/// 413 when the request declares a body over the route's bound, before
+/// any of it is read.
+fn body_over_bound(session: &Session, bound: Option<u64>) -> Option<GatewayError> {
+    let bound = bound?;
+    let declared: u64 = session
+        .get_header(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (declared > bound).then(|| {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body of {declared} bytes is over this route's {bound}"),
+        )
+    })
 }
 
 /// What the access line adds for a proxied request.
@@ -230,6 +270,7 @@ impl ProxyHttp for GatewayProxy {
             route: UNMATCHED.clone(),
             request_id: None,
             upstream: None,
+            body_bytes: 0,
             backend: None,
             upstream_status: None,
             status: None,
@@ -265,11 +306,13 @@ impl ProxyHttp for GatewayProxy {
         {
             Some(e)
         } else {
-            match gw.routes.lookup(&target.path) {
+            let host = request_host(session.req_header());
+            match gw.routes.lookup(host.as_deref(), &target.path) {
                 Some(route) => {
                     ctx.route = route.upstream.label.clone();
+                    let refusal = body_over_bound(session, route.max_body_bytes);
                     ctx.upstream = Some((route.clone(), target));
-                    None
+                    refusal
                 }
                 None => Some(GatewayError::new(
                     ErrorKind::NotFound,
@@ -279,6 +322,11 @@ impl ProxyHttp for GatewayProxy {
         };
         let answered = match refusal {
             Some(e) => {
+                if e.kind == ErrorKind::PayloadTooLarge {
+                    // The body is not read: the connection cannot carry
+                    // another request after it.
+                    session.set_keepalive(None);
+                }
                 ctx.status = Some(routes::respond(session, &id, Err(e), &[]).await?);
                 true
             }
@@ -299,6 +347,10 @@ impl ProxyHttp for GatewayProxy {
                     "no backend of this upstream is available",
                 )
             })?;
+        let mut peer = peer;
+        if let Some(timeout) = ctx.upstream.as_ref().and_then(|(r, _)| r.timeout) {
+            peer.options.read_timeout = Some(timeout);
+        }
         ctx.backend = peer._address.as_inet().map(|addr| (*addr, Instant::now()));
         Ok(Box::new(peer))
     }
@@ -358,12 +410,49 @@ impl ProxyHttp for GatewayProxy {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("traceparent", id.trace().child_header())?;
         }
-        // The backend reads the path the gateway routed by.
-        if let Some((route, target)) = &ctx.upstream
-            && target.changed
-            && !route.forward_raw_path
-        {
-            upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;
+        if let Some((route, target)) = &ctx.upstream {
+            // The backend reads the path the gateway routed by, less the
+            // route's prefix when it strips it.
+            if let Some(stripped) = route.strip(&target.path) {
+                let origin = match &target.query {
+                    Some(q) => format!("{stripped}?{q}"),
+                    None => stripped.to_owned(),
+                };
+                upstream_request.set_raw_path(origin.as_bytes())?;
+            } else if target.changed && !route.forward_raw_path {
+                upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;
+            }
+            let edits = &route.request_headers;
+            for name in &edits.remove {
+                upstream_request.remove_header(name);
+            }
+            for (name, value) in &edits.set {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a chunked (or understated) request body to the route's bound;
+    /// a declared `Content-Length` over it was refused before any byte.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(bound), Some(chunk)) = (
+            ctx.upstream.as_ref().and_then(|(r, _)| r.max_body_bytes),
+            body.as_ref(),
+        ) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > bound {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    format!("request body over {bound} bytes"),
+                );
+            }
         }
         Ok(())
     }
@@ -393,6 +482,15 @@ impl ProxyHttp for GatewayProxy {
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header("x-request-id", id.as_str())?;
         }
+        if let Some((route, _)) = &ctx.upstream {
+            let edits = &route.response_headers;
+            for name in &edits.remove {
+                upstream_response.remove_header(name);
+            }
+            for (name, value) in &edits.set {
+                upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+        }
         if let (Some((route, _)), Some((_, chosen))) = (&ctx.upstream, &ctx.backend) {
             ctx.upstream_status = Some(upstream_response.status);
             route
@@ -407,6 +505,8 @@ impl ProxyHttp for GatewayProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code: u16 = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // The backend took longer than its route or upstream allows.
+            ErrorType::ReadTimedout if matches!(e.esource(), ErrorSource::Upstream) => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -427,6 +527,11 @@ impl ProxyHttp for GatewayProxy {
                     ctx.route.trim_start_matches("upstream:"),
                     e.etype().as_str()
                 ),
+                504 => format!(
+                    "upstream {} did not answer in time",
+                    ctx.route.trim_start_matches("upstream:")
+                ),
+                413 => "request body too large for this route".to_owned(),
                 400 => "malformed request".to_owned(),
                 _ => "proxy error".to_owned(),
             };

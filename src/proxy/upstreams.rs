@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
@@ -18,7 +20,9 @@ use pingora::prelude::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::metrics::{UPSTREAM_BACKEND_UP, UpstreamMetrics};
-use crate::settings::{HealthCheckKind, HealthCheckSettings, Settings, UpstreamSettings};
+use crate::settings::{
+    HeaderRules, HealthCheckKind, HealthCheckSettings, RouteSettings, Settings, UpstreamSettings,
+};
 
 pub struct Upstream {
     /// `upstream:<name>`: the route label in logs and metrics.
@@ -192,19 +196,137 @@ impl HealthObserve for HealthGauge {
 }
 
 pub struct RouteTable {
-    /// Longest prefix first.
-    routes: Vec<Route>,
-    default: Option<Route>,
+    /// In matching order: routes with an exact host, then with a wildcard
+    /// host, then without; longest prefix first within each.
+    routes: Vec<Arc<Route>>,
+    default: Option<Arc<Route>>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
 }
 
-/// Where a path goes and how its target is sent.
-#[derive(Clone)]
+/// Where a request goes and what is done to it on the way.
 pub struct Route {
     prefix: String,
+    host: Option<HostMatch>,
     pub upstream: Arc<Upstream>,
     /// `routes[].forward_raw_path`: the client's target, not the normalised one.
     pub forward_raw_path: bool,
+    /// `routes[].strip_prefix`: the prefix is not sent to the backend.
+    pub strip_prefix: bool,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub max_body_bytes: Option<u64>,
+    /// `routes[].timeout_ms`: a late backend is the client's 504.
+    pub timeout: Option<Duration>,
+}
+
+/// `routes[].host`, lower-cased.
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com`, kept as `.example.com`.
+    Suffix(String),
+}
+
+impl HostMatch {
+    fn new(raw: &str) -> Self {
+        let raw = raw.to_ascii_lowercase();
+        match raw.strip_prefix('*') {
+            Some(suffix) => Self::Suffix(suffix.to_owned()),
+            None => Self::Exact(raw),
+        }
+    }
+
+    /// `host` is lower-cased, without port.
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(name) => host == name,
+            Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Exact(_) => 0,
+            Self::Suffix(_) => 1,
+        }
+    }
+}
+
+/// `request_headers` / `response_headers` of a route, parsed once.
+#[derive(Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    fn new(rules: &HeaderRules) -> Self {
+        // Validated with the settings: nothing is dropped here.
+        Self {
+            set: rules
+                .set
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            remove: rules
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+}
+
+impl Route {
+    fn new(r: &RouteSettings, upstream: Arc<Upstream>) -> Self {
+        Self {
+            prefix: r.prefix.clone(),
+            host: r.host.as_deref().map(HostMatch::new),
+            upstream,
+            forward_raw_path: r.forward_raw_path,
+            strip_prefix: r.strip_prefix,
+            request_headers: HeaderEdits::new(&r.request_headers),
+            response_headers: HeaderEdits::new(&r.response_headers),
+            max_body_bytes: r.max_body_bytes,
+            timeout: r.timeout_ms.map(Duration::from_millis),
+        }
+    }
+
+    fn default_for(upstream: Arc<Upstream>) -> Self {
+        Self::new(&RouteSettings::new("/", ""), upstream)
+    }
+
+    /// A prefix matches whole segments: `/api` takes `/api` and `/api/x`,
+    /// not `/apix`.
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(m), Some(h)) => m.matches(h),
+            (Some(_), None) => false,
+        };
+        host_ok
+            && path.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
+                self.prefix.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.starts_with('?')
+            })
+    }
+
+    /// The path the backend gets for `path`, when this route changes it.
+    pub fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if !self.strip_prefix || self.prefix == "/" {
+            return None;
+        }
+        let rest = path
+            .strip_prefix(self.prefix.trim_end_matches('/'))
+            .unwrap_or(path);
+        Some(if rest.is_empty() { "/" } else { rest })
+    }
 }
 
 impl RouteTable {
@@ -222,27 +344,25 @@ impl RouteTable {
             };
             built.insert(name.clone(), upstream);
         }
-        let mut routes: Vec<Route> = cfg
+        let mut routes: Vec<Arc<Route>> = cfg
             .routes
             .iter()
             .filter_map(|r| {
-                built.get(&r.upstream).map(|u| Route {
-                    prefix: r.prefix.clone(),
-                    upstream: u.clone(),
-                    forward_raw_path: r.forward_raw_path,
-                })
+                let upstream = built.get(&r.upstream)?.clone();
+                Some(Arc::new(Route::new(r, upstream)))
             })
             .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        routes.sort_by_key(|r| {
+            (
+                r.host.as_ref().map_or(2, HostMatch::rank),
+                std::cmp::Reverse(r.prefix.len()),
+            )
+        });
         let default = cfg
             .default_upstream
             .as_ref()
             .and_then(|d| built.get(d).cloned())
-            .map(|upstream| Route {
-                prefix: "/".into(),
-                upstream,
-                forward_raw_path: false,
-            });
+            .map(|upstream| Arc::new(Route::default_for(upstream)));
         Ok(Self {
             routes,
             default,
@@ -261,18 +381,12 @@ impl RouteTable {
         }
     }
 
-    /// A prefix matches whole segments: `/api` takes `/api` and `/api/x`, not `/apix`.
-    pub fn lookup(&self, path: &str) -> Option<&Route> {
+    /// The route of a request for `host` (lower-cased, without port) and
+    /// `path`; the default upstream's when no route claims it.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
-            .find(|r| {
-                path.strip_prefix(r.prefix.as_str()).is_some_and(|rest| {
-                    r.prefix.ends_with('/')
-                        || rest.is_empty()
-                        || rest.starts_with('/')
-                        || rest.starts_with('?')
-                })
-            })
+            .find(|r| r.matches(host, path))
             .or(self.default.as_ref())
     }
 }
@@ -291,20 +405,69 @@ mod tests {
                 .insert(name.into(), UpstreamSettings::with_backends([backend]));
         }
         for (prefix, upstream) in [("/api", "a"), ("/api/v2", "b")] {
-            cfg.routes.push(RouteSettings {
-                prefix: prefix.into(),
-                upstream: upstream.into(),
-                forward_raw_path: false,
-            });
+            cfg.routes.push(RouteSettings::new(prefix, upstream));
         }
         cfg.default_upstream = Some("d".into());
         cfg.validate().unwrap();
         let t = RouteTable::new(&cfg, None).unwrap();
-        let label = |p: &str| t.lookup(p).map(|r| r.upstream.label.to_string());
+        let label = |p: &str| t.lookup(None, p).map(|r| r.upstream.label.to_string());
         assert_eq!(label("/api").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/x").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/v2/x").as_deref(), Some("upstream:b"));
         assert_eq!(label("/apix").as_deref(), Some("upstream:d"));
         assert_eq!(label("/").as_deref(), Some("upstream:d"));
+    }
+
+    #[test]
+    fn host_routes_win_exact_first_and_strip_their_prefix() {
+        use crate::settings::{AgentServiceSettings, RouteSettings};
+        let mut cfg = Settings::new(AgentServiceSettings::default());
+        for (name, port) in [("exact", 1001), ("wild", 1002), ("any", 1003)] {
+            let backend = format!("127.0.0.1:{port}");
+            cfg.upstreams
+                .insert(name.into(), UpstreamSettings::with_backends([backend]));
+        }
+        let route = |host: Option<&str>, prefix: &str, upstream: &str| RouteSettings {
+            host: host.map(str::to_owned),
+            strip_prefix: true,
+            ..RouteSettings::new(prefix, upstream)
+        };
+        cfg.routes = vec![
+            route(None, "/api/long", "any"),
+            route(Some("*.example.com"), "/api", "wild"),
+            route(Some("a.example.com"), "/", "exact"),
+        ];
+        cfg.validate().unwrap();
+        let t = RouteTable::new(&cfg, None).unwrap();
+        let label = |h: Option<&str>, p: &str| t.lookup(h, p).map(|r| r.upstream.label.to_string());
+        assert_eq!(
+            label(Some("a.example.com"), "/api/long").as_deref(),
+            Some("upstream:exact")
+        );
+        assert_eq!(
+            label(Some("b.example.com"), "/api/long").as_deref(),
+            Some("upstream:wild")
+        );
+        assert_eq!(
+            label(Some("x.b.example.com"), "/api").as_deref(),
+            Some("upstream:wild")
+        );
+        assert_eq!(
+            label(Some("example.com"), "/api/long").as_deref(),
+            Some("upstream:any")
+        );
+        assert_eq!(label(None, "/api/long").as_deref(), Some("upstream:any"));
+        assert_eq!(label(Some("b.example.com"), "/other"), None);
+        let strip = |h: &str, p: &str| {
+            t.lookup(Some(h), p)
+                .and_then(|r| r.strip(p).map(str::to_owned))
+        };
+        assert_eq!(strip("b.example.com", "/api/x/y").as_deref(), Some("/x/y"));
+        assert_eq!(strip("b.example.com", "/api").as_deref(), Some("/"));
+        assert_eq!(
+            strip("a.example.com", "/api/x"),
+            None,
+            "prefix / strips nothing"
+        );
     }
 }

@@ -36,7 +36,9 @@ pub use mapping::MappingSettings;
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::RESTART_ONLY;
 pub use tls::TlsListenerSettings;
-pub use upstreams::{HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings};
+pub use upstreams::{
+    HeaderRules, HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings,
+};
 pub use users::{DEFAULT_PSEUDONYM_KEY, DEFAULT_USER_PATTERN, UserPattern, UserSettings};
 
 use crate::auth::TokenSet;

@@ -58,11 +58,7 @@ fn unknown_nested_key_is_named() {
 #[test]
 fn route_to_missing_upstream_is_named() {
     let mut s = parse(MINIMAL).unwrap();
-    s.routes.push(RouteSettings {
-        prefix: "/api".into(),
-        upstream: "nope".into(),
-        forward_raw_path: false,
-    });
+    s.routes.push(RouteSettings::new("/api", "nope"));
     assert_eq!(s.validate().unwrap_err().key, "routes[0].upstream");
 }
 
@@ -137,6 +133,44 @@ fn bad_values_name_their_key() {
         ),
         ("tls:\n  listen: 8443\n", "tls.listen"),
     ];
+    let up = "upstreams:\n  u:\n    backends: ['127.0.0.1:9']\nroutes:\n  - upstream: u\n";
+    let route_cases = [
+        ("    host: 'a b'\n", "routes[0].host"),
+        ("    host: '*.'\n", "routes[0].host"),
+        (
+            "    strip_prefix: true\n    forward_raw_path: true\n",
+            "routes[0].strip_prefix",
+        ),
+        (
+            "    request_headers: {set: {'bad name': x}}\n",
+            "routes[0].request_headers.set.bad name",
+        ),
+        (
+            "    response_headers: {remove: [Transfer-Encoding]}\n",
+            "routes[0].response_headers.remove[0]",
+        ),
+        (
+            "    request_headers: {set: {x-a: \"v\\u0001\"}}\n",
+            "routes[0].request_headers.set.x-a",
+        ),
+        ("    timeout_ms: 0\n", "routes[0].timeout_ms"),
+        ("    max_body_bytes: -1\n", "routes[0].max_body_bytes"),
+    ];
+    for (extra, key) in route_cases {
+        let err = parse(&format!("{MINIMAL}{up}{extra}")).unwrap_err();
+        assert_eq!(err.key, key, "{extra}: {err}");
+    }
+    let ok = [
+        "    host: '*.example.com'\n",
+        "    prefix: /api\n",
+        "    strip_prefix: true\n",
+        "    request_headers: {set: {Host: backend.internal}, remove: [cookie]}\n",
+        "    response_headers: {set: {x-frame-options: DENY}}\n",
+        "    max_body_bytes: 1024\n",
+        "    timeout_ms: 2500\n",
+    ]
+    .concat();
+    parse(&format!("{MINIMAL}{up}{ok}")).unwrap();
     for (extra, key) in cases {
         let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
         assert_eq!(err.key, key, "{extra}: {err}");

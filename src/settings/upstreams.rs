@@ -150,12 +150,22 @@ impl UpstreamSettings {
     }
 }
 
-/// One entry of `routes:`: requests under a path prefix go to an upstream.
+/// One entry of `routes:`: requests for a host and under a path prefix go to
+/// an upstream, with the rules of this route.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
-    /// Path prefix, matched on whole segments (`/api` takes `/api/x`, not `/apix`).
+    /// Path prefix, matched on whole segments (`/api` takes `/api/x`, not
+    /// `/apix`); `/` (every path) when absent.
+    #[serde(default = "root_prefix")]
     pub prefix: String,
+    /// Host the request must name (its `Host` header, or the HTTP/2
+    /// authority; port and case ignored): exact (`api.example.com`) or a
+    /// wildcard for every name under a domain (`*.example.com`, which does
+    /// not take `example.com` itself). Any host when absent. A route with a
+    /// host wins over one without; an exact host over a wildcard.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Name of the upstream (a key of `upstreams:`).
     pub upstream: String,
     /// Send the backend the request target exactly as the client wrote it
@@ -163,6 +173,125 @@ pub struct RouteSettings {
     /// backend: routing here still uses the normalised path.
     #[serde(default)]
     pub forward_raw_path: bool,
+    /// Forward the path without the matched prefix: `/api/x` as `/x`,
+    /// `/api` as `/`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Headers set on (replacing what the client sent) or removed from the
+    /// request to the backend.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Headers set on or removed from the backend's response.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+    /// Largest request body on this route: a larger declared
+    /// `Content-Length` gets 413 before the body is read, a chunked body 413
+    /// once it passes the bound. No bound when absent.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// How long the backend may take to start its answer, and stay silent
+    /// within it; past it the client gets 504 with `{"detail"}`. The
+    /// upstream's `read_timeout_ms` when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl RouteSettings {
+    /// A route of every request under `prefix` to `upstream`, with no rules.
+    pub fn new(prefix: impl Into<String>, upstream: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            host: None,
+            upstream: upstream.into(),
+            forward_raw_path: false,
+            strip_prefix: false,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            max_body_bytes: None,
+            timeout_ms: None,
+        }
+    }
+}
+
+fn root_prefix() -> String {
+    "/".to_owned()
+}
+
+/// `request_headers` / `response_headers` of a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Header name → value, replacing any value already there.
+    pub set: BTreeMap<String, String>,
+    /// Header names to remove.
+    pub remove: Vec<String>,
+}
+
+/// Headers that frame the message or the connection: a route that set or
+/// removed them would corrupt the exchange, so none may.
+const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl HeaderRules {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let name_ok = |key: String, name: &str| {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name:?} frames the message and cannot be changed by a route"),
+                ));
+            }
+            Ok(())
+        };
+        for (name, value) in &self.set {
+            let key = format!("{key}.set.{name}");
+            name_ok(key.clone(), name)?;
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    "is not a valid header value (visible ASCII, spaces and tabs only)",
+                ));
+            }
+        }
+        for (i, name) in self.remove.iter().enumerate() {
+            name_ok(format!("{key}.remove[{i}]"), name)?;
+        }
+        Ok(())
+    }
+}
+
+/// `host` of a route: a DNS name, or `*.` and one.
+fn validate_host(key: &str, host: &str) -> Result<(), ConfigError> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{host:?} is not a host name (expected e.g. api.example.com or *.example.com)"),
+        ))
+    }
 }
 
 pub(crate) fn validate(
@@ -221,6 +350,28 @@ pub(crate) fn validate(
             return Err(ConfigError::new(
                 format!("{key}.upstream"),
                 format!("no upstream named {:?} under upstreams", r.upstream),
+            ));
+        }
+        if let Some(host) = &r.host {
+            validate_host(&format!("{key}.host"), host)?;
+        }
+        if r.strip_prefix && r.forward_raw_path {
+            return Err(ConfigError::new(
+                format!("{key}.strip_prefix"),
+                "cannot go with forward_raw_path, which sends the target unchanged",
+            ));
+        }
+        r.request_headers
+            .validate(&format!("{key}.request_headers"))?;
+        r.response_headers
+            .validate(&format!("{key}.response_headers"))?;
+        if let Some(ms) = r.timeout_ms
+            && !(1..=3_600_000).contains(&ms)
+        {
+            return Err(ConfigError::out_of_range(
+                format!("{key}.timeout_ms"),
+                ms,
+                "must be between 1 and 3600000",
             ));
         }
     }

@@ -36,6 +36,8 @@ async fn echo(req: Request) -> Response {
         ("x-forwarded-for", "x-seen-xff"),
         ("x-forwarded-proto", "x-seen-proto"),
         ("x-custom", "x-seen-custom"),
+        ("x-remove-me", "x-seen-remove-me"),
+        ("host", "x-seen-host"),
     ] {
         if let Some(v) = parts.headers.get(from) {
             h.insert(to, v.clone());
@@ -84,6 +86,9 @@ async fn backend(tag: &'static str) -> SocketAddr {
         .fallback(any(move |req: Request| async move {
             if req.uri().path().ends_with("/tag") {
                 Response::new(Body::from(tag))
+            } else if req.uri().path().ends_with("/late") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Response::new(Body::from("late"))
             } else {
                 echo(req).await
             }
@@ -221,6 +226,102 @@ async fn route_table_sends_prefixes_to_their_upstreams() {
     assert_eq!(text("/api/tag").await, "other");
     assert_eq!(text("/apix/tag").await, "main");
     assert_eq!(text("/tag").await, "main");
+}
+
+/// Route rules for a real stack: host routes (exact and wildcard), a
+/// stripped prefix, request and response headers set and removed, a body
+/// bound and a timeout, each checked at the backend or the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_rules_match_hosts_strip_prefixes_edit_headers_and_bound_requests() {
+    let main = backend("main").await;
+    let api = backend("api").await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let extra = [
+        format!("upstreams:\n  api: {{backends: ['{api}']}}\n  web: {{backends: ['{main}']}}\n"),
+        "routes:\n".to_owned(),
+        "  - {host: api.example.com, upstream: api}\n".to_owned(),
+        "  - host: '*.tenant.example.com'\n    prefix: /app\n    upstream: web\n".to_owned(),
+        "    strip_prefix: true\n".to_owned(),
+        "    request_headers: {set: {x-custom: from-route}, remove: [x-remove-me]}\n".to_owned(),
+        "    response_headers: {set: {x-frame-options: DENY}, remove: [x-backend]}\n".to_owned(),
+        "  - {prefix: /upload, upstream: web, max_body_bytes: 1000}\n".to_owned(),
+        "  - {prefix: /slow, upstream: web, timeout_ms: 300}\n".to_owned(),
+    ]
+    .concat();
+    let gw = gateway_with_default(&db, main.to_string(), &extra).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, host: &str| client.get(gw.url(path)).header("host", host).send();
+
+    // Hosts: exact (any case, any port), else the default upstream.
+    for host in ["api.example.com", "API.Example.com:8080"] {
+        let r = get("/tag", host).await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "api", "{host}");
+    }
+    let r = get("/tag", "www.example.com").await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "main");
+
+    // Wildcard host with a stripped prefix and header edits.
+    let r = client
+        .get(gw.url("/app/orders/7?full=1"))
+        .header("host", "shop.tenant.example.com")
+        .header("x-custom", "from-client")
+        .header("x-remove-me", "secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-seen-uri"], "/orders/7?full=1");
+    assert_eq!(h["x-seen-custom"], "from-route");
+    assert!(!h.contains_key("x-seen-remove-me"), "{h:?}");
+    assert_eq!(h["x-seen-host"], "shop.tenant.example.com");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(!h.contains_key("x-backend"), "{h:?}");
+    // The bare domain is not under the wildcard: default, path unchanged.
+    let r = get("/app/orders/7", "tenant.example.com").await.unwrap();
+    assert_eq!(r.headers()["x-seen-uri"], "/app/orders/7");
+    assert_eq!(r.headers()["x-backend"], "main");
+
+    // A body bound: declared too large, refused before its body is read;
+    // chunked too large, refused once past the bound; within it, passed.
+    let r = client
+        .post(gw.url("/upload/file"))
+        .body(vec![b'x'; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.json::<Value>().await.unwrap()["detail"].is_string());
+    let chunks = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 600]))),
+    );
+    let r = client
+        .post(gw.url("/upload/stream"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = client
+        .post(gw.url("/upload/small"))
+        .body(vec![b'z'; 900])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 900);
+
+    // A timeout: the backend takes 3 s, the route allows 300 ms.
+    let started = Instant::now();
+    let r = get("/slow/late", "t").await.unwrap();
+    assert_eq!(r.status(), 504);
+    let detail = r.json::<Value>().await.unwrap()["detail"].to_string();
+    assert!(detail.contains("web"), "{detail}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
