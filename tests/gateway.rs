@@ -9,6 +9,7 @@ mod gateway {
     pub mod concurrency;
     pub mod embed;
     pub mod faults;
+    pub mod fidelity;
     pub mod live_ops;
     pub mod monitoring;
     pub mod native_routes;
