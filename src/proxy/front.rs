@@ -26,7 +26,9 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::server::HttpSession as H1Session;
-use pingora::protocols::{ALPN, Stream};
+use pingora::protocols::http::v2;
+use pingora::protocols::http::v2::server::{H2Accept, HttpSession as H2Session};
+use pingora::protocols::{ALPN, Digest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -190,10 +192,8 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 (TLS with ALPN): Pingora's own connection handling, one
-            // pingora-proxy session per stream; native requests reach the
-            // middleware from `request_filter`.
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            self.serve_h2(stream, shutdown).await;
+            return None;
         }
         let first = self.first_read(&mut stream, shutdown).await?;
         if self.is_native(&first) {
@@ -222,6 +222,76 @@ impl ServerApp for Front {
 }
 
 impl Front {
+    /// An HTTP/2 connection (TLS with ALPN): every stream in a task of its
+    /// own, native ones on the lean path and the rest in pingora-proxy, as
+    /// for HTTP/1. Pingora's own accept loop would give every stream a
+    /// pingora-proxy session, which a waiting chat holds for minutes.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        // Pingora's bounded defaults (100 streams per connection).
+        let mut conn = match v2::server::handshake(stream, None).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed.");
+                return;
+            }
+        };
+        let mut shutdown = shutdown.clone();
+        let mut closing = *shutdown.borrow();
+        loop {
+            // Accepting also drives the connection's I/O for the streams
+            // being served, so it goes on until the client is done.
+            let accepted = if closing {
+                H2Session::from_h2_conn(&mut conn, digest.clone()).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        // GOAWAY: streams in flight finish, no new ones.
+                        conn.graceful_shutdown();
+                        closing = true;
+                        continue;
+                    }
+                    accepted = H2Session::from_h2_conn(&mut conn, digest.clone()) => accepted,
+                }
+            };
+            match accepted {
+                Ok(Some(H2Accept::Session(session))) => {
+                    let front = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        front
+                            .serve_h2_stream(ServerSession::new_http2(session), &shutdown)
+                            .await;
+                    });
+                }
+                Ok(Some(H2Accept::Rejected)) => continue,
+                // The client closed the connection, or broke it.
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    /// One HTTP/2 stream, its request header already read.
+    async fn serve_h2_stream(&self, mut session: ServerSession, shutdown: &ShutdownWatch) {
+        if !self.is_native_target(session.req_header().raw_path()) {
+            self.proxy.process_new_http(session, shutdown).await;
+            return;
+        }
+        let gateway = self.live.gateway();
+        if Box::pin(gateway.serve_native_request(&mut session, &self.live))
+            .await
+            .is_ok()
+        {
+            let _ = session.finish().await;
+        }
+    }
+
     /// The stream back with the first bytes of its next request.
     async fn next_request(
         &self,
@@ -271,10 +341,14 @@ impl Front {
     /// Whether the first read holds a whole request line that the gateway
     /// answers itself: a native route, or a target it refuses (400).
     fn is_native(&self, first: &[u8]) -> bool {
-        request_target(first).is_some_and(|target| {
-            path::normalize(target, &self.live.peek().paths)
-                .map_or(true, |t| routes::is_native_path(&t.path))
-        })
+        request_target(first).is_some_and(|target| self.is_native_target(target))
+    }
+
+    /// Whether the gateway answers this request target itself: a native
+    /// route, or a target it refuses (400).
+    fn is_native_target(&self, target: &[u8]) -> bool {
+        path::normalize(target, &self.live.peek().paths)
+            .map_or(true, |t| routes::is_native_path(&t.path))
     }
 }
 
