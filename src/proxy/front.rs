@@ -262,13 +262,10 @@ impl Front {
             };
             match accepted {
                 Ok(Some(H2Accept::Session(session))) => {
-                    let front = self.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        front
-                            .serve_h2_stream(ServerSession::new_http2(session), &shutdown)
-                            .await;
-                    });
+                    // Boxed before the task is made: a session captured by
+                    // value would be stored twice in the task's future.
+                    let session = Box::new(ServerSession::new_http2(session));
+                    tokio::spawn(self.clone().serve_h2_stream(session, shutdown.clone()));
                 }
                 Ok(Some(H2Accept::Rejected)) => continue,
                 // The client closed the connection, or broke it.
@@ -277,10 +274,16 @@ impl Front {
         }
     }
 
-    /// One HTTP/2 stream, its request header already read.
-    async fn serve_h2_stream(&self, mut session: ServerSession, shutdown: &ShutdownWatch) {
+    /// One HTTP/2 stream, its request header already read. As on the
+    /// HTTP/1 path, every step is boxed apart, so that a waiting chat holds
+    /// only the step it is in.
+    async fn serve_h2_stream(
+        self: Arc<Self>,
+        mut session: Box<ServerSession>,
+        shutdown: ShutdownWatch,
+    ) {
         if !self.is_native_target(session.req_header().raw_path()) {
-            self.proxy.process_new_http(session, shutdown).await;
+            Box::pin(self.proxy.process_new_http(*session, &shutdown)).await;
             return;
         }
         let gateway = self.live.gateway();
@@ -288,7 +291,7 @@ impl Front {
             .await
             .is_ok()
         {
-            let _ = session.finish().await;
+            let _ = Box::pin((*session).finish()).await;
         }
     }
 
@@ -363,37 +366,31 @@ fn holds_pipelined_request(settings: &HttpPersistentSettings) -> bool {
     probe.found == Some(true)
 }
 
+/// Reads the derived `Debug` form token by token: a struct field's name is
+/// written as one piece, then `": "`, then its value, whose `Option` starts
+/// with `Some` or `None`. No searching, and nothing after the field.
 #[derive(Default)]
 struct PrefixProbe {
-    /// The end of what was written so far: enough to hold the field name.
-    tail: String,
+    /// The field's name has just been written.
+    at_field: bool,
     found: Option<bool>,
 }
 
 impl std::fmt::Write for PrefixProbe {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        const FIELD: &str = "pipelined_prefix: ";
-        self.tail.push_str(s);
-        if let Some(at) = self.tail.find(FIELD) {
-            let value = &self.tail[at + FIELD.len()..];
-            if value.starts_with("Some") {
-                self.found = Some(true);
-                return Err(std::fmt::Error);
-            }
-            if value.starts_with("None") {
-                self.found = Some(false);
-                return Err(std::fmt::Error);
-            }
+        if !self.at_field {
+            self.at_field = s == "pipelined_prefix";
             return Ok(());
         }
-        if self.tail.len() > 4 * FIELD.len() {
-            let mut cut = self.tail.len() - FIELD.len();
-            while !self.tail.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.tail.drain(..cut);
+        if s.starts_with("Some") {
+            self.found = Some(true);
+        } else if s.starts_with("None") {
+            self.found = Some(false);
+        } else if s.trim() == ":" {
+            return Ok(());
         }
-        Ok(())
+        // Answered, or not the shape expected (then `found` stays `None`).
+        Err(std::fmt::Error)
     }
 }
 
@@ -440,23 +437,47 @@ mod tests {
             }
             p.found
         };
-        let head = "HttpPersistentSettings { keepalive_timeout: Some(60), \
-                    keepalive_reuses_remaining: None, user_context: None, ";
+        let head = [
+            "HttpPersistentSettings",
+            " { ",
+            "keepalive_timeout",
+            ": ",
+            "Some",
+            "(",
+            "60",
+            ")",
+            ", ",
+        ];
+        let with = |tail: &[&'static str]| [&head[..], tail].concat();
         assert_eq!(
-            probe(&[
-                head,
-                "pipelined_prefix",
-                ": ",
-                "Some",
-                "(b\"GET / HTTP/1.1\")"
-            ]),
+            probe(&with(&["pipelined_prefix", ": ", "Some", "("])),
             Some(true)
         );
         assert_eq!(
-            probe(&[head, "pipelined_prefix: None, pipelining_enabled: true }"]),
+            probe(&with(&["pipelined_prefix", ": ", "None", ", "])),
             Some(false)
         );
-        assert_eq!(probe(&[head, "something_else: Some(1) }"]), None);
+        assert_eq!(probe(&with(&["other", ": ", "Some"])), None);
+    }
+
+    /// The probe against Pingora's own type, with and without a prefix.
+    #[test]
+    fn the_probe_finds_pingoras_pipelined_prefix() {
+        use pingora::protocols::l4::stream::Stream as L4Stream;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let unix = tokio::net::UnixStream::from_std(a).unwrap();
+            let session = ServerSession::new_http1(Box::new(L4Stream::from(unix)));
+            let mut settings = HttpPersistentSettings::for_session(&session);
+            assert!(!holds_pipelined_request(&settings));
+            settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+            assert!(holds_pipelined_request(&settings));
+        });
     }
 
     #[test]
