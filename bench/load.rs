@@ -49,6 +49,18 @@ pub async fn open_loop(
     duration: Duration,
     body: impl Fn(usize) -> (Value, Duration),
 ) -> Vec<Sample> {
+    open_loop_spread(std::slice::from_ref(client), url, rate, duration, body).await
+}
+
+/// `open_loop` with request `i` sent by `clients[i % clients.len()]`: over
+/// HTTP/2 each client is one connection, which carries at most 100 streams.
+pub async fn open_loop_spread(
+    clients: &[reqwest::Client],
+    url: &str,
+    rate: f64,
+    duration: Duration,
+    body: impl Fn(usize) -> (Value, Duration),
+) -> Vec<Sample> {
     let n = (rate * duration.as_secs_f64()) as usize;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(n);
@@ -56,7 +68,7 @@ pub async fn open_loop(
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(at).await;
         let (json, processing) = body(i);
-        let req = client.post(url).json(&json);
+        let req = clients[i % clients.len()].post(url).json(&json);
         tasks.push(tokio::spawn(async move {
             let failure = match req.send().await {
                 Ok(r) if !r.status().is_success() => Some(format!("HTTP {}", r.status().as_u16())),

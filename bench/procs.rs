@@ -205,24 +205,27 @@ pub async fn start_gateway_with(
     sim: SocketAddr,
     limits: &str,
 ) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let schema = format!("bench_{}_{}", std::process::id(), name.replace('-', "_"));
-    // A 15 s database wait instead of 3 s: 10,000 new users arriving at
-    // 1,000/s queue for the 32 connections on this 2-core machine, and the
-    // memory phase is about memory, not about how fast PostgreSQL inserts.
-    // Worker threads of the gateway (default 2, one per core here).
-    let threads = std::env::var("BENCH_GATEWAY_THREADS").unwrap_or_else(|_| "2".into());
-    let yaml = format!(
-        "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
-         database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32, acquire_timeout_ms: 15000}}\n\
-         agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
-         limits: {limits}\nusers: {{pseudonym_key: pseudonyms-of-the-benchmark}}\n\
-         upstreams: {{backend: {{backends: ['{sim}']}}}}\ndefault_upstream: backend\n"
-    );
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, yaml).unwrap();
+    start_gateway_config(
+        name,
+        gateway_config(name, dialect, delivery, sim, limits, ""),
+    )
+    .await
+}
+
+/// A gateway with the default config plus `extra` YAML (top-level keys).
+pub async fn start_gateway_extra(name: &'static str, sim: SocketAddr, extra: &str) -> Gateway {
+    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
+    start_gateway_config(
+        name,
+        gateway_config(name, "eai", "poll", sim, limits, extra),
+    )
+    .await
+}
+
+async fn start_gateway_config(
+    name: &'static str,
+    (dir, config, addr, metrics): (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr),
+) -> Gateway {
     let child = Command::new(gateway_bin())
         .args(["run", "--config"])
         .arg(&config)
@@ -239,6 +242,65 @@ pub async fn start_gateway_with(
         metrics,
         _dir: dir,
     }
+}
+
+/// The gateway embedded in a host proxy of its own (`examples/embed.rs`,
+/// built beside this binary by bench/run.sh), with the config of
+/// `start_gateway`; the host proxies everything else to the simulator.
+pub async fn start_embedded(name: &'static str, sim: SocketAddr) -> Gateway {
+    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
+    let (dir, config, addr, metrics) = gateway_config(name, "eai", "poll", sim, limits, "");
+    let bin = std::env::current_exe()
+        .expect("current exe")
+        .with_file_name("embed");
+    let child = Command::new(bin)
+        .arg(&config)
+        .arg(addr.to_string())
+        .arg(sim.to_string())
+        .arg(metrics.to_string())
+        .env("RUST_LOG", "error")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("embed example");
+    wait_up(&format!("http://{addr}/readyz"), name).await;
+    Gateway {
+        proc: Proc { child, name },
+        addr,
+        metrics,
+        _dir: dir,
+    }
+}
+
+/// A config file for one gateway of the benchmark, in a directory of its
+/// own, with the addresses it listens on.
+fn gateway_config(
+    name: &str,
+    dialect: &str,
+    delivery: &str,
+    sim: SocketAddr,
+    limits: &str,
+    extra: &str,
+) -> (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let schema = format!("bench_{}_{}", std::process::id(), name.replace('-', "_"));
+    // A 15 s database wait instead of 3 s: 10,000 new users arriving at
+    // 1,000/s queue for the 32 connections on this 2-core machine, and the
+    // memory phase is about memory, not about how fast PostgreSQL inserts.
+    // Worker threads of the gateway (default 2, one per core here).
+    let threads = std::env::var("BENCH_GATEWAY_THREADS").unwrap_or_else(|_| "2".into());
+    let yaml = format!(
+        "listen: '{addr}'\nmetrics_listen: '{metrics}'\nthreads: {threads}\nshutdown: {{drain_seconds: 1}}\n\
+         database: {{url: '{PG_URL}', schema: {schema}, max_connections: 32, acquire_timeout_ms: 15000}}\n\
+         agent_service: {{dialect: {dialect}, url: 'http://{sim}', letta: {{delivery: {delivery}}}}}\n\
+         limits: {limits}\nusers: {{pseudonym_key: pseudonyms-of-the-benchmark}}\n\
+         upstreams: {{backend: {{backends: ['{sim}']}}}}\ndefault_upstream: backend\n{extra}"
+    );
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    (dir, config, addr, metrics)
 }
 
 /// nginx as a plain reverse proxy to the same backend, when it is installed.

@@ -26,7 +26,7 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --save '' --appendonly no
 fi
 
-cargo build --release --locked --features bench --bin eai-gateway --example bench --example pingora_floor
+cargo build --release --locked --features bench --bin eai-gateway --example bench --example pingora_floor --example embed
 # 10,000 chats in flight need 10,000+ sockets in the load generator and the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/examples/bench "$@"
