@@ -192,10 +192,11 @@ pub async fn start_gateway(
     delivery: &str,
     sim: SocketAddr,
 ) -> Gateway {
-    // Abuse limits off: the benchmark measures the gateway, not them.
-    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
-    start_gateway_with(name, dialect, delivery, sim, limits).await
+    start_gateway_with(name, dialect, delivery, sim, NO_LIMITS).await
 }
+
+/// Abuse limits off: the benchmark measures the gateway, not them.
+const NO_LIMITS: &str = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
 
 /// `start_gateway` with this `limits:` section (YAML flow mapping).
 pub async fn start_gateway_with(
@@ -205,64 +206,53 @@ pub async fn start_gateway_with(
     sim: SocketAddr,
     limits: &str,
 ) -> Gateway {
-    start_gateway_config(
-        name,
-        gateway_config(name, dialect, delivery, sim, limits, ""),
-    )
-    .await
+    let config = gateway_config(name, dialect, delivery, sim, limits, "");
+    let mut run = Command::new(gateway_bin());
+    run.args(["run", "--config"])
+        .arg(&config.1)
+        .env_remove("EAI_GATEWAY_LISTEN");
+    launch_gateway(name, run, config).await
 }
 
 /// A gateway with the default config plus `extra` YAML (top-level keys).
 pub async fn start_gateway_extra(name: &'static str, sim: SocketAddr, extra: &str) -> Gateway {
-    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
-    start_gateway_config(
-        name,
-        gateway_config(name, "eai", "poll", sim, limits, extra),
-    )
-    .await
-}
-
-async fn start_gateway_config(
-    name: &'static str,
-    (dir, config, addr, metrics): (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr),
-) -> Gateway {
-    let child = Command::new(gateway_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .env_remove("DATABASE_URL")
-        .env_remove("EAI_GATEWAY_LISTEN")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("gateway");
-    wait_up(&format!("http://{addr}/readyz"), name).await;
-    Gateway {
-        proc: Proc { child, name },
-        addr,
-        metrics,
-        _dir: dir,
-    }
+    let config = gateway_config(name, "eai", "poll", sim, NO_LIMITS, extra);
+    let mut run = Command::new(gateway_bin());
+    run.args(["run", "--config"])
+        .arg(&config.1)
+        .env_remove("EAI_GATEWAY_LISTEN");
+    launch_gateway(name, run, config).await
 }
 
 /// The gateway embedded in a host proxy of its own (`examples/embed.rs`,
 /// built beside this binary by bench/run.sh), with the config of
 /// `start_gateway`; the host proxies everything else to the simulator.
 pub async fn start_embedded(name: &'static str, sim: SocketAddr) -> Gateway {
-    let limits = "{user_rate_per_min: 0, user_queue_max: 0, max_inflight_chats: 0}";
-    let (dir, config, addr, metrics) = gateway_config(name, "eai", "poll", sim, limits, "");
+    let config = gateway_config(name, "eai", "poll", sim, NO_LIMITS, "");
     let bin = std::env::current_exe()
         .expect("current exe")
         .with_file_name("embed");
-    let child = Command::new(bin)
-        .arg(&config)
-        .arg(addr.to_string())
+    let mut host = Command::new(bin);
+    host.arg(&config.1)
+        .arg(config.2.to_string())
         .arg(sim.to_string())
-        .arg(metrics.to_string())
+        .arg(config.3.to_string());
+    launch_gateway(name, host, config).await
+}
+
+/// Starts `command` (a gateway reading the config of `gateway_config`)
+/// and waits until it is ready.
+async fn launch_gateway(
+    name: &'static str,
+    mut command: Command,
+    (dir, _config, addr, metrics): (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr),
+) -> Gateway {
+    let child = command
         .env("RUST_LOG", "error")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .spawn()
-        .expect("embed example");
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     wait_up(&format!("http://{addr}/readyz"), name).await;
     Gateway {
         proc: Proc { child, name },
