@@ -10,11 +10,13 @@ use pingora::services::ServiceWithDependents;
 use pingora::services::background::background_service;
 
 use crate::chat::ChatService;
+use crate::error::GatewayResult;
 use crate::ids::UserRules;
 use crate::inflight::InFlight;
 use crate::mapping::LazyStore;
 use crate::mapping::invalidation::Invalidations;
-use crate::proxy::{Gateway, path};
+use crate::proxy::Gateway;
+use crate::proxy::path::{self, Target};
 use crate::reload::{Live, Reloader};
 use crate::routes;
 use crate::settings::{ConfigError, Settings};
@@ -240,8 +242,19 @@ impl EaiGateway {
     /// the bearer tokens of `auth:`.
     pub async fn handle(&self, session: &mut Session) -> pingora::Result<bool> {
         let gateway = self.inner.live.gateway();
-        let raw = session.req_header().raw_path();
-        if !is_own_target(raw, &gateway) {
+        let target = path::normalize(session.req_header().raw_path(), &gateway.paths);
+        self.serve_if_own(session, &gateway, &target).await
+    }
+
+    /// `handle` for a caller that has already read the target with
+    /// `gateway`'s path rules (the binary routes by the same reading).
+    pub(crate) async fn serve_if_own(
+        &self,
+        session: &mut Session,
+        gateway: &Gateway,
+        target: &GatewayResult<Target>,
+    ) -> pingora::Result<bool> {
+        if !is_own_target(session.req_header().raw_path(), target) {
             return Ok(false);
         }
         gateway
@@ -263,8 +276,8 @@ impl EaiGateway {
 /// Whether the gateway answers this request target itself: a native path,
 /// or a target that cannot be read safely but names the native prefix (the
 /// gateway refuses it rather than let the host proxy it).
-fn is_own_target(raw: &[u8], gateway: &Gateway) -> bool {
-    match path::normalize(raw, &gateway.paths) {
+fn is_own_target(raw: &[u8], target: &GatewayResult<Target>) -> bool {
+    match target {
         Ok(target) => routes::is_native_path(&target.path),
         Err(_) => {
             let prefix = routes::NATIVE_PREFIX.as_bytes();

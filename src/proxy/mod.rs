@@ -284,14 +284,16 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // The binary mounts the middleware as any host proxy would.
-        if self.eai.handle(session).await? {
+        let gw = ctx.gateway.clone();
+        // One reading of the target serves both the middleware, mounted as
+        // any host proxy would (`EaiGateway::handle`), and the routing here.
+        let target = path::normalize(session.req_header().raw_path(), &gw.paths);
+        if self.eai.serve_if_own(session, &gw, &target).await? {
             ctx.native = true;
             return Ok(true);
         }
-        let gw = ctx.gateway.clone();
         let id = request_id(session);
-        let target = match path::normalize(session.req_header().raw_path(), &gw.paths) {
+        let target = match target {
             Ok(target) => target,
             Err(e) => {
                 ctx.status = Some(routes::respond(session, &id, Err(e), &[]).await?);
