@@ -68,9 +68,9 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .ok_or_else(|| "no TLS crypto provider is installed".to_owned())?;
     let cert_name = cert.display().to_string();
     let key_name = key.display().to_string();
-    for (key_name, path) in [("tls.cert_file", cert), ("tls.key_file", key)] {
+    for (setting, path) in [("tls.cert_file", cert), ("tls.key_file", key)] {
         std::fs::metadata(path)
-            .map_err(|e| format!("{key_name}: cannot read {}: {e}", path.display()))?;
+            .map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
     }
     let (chain, private_key) = pingora::tls::load_certs_and_key_files(&cert_name, &key_name)
         .map_err(|e| format!("tls: cannot read {cert_name} or {key_name}: {e}"))?

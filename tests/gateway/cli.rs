@@ -163,6 +163,30 @@ fn a_file_error_names_the_file_the_key_the_value_and_what_is_expected() {
     }
 }
 
+/// `check-config` reads the HTTPS listener's files as `run` and a reload
+/// would, and names the setting whose file is wrong.
+#[test]
+fn check_config_reads_the_tls_certificate_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let yaml = format!(
+        "agent_service: {{dialect: eai, url: 'http://x:1'}}\n\
+         tls: {{listen: '127.0.0.1:8443', cert_file: '{}', key_file: '{}'}}\n",
+        cert.display(),
+        key.display()
+    );
+    let key_env = [(PSEUDONYM_KEY_VAR, "pseudonyms-of-the-tls-check")];
+    let (_, err) = refused(&yaml, &key_env);
+    assert!(
+        err.contains("tls.cert_file: cannot read"),
+        "missing certificate: {err}"
+    );
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let (_, err) = refused(&yaml, &key_env);
+    assert!(err.contains("holds no PEM certificate"), "not PEM: {err}");
+}
+
 #[test]
 fn a_top_level_error_starts_with_the_file() {
     for (yaml, want) in [
