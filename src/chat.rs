@@ -17,6 +17,8 @@
 //! sent on top of it, from this replica or another. A DELETE takes the same
 //! lane and lease, so it runs between messages, never under one.
 
+pub mod records;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ use crate::inflight::InFlight;
 use crate::mapping::cache::MappingCache;
 use crate::mapping::lanes::UserLanes;
 use crate::mapping::lease::ChatLeases;
-use crate::mapping::{LeaseStore, MappingStore};
+use crate::mapping::{LeaseStore, MappingStore, RecordStore};
 use crate::metrics;
 use crate::settings::{PollSettings, Settings, limit};
 
@@ -44,7 +46,24 @@ pub struct ChatRequest {
     /// Asked-for budget; capped by `chat.timeout_seconds`.
     pub timeout: Option<Duration>,
     pub metadata: Option<Value>,
+    /// Where a streamed chat's progress goes as it happens.
+    pub events: Option<ChatEvents>,
 }
+
+/// What a streamed chat reports while it runs (`routes::chat` turns these
+/// into server-sent events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// Delivered to the agent under this message id.
+    Sent(String),
+    /// One of the agent's messages, or a piece of one (the agent service
+    /// streams long messages in pieces that share their `id`).
+    Message(Value),
+}
+
+/// The sending side of a streamed chat's events. Unbounded: a chat produces
+/// a handful, and a slow client must not slow the chat down.
+pub type ChatEvents = tokio::sync::mpsc::UnboundedSender<ChatEvent>;
 
 /// The agent's answer to one message, as the route returns it:
 /// `{"response": {"status": "completed", "message_id": …, "data": …}}`.
@@ -86,6 +105,8 @@ struct Inner {
     delete_upstream: bool,
     delete_wait: Duration,
     max_queued: Option<usize>,
+    async_result_ttl: Duration,
+    idempotency_ttl: Duration,
 }
 
 /// What outlives a reload: the mapping and its cache, the users' lanes and
@@ -98,6 +119,8 @@ struct State {
     /// Chats whose task is still running, answered or not: shutdown waits
     /// for them.
     running: InFlight,
+    /// Outcomes kept for asynchronous and keyed chats.
+    records: records::ChatRecords,
 }
 
 impl std::ops::Deref for Inner {
@@ -127,6 +150,26 @@ impl ProgressCell {
     /// Whether the caller has stopped waiting (and dropped its side).
     fn abandoned_by_caller(&self) -> bool {
         Arc::strong_count(&self.0) == 1
+    }
+
+    /// The 504 for a caller whose wait ran out; names the message if it
+    /// was sent (a send in flight gets a moment to return its id).
+    async fn gave_up(&self) -> GatewayError {
+        let settled = Instant::now() + SEND_SETTLE;
+        while self.get() == Progress::Sending && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match self.get() {
+            Progress::Sent(id) => gave_up().with_message_id(id),
+            Progress::Sending => GatewayError::new(
+                ErrorKind::PollTimeout,
+                "the agent did not answer within the polling budget; the message is being delivered",
+            ),
+            Progress::Preparing => GatewayError::new(
+                ErrorKind::PollTimeout,
+                "earlier messages of this user are still being answered",
+            ),
+        }
     }
 }
 
@@ -159,13 +202,14 @@ enum Attempt {
 }
 
 impl ChatService {
-    pub fn new<S: MappingStore + LeaseStore + 'static>(
+    pub fn new<S: MappingStore + LeaseStore + RecordStore + 'static>(
         settings: &Settings,
         store: Arc<S>,
         agents: Arc<dyn AgentService>,
     ) -> Self {
         let state = Arc::new(State {
             leases: ChatLeases::new(store.clone()),
+            records: records::ChatRecords::new(store.clone()),
             store,
             cache: Arc::new(MappingCache::new(
                 settings.mapping.cache_capacity,
@@ -195,6 +239,8 @@ impl ChatService {
                 delete_upstream: settings.mapping.delete_upstream_on_delete,
                 delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),
+                async_result_ttl: settings.chat.async_result_ttl,
+                idempotency_ttl: settings.chat.idempotency_ttl,
             }),
         }
     }
@@ -207,6 +253,21 @@ impl ChatService {
             cache_entries: self.inner.cache.len_estimate(),
             pool: self.inner.store.pool_stats(),
         }
+    }
+
+    /// The outcomes of asynchronous and keyed chats.
+    pub fn records(&self) -> &records::ChatRecords {
+        &self.inner.records
+    }
+
+    /// How long an asynchronous chat's outcome stays readable.
+    pub fn async_result_ttl(&self) -> Duration {
+        self.inner.async_result_ttl
+    }
+
+    /// How long an `Idempotency-Key` stands for its chat.
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.inner.idempotency_ttl
     }
 
     pub fn store(&self) -> &dyn MappingStore {
@@ -229,10 +290,20 @@ impl ChatService {
     /// the message id when it was sent). Everything from the user's lane on
     /// runs in a task of its own (see the module comment).
     pub async fn chat(&self, ctx: RequestContext, req: ChatRequest) -> GatewayResult<ChatAnswer> {
-        let budget = req
-            .timeout
-            .map_or(self.inner.budget, |t| t.min(self.inner.budget));
-        let deadline = Instant::now() + budget;
+        self.start(ctx, req)?.answer().await
+    }
+
+    /// When a caller asking for `timeout` stops waiting.
+    pub fn deadline_for(&self, timeout: Option<Duration>) -> Instant {
+        let budget = timeout.map_or(self.inner.budget, |t| t.min(self.inner.budget));
+        Instant::now() + budget
+    }
+
+    /// Queues the chat in its user's lane and starts its task; the caller
+    /// then waits for its answer (`ChatRun::answer`) or for its end
+    /// (`ChatRun::outcome`). Refused (429) when the user's queue is full.
+    pub fn start(&self, ctx: RequestContext, req: ChatRequest) -> GatewayResult<ChatRun> {
+        let deadline = self.deadline_for(req.timeout);
         let ticket = self
             .inner
             .lanes
@@ -248,7 +319,7 @@ impl ChatService {
         let running = inner.running.enter();
         let progress = ProgressCell::default();
         let watched = progress.clone();
-        let mut task = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _running = running;
             let _lane = tokio::time::timeout_at(deadline, ticket.wait())
                 .await
@@ -272,36 +343,11 @@ impl ChatService {
             }
             result
         });
-        let joined = match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(joined) => joined,
-            // Finished on the deadline itself: the answer still counts.
-            Err(_) if task.is_finished() => task.await,
-            Err(_) => return Err(Self::caller_gave_up(&watched).await),
-        };
-        joined.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "Chat task failed.");
-            Err(GatewayError::new(ErrorKind::Internal, "internal error"))
+        Ok(ChatRun {
+            task,
+            progress: watched,
+            deadline,
         })
-    }
-
-    /// The 504 for a caller whose wait ran out; names the message if it
-    /// was sent (a send in flight gets a moment to return its id).
-    async fn caller_gave_up(progress: &ProgressCell) -> GatewayError {
-        let settled = Instant::now() + SEND_SETTLE;
-        while progress.get() == Progress::Sending && Instant::now() < settled {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        match progress.get() {
-            Progress::Sent(id) => gave_up().with_message_id(id),
-            Progress::Sending => GatewayError::new(
-                ErrorKind::PollTimeout,
-                "the agent did not answer within the polling budget; the message is being delivered",
-            ),
-            Progress::Preparing => GatewayError::new(
-                ErrorKind::PollTimeout,
-                "earlier messages of this user are still being answered",
-            ),
-        }
     }
 
     pub async fn agent_of(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
@@ -338,6 +384,68 @@ impl ChatService {
         let result = inner.forget_in_turn(ctx, user).await;
         lease.release().await;
         result
+    }
+}
+
+/// A chat whose task has started.
+pub struct ChatRun {
+    task: tokio::task::JoinHandle<GatewayResult<ChatAnswer>>,
+    progress: ProgressCell,
+    deadline: Instant,
+}
+
+impl ChatRun {
+    /// The answer, or at the caller's deadline a 504 that names the message
+    /// if it was sent; the chat goes on either way.
+    pub async fn answer(mut self) -> GatewayResult<ChatAnswer> {
+        let joined = match tokio::time::timeout_at(self.deadline, &mut self.task).await {
+            Ok(joined) => joined,
+            // Finished on the deadline itself: the answer still counts.
+            Err(_) if self.task.is_finished() => self.task.await,
+            Err(_) => return Err(self.progress.gave_up().await),
+        };
+        Self::joined(joined)
+    }
+
+    /// How the chat ended, however long that takes (up to
+    /// `chat.max_processing_seconds` after the send).
+    pub async fn outcome(self) -> GatewayResult<ChatAnswer> {
+        Self::joined(self.task.await)
+    }
+
+    /// Follows the chat from elsewhere (a second waiter).
+    pub fn watch(&self) -> ChatWatch {
+        ChatWatch(self.progress.clone())
+    }
+
+    /// The caller's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn joined(
+        joined: Result<GatewayResult<ChatAnswer>, tokio::task::JoinError>,
+    ) -> GatewayResult<ChatAnswer> {
+        joined.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Chat task failed.");
+            Err(GatewayError::new(ErrorKind::Internal, "internal error"))
+        })
+    }
+}
+
+/// How far a chat has come, for a caller that waits for it elsewhere.
+#[derive(Clone)]
+pub struct ChatWatch(ProgressCell);
+
+impl ChatWatch {
+    /// Whether the message may have reached the agent.
+    pub fn delivery_started(&self) -> bool {
+        self.0.get() != Progress::Preparing
+    }
+
+    /// The 504 for a caller whose wait ran out (see `ChatRun::answer`).
+    pub async fn gave_up(&self) -> GatewayError {
+        self.0.gave_up().await
     }
 }
 
@@ -416,40 +524,61 @@ impl Inner {
         }
         progress.set(Progress::Sending);
         let processing_deadline = Instant::now() + self.max_processing;
-        let sent = self
-            .agents
-            .send(
-                ctx,
-                agent,
-                &req.message,
-                req.metadata.as_ref(),
-                self.max_processing,
-            )
-            .await;
-        let (id, finished) = match sent {
-            Ok(Sent::Accepted(id)) => {
-                progress.set(Progress::Sent(id.clone()));
-                let polled = poll::until_done(
-                    ctx,
-                    self.agents.as_ref(),
-                    agent,
-                    &id,
-                    &self.poll,
-                    processing_deadline,
-                )
-                .await;
-                match polled {
-                    Ok(finished) => (id, finished),
-                    Err(e) => {
-                        if e.kind == ErrorKind::PollTimeout {
-                            self.abandon(&req.user, &id);
-                        }
-                        return Err(e.with_message_id(id));
-                    }
+        let emit = |event: ChatEvent| {
+            if let ChatEvent::Sent(id) = &event {
+                if matches!(progress.get(), Progress::Sent(known) if &known == id) {
+                    return;
                 }
+                progress.set(Progress::Sent(id.clone()));
+            }
+            if let Some(events) = &req.events {
+                // The receiver is gone when the client left: nothing to do.
+                let _ = events.send(event);
+            }
+        };
+        let sent = match &req.events {
+            Some(_) => {
+                self.agents
+                    .send_streaming(
+                        ctx,
+                        agent,
+                        &req.message,
+                        req.metadata.as_ref(),
+                        self.max_processing,
+                        &emit,
+                    )
+                    .await
+            }
+            None => {
+                self.agents
+                    .send(
+                        ctx,
+                        agent,
+                        &req.message,
+                        req.metadata.as_ref(),
+                        self.max_processing,
+                    )
+                    .await
+            }
+        };
+        let (id, finished, streamed) = match sent {
+            Ok(Sent::Accepted(id)) => {
+                let finished = self
+                    .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)
+                    .await?;
+                (id, finished, false)
+            }
+            Ok(Sent::Streamed(id)) => {
+                let finished = self
+                    .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)
+                    .await?;
+                (id, finished, true)
             }
             // Synchronous delivery: answered without a single poll.
-            Ok(Sent::Answered { id, outcome }) => (id, poll::Finished { outcome, polls: 0 }),
+            Ok(Sent::Answered { id, outcome }) => {
+                emit(ChatEvent::Sent(id.clone()));
+                (id, poll::Finished { outcome, polls: 0 }, false)
+            }
             Ok(Sent::AgentGone) => {
                 progress.set(Progress::Preparing);
                 return Ok(Attempt::AgentGone);
@@ -461,6 +590,17 @@ impl Inner {
                 return Err(e);
             }
         };
+        if let (Poll::Completed(data), false) = (&finished.outcome, streamed) {
+            // Not streamed by the agent service: the messages as one batch.
+            for message in data
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                emit(ChatEvent::Message(message.clone()));
+            }
+        }
         metrics::CHAT_POLLS.observe(f64::from(finished.polls));
         match finished.outcome {
             Poll::Completed(data) => Ok(Attempt::Answered(ChatAnswer {
@@ -480,6 +620,34 @@ impl Inner {
                 "poll ended while pending",
             )),
         }
+    }
+
+    /// Polls a delivered message until it ends or `processing_deadline`.
+    async fn follow(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        user: &UserNumber,
+        id: &str,
+        processing_deadline: Instant,
+        emit: &(dyn Fn(ChatEvent) + Sync),
+    ) -> GatewayResult<poll::Finished> {
+        emit(ChatEvent::Sent(id.to_owned()));
+        poll::until_done(
+            ctx,
+            self.agents.as_ref(),
+            agent,
+            id,
+            &self.poll,
+            processing_deadline,
+        )
+        .await
+        .map_err(|e| {
+            if e.kind == ErrorKind::PollTimeout {
+                self.abandon(user, id);
+            }
+            e.with_message_id(id.to_owned())
+        })
     }
 
     /// `max_processing` passed after the send: the user gets their turn

@@ -178,6 +178,15 @@ pub static CHAT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static CHAT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_chat_requests_total",
+        "Chats taken, by form (blocking, async, stream) and whether an Idempotency-Key's earlier chat answered them (replayed).",
+        &["mode", "replayed"]
+    )
+    .expect("metric definition")
+});
+
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "eai_gateway_build_info",
@@ -339,6 +348,11 @@ pub const DB_OPERATIONS: &[&str] = &[
     "try_lease",
     "renew_leases",
     "release_lease",
+    "begin_record",
+    "read_record",
+    "finish_record",
+    "renew_records",
+    "purge_records",
 ];
 const AGENT_OPERATIONS: &[&str] = &[
     "create_agent",
@@ -348,6 +362,7 @@ const AGENT_OPERATIONS: &[&str] = &[
     "poll",
     "fetch_messages",
     "fetch_usage",
+    "send_stream",
 ];
 const AGENT_OUTCOMES: &[&str] = &[
     "ok",
@@ -431,6 +446,11 @@ pub fn init() {
     }
     for outcome in ["ok", "error"] {
         CHAT_DURATION.with_label_values(&[outcome]);
+    }
+    for mode in ["blocking", "async", "stream"] {
+        for replayed in ["true", "false"] {
+            CHAT_REQUESTS.with_label_values(&[mode, replayed]);
+        }
     }
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EAI_GATEWAY_COMMIT")])

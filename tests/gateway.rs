@@ -5,6 +5,7 @@
 
 mod gateway {
     pub mod bad_input;
+    pub mod chat_modes;
     pub mod cli;
     pub mod concurrency;
     pub mod embed;

@@ -365,3 +365,126 @@ async fn a_delete_waits_for_the_letta_run_and_nothing_recreates_the_agent() {
         "an agent outlived the DELETE"
     );
 }
+
+async fn post_chat_with(
+    gw: &GatewayProcess,
+    headers: &[(&str, &str)],
+    user: &str,
+    message: &str,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(gw.url("/eai-gateway/chat"))
+        .json(&json!({"user_number": user, "message": message}));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
+/// Letta's streaming endpoint behind `Accept: text/event-stream`: the first
+/// piece of the answer reaches the client while the run is still going,
+/// and `done` carries the run's messages as a blocking chat would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
+async fn a_streamed_chat_shows_the_answer_before_the_run_ends() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    // The agent exists first, so the stream measures only the message.
+    let (status, _) = gw.chat(&user, "olá").await;
+    assert_eq!(status, 200);
+    let text = "[delay=3000] uma resposta em partes";
+    let r = post_chat_with(&gw, &[("accept", "text/event-stream")], &user, text).await;
+    assert_eq!(r.status(), 200);
+    let mut run_status_at_first_message = None;
+    let mut run_id = String::new();
+    let mut events = Vec::new();
+    let mut resp = r;
+    let mut buf = String::new();
+    'read: while let Some(chunk) = resp.chunk().await.unwrap() {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let raw: String = buf.drain(..end + 2).collect();
+            let name = raw
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or(":");
+            let data = raw
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("");
+            let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            if name == "status" && data["status"] == "sent" {
+                run_id = data["message_id"].as_str().unwrap().to_owned();
+            }
+            if name == "message" && run_status_at_first_message.is_none() {
+                let (_, run) = letta_get(&format!("/v1/runs/{run_id}")).await;
+                run_status_at_first_message = Some(run["status"].clone());
+            }
+            events.push((name.to_owned(), data));
+            if name == "done" || name == "error" {
+                break 'read;
+            }
+        }
+    }
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(&names[..2], ["status", "status"], "{names:?}");
+    assert!(run_id.starts_with("run-"), "{events:?}");
+    assert_ne!(
+        run_status_at_first_message,
+        Some(json!("completed")),
+        "the first message event arrived before the run completed"
+    );
+    assert!(run_status_at_first_message.is_some(), "{names:?}");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{names:?}");
+    assert_eq!(done["response"]["message_id"], run_id.as_str());
+    let (_, messages) = letta_get(&format!("/v1/runs/{run_id}/messages")).await;
+    assert_eq!(done["response"]["data"]["messages"], messages);
+    let pieces: String = events
+        .iter()
+        .filter(|(n, m)| n == "message" && m["message_type"] == "assistant_message")
+        .map(|(_, m)| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pieces, format!("echo: {text}"));
+}
+
+/// `Prefer: respond-async` against Letta, and a keyed chat sent twice that
+/// reaches the agent's memory once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
+async fn async_and_keyed_chats_against_letta() {
+    let db = TestDb::new(DbKind::Postgres);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let r = post_chat_with(&gw, &[("prefer", "respond-async")], &user, "assíncrono").await;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut last = (0, Value::Null);
+    for _ in 0..600 {
+        let r = reqwest::get(gw.url(&location)).await.unwrap();
+        last = (r.status().as_u16(), r.json().await.unwrap());
+        if last.0 != 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    assert_eq!(answer_text(&last.1), "echo: assíncrono");
+
+    let key = [("idempotency-key", "conformance-once")];
+    let first = post_chat_with(&gw, &key, &user, "uma vez só").await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let again = post_chat_with(&gw, &key, &user, "uma vez só").await;
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let agent = answering_agent(&first);
+    let said: Vec<String> = history_of(&agent)
+        .await
+        .into_iter()
+        .filter(|(role, _)| role == "user_message")
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(said, ["assíncrono", "uma vez só"]);
+}

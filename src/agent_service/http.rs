@@ -153,6 +153,76 @@ impl AgentHttp {
         result
     }
 
+    /// `POST path` with `body`, answered with a stream of events: the events
+    /// to read, or the reply when the service refused with a status. The
+    /// stream may last up to `timeout`; like a synchronous send it skips the
+    /// `max_concurrent_calls` queue.
+    pub(crate) async fn open_stream(
+        &self,
+        ctx: &RequestContext,
+        operation: &'static str,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
+        let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
+        let started = Instant::now();
+        let result = self.open_stream_inner(ctx, path, body, timeout).await;
+        let elapsed = started.elapsed();
+        ctx.add_upstream_wait(elapsed);
+        metrics::AGENT_SERVICE_DURATION
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(r)) if r.status.is_client_error() => "http_4xx",
+            Ok(Err(_)) => "http_5xx",
+            Err(e) if e.kind == ErrorKind::AgentServiceUnreachable => "unreachable",
+            Err(_) => "invalid_response",
+        };
+        metrics::AGENT_SERVICE_CALLS
+            .with_label_values(&[operation, outcome])
+            .inc();
+        result
+    }
+
+    async fn open_stream_inner(
+        &self,
+        ctx: &RequestContext,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
+        let url = self.base.join(path).map_err(|e| {
+            GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
+        })?;
+        let mut req = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header("accept", "text/event-stream")
+            .header("x-request-id", ctx.id.as_str())
+            .header("traceparent", ctx.trace().child_header())
+            .json(body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Ok(super::sse::EventReader::new(
+                resp,
+                self.max_response_bytes,
+            )));
+        }
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        let bytes = &bytes[..bytes.len().min(self.max_response_bytes)];
+        let body = serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned())
+        });
+        Ok(Err(Reply { status, body }))
+    }
+
     /// `POST path` with `body`; the new agent's id is `id_field` of the answer.
     pub(crate) async fn create_agent(
         &self,

@@ -9,6 +9,7 @@ use super::http::AgentHttp;
 use super::{AgentService, Deleted, Poll, Sent, safe_id};
 use std::time::Duration;
 
+use crate::chat::ChatEvent;
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
@@ -236,6 +237,85 @@ impl AgentService for LettaClient {
             )
             .await?;
         AgentHttp::sent(&reply, "id", "run id")
+    }
+
+    /// Letta's streaming send, token by token: each piece of the agent's
+    /// messages is reported as it arrives; the run's outcome is then polled
+    /// as for an asynchronous send, so the answer is the same.
+    async fn send_streaming(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        message: &str,
+        _metadata: Option<&Value>,
+        budget: Duration,
+        emit: &(dyn Fn(ChatEvent) + Sync),
+    ) -> GatewayResult<Sent> {
+        let body = json!({
+            "messages": [{"role": "user", "content": message}],
+            "stream_tokens": true,
+            "include_pings": true,
+        });
+        let opened = self
+            .http
+            .open_stream(
+                ctx,
+                "send_stream",
+                &format!("v1/agents/{agent}/messages/stream"),
+                &body,
+                budget,
+            )
+            .await?;
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(reply) if reply.status == StatusCode::NOT_FOUND => return Ok(Sent::AgentGone),
+            Err(reply) => {
+                return Err(GatewayError::agent_service(format!(
+                    "agent service refused the message ({})",
+                    reply.reason()
+                )));
+            }
+        };
+        let mut run_id: Option<String> = None;
+        loop {
+            let event = match events.next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                // Once the run is known its outcome is polled for, whatever
+                // became of the stream.
+                Err(e) if run_id.is_some() => {
+                    tracing::warn!(error = %e, "Letta stream ended early; polling the run.");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if event.data == "[DONE]" {
+                break;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            if run_id.is_none()
+                && let Ok(id) = safe_id(value.get("run_id"), "run id")
+            {
+                emit(ChatEvent::Sent(id.clone()));
+                run_id = Some(id);
+            }
+            if event.name == "error" {
+                tracing::warn!(detail = %event.data.chars().take(300).collect::<String>(), "Letta stream reported an error.");
+                continue;
+            }
+            let kind = value.get("message_type").and_then(Value::as_str);
+            if !matches!(
+                kind,
+                None | Some("ping" | "stop_reason" | "usage_statistics")
+            ) {
+                emit(ChatEvent::Message(value));
+            }
+        }
+        run_id.map(Sent::Streamed).ok_or_else(|| {
+            GatewayError::agent_service("agent service stream named no run for the message")
+        })
     }
 
     async fn poll(

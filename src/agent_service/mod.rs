@@ -5,12 +5,14 @@ mod eai;
 mod http;
 mod letta;
 pub mod poll;
+mod sse;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::chat::ChatEvent;
 use crate::context::RequestContext;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
@@ -22,6 +24,9 @@ pub enum Sent {
     Accepted(String),
     /// The agent does not exist upstream; nothing was delivered.
     AgentGone,
+    /// Delivered, and its messages already streamed to the chat's events;
+    /// poll with this id for the outcome.
+    Streamed(String),
     /// Delivered and already answered (synchronous delivery): `id` is the
     /// message id for the caller, `outcome` what a poll would have returned.
     Answered { id: String, outcome: Poll },
@@ -59,6 +64,22 @@ pub trait AgentService: Send + Sync {
         metadata: Option<&Value>,
         budget: std::time::Duration,
     ) -> GatewayResult<Sent>;
+    /// `send`, reporting the agent's messages to `emit` as the agent
+    /// service produces them (and `ChatEvent::Sent` as soon as the message
+    /// has an id). A dialect without streaming sends as usual; the chat then
+    /// reports the messages when the poll completes.
+    async fn send_streaming(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        message: &str,
+        metadata: Option<&Value>,
+        budget: std::time::Duration,
+        emit: &(dyn Fn(ChatEvent) + Sync),
+    ) -> GatewayResult<Sent> {
+        let _ = emit;
+        self.send(ctx, agent, message, metadata, budget).await
+    }
     /// Idempotent; safe to retry.
     async fn poll(&self, ctx: &RequestContext, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
 }

@@ -20,7 +20,9 @@ use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
 use crate::settings::DatabaseSettings;
 use sql::SqlStore;
-pub use store::{LeaseStore, MappingStore, PoolStats};
+pub use store::{
+    LeaseStore, MappingStore, NewRecord, PoolStats, RecordState, RecordStore, StoredRecord,
+};
 
 /// Applies the migrations of the configured database.
 pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
@@ -164,5 +166,58 @@ impl LeaseStore for LazyStore {
             s.release_lease(user, holder).await
         })
         .await
+    }
+}
+
+#[async_trait]
+impl RecordStore for LazyStore {
+    async fn begin_record(&self, record: &NewRecord<'_>) -> GatewayResult<Option<StoredRecord>> {
+        self.run("begin_record", async |s| s.begin_record(record).await)
+            .await
+    }
+    async fn visible_record(&self, id: &str) -> GatewayResult<Option<StoredRecord>> {
+        self.run("read_record", async |s| s.visible_record(id).await)
+            .await
+    }
+    async fn record(&self, id: &str) -> GatewayResult<Option<StoredRecord>> {
+        self.run("read_record", async |s| s.record(id).await).await
+    }
+    async fn expose_record(&self, id: &str) -> GatewayResult<()> {
+        self.run("finish_record", async |s| s.expose_record(id).await)
+            .await
+    }
+    async fn finish_record(
+        &self,
+        id: &str,
+        status: u16,
+        body: &str,
+        visible_for: Duration,
+        release_key: bool,
+    ) -> GatewayResult<bool> {
+        self.run("finish_record", async |s| {
+            s.finish_record(id, status, body, visible_for, release_key)
+                .await
+        })
+        .await
+    }
+    async fn fail_orphan(
+        &self,
+        id: &str,
+        status: u16,
+        body: &str,
+        visible_for: Duration,
+    ) -> GatewayResult<bool> {
+        self.run("finish_record", async |s| {
+            s.fail_orphan(id, status, body, visible_for).await
+        })
+        .await
+    }
+    async fn renew_records(&self, owner: &str, lease: Duration) -> GatewayResult<u64> {
+        self.run("renew_records", async |s| s.renew_records(owner, lease).await)
+            .await
+    }
+    async fn purge_records(&self) -> GatewayResult<u64> {
+        self.run("purge_records", async |s| s.purge_records().await)
+            .await
     }
 }

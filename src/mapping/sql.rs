@@ -36,6 +36,11 @@ const PG_MIGRATIONS: &[Embedded] = &[
         "chat leases",
         include_str!("../../migrations/postgres/20261125000002_chat_leases.sql"),
     ),
+    (
+        20261127000001,
+        "chat records",
+        include_str!("../../migrations/postgres/20261127000001_chat_records.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[Embedded] = &[
     (
@@ -47,6 +52,11 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         20261125000002,
         "chat leases",
         include_str!("../../migrations/sqlite/20261125000002_chat_leases.sql"),
+    ),
+    (
+        20261127000001,
+        "chat records",
+        include_str!("../../migrations/sqlite/20261127000001_chat_records.sql"),
     ),
 ];
 
@@ -83,11 +93,14 @@ macro_rules! on_pool {
     };
 }
 
+mod records;
+
 /// The statements, with the dialect's current time in milliseconds. Both
 /// dialects accept `$n` parameters, `EXCLUDED` and `RETURNING`.
 struct Statements {
     try_lease: String,
     renew_leases: String,
+    records: records::Sql,
 }
 
 impl Statements {
@@ -105,6 +118,7 @@ impl Statements {
             renew_leases: format!(
                 "UPDATE chat_leases SET expires_at_ms = {now_ms} + $2 WHERE holder LIKE $1"
             ),
+            records: records::Sql::new(now_ms),
         }
     }
 }

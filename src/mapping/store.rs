@@ -66,3 +66,81 @@ pub trait LeaseStore: Send + Sync {
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()>;
 }
+
+/// A chat record to create (see `chat::records`).
+pub struct NewRecord<'a> {
+    pub id: &'a str,
+    pub user: &'a UserNumber,
+    /// With a key, an unexpired record of the same user and key wins.
+    pub key: Option<&'a str>,
+    pub fingerprint: &'a str,
+    pub owner: &'a str,
+    pub lease: Duration,
+    /// Asynchronous: fetchable by id at least this long.
+    pub visible_for: Option<Duration>,
+    pub key_for: Duration,
+}
+
+/// A chat record as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub id: String,
+    pub fingerprint: String,
+    pub state: RecordState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Its owner carries it and renews its lease.
+    Processing,
+    /// Nobody renewed its lease in time: its owner is gone.
+    Orphaned,
+    /// The outcome: the HTTP status and JSON body the chat answered.
+    Done { status: u16, body: String },
+}
+
+/// Chat outcomes shared by the replicas: asynchronous chats and
+/// `Idempotency-Key`s (see `chat::records`).
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Creates the record and returns `None`, or, when its key is taken by
+    /// an unexpired record, returns that record and creates nothing.
+    async fn begin_record(&self, record: &NewRecord<'_>) -> GatewayResult<Option<StoredRecord>>;
+
+    /// The record of an asynchronous chat, unless its window has passed.
+    async fn visible_record(&self, id: &str) -> GatewayResult<Option<StoredRecord>>;
+
+    /// Any record by id, for a caller that holds it (a repeated key).
+    async fn record(&self, id: &str) -> GatewayResult<Option<StoredRecord>>;
+
+    /// Makes a record still processing readable by id (it may have been
+    /// created without that window, which starts when it ends).
+    async fn expose_record(&self, id: &str) -> GatewayResult<()>;
+
+    /// Stores the outcome of a record still processing; `visible_for`
+    /// restarts its asynchronous window, `release_key` frees its key for a
+    /// fresh attempt. False when it was no longer processing.
+    async fn finish_record(
+        &self,
+        id: &str,
+        status: u16,
+        body: &str,
+        visible_for: Duration,
+        release_key: bool,
+    ) -> GatewayResult<bool>;
+
+    /// `finish_record`, only if the record is processing with its lease run out.
+    async fn fail_orphan(
+        &self,
+        id: &str,
+        status: u16,
+        body: &str,
+        visible_for: Duration,
+    ) -> GatewayResult<bool>;
+
+    /// Extends the lease of every record `owner` is processing.
+    async fn renew_records(&self, owner: &str, lease: Duration) -> GatewayResult<u64>;
+
+    /// Deletes records whose windows have all passed.
+    async fn purge_records(&self) -> GatewayResult<u64>;
+}

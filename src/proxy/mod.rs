@@ -658,6 +658,7 @@ impl Gateway {
                 routes::agent::delete(&self.chat, users, &ctx, &raw).await
             }
             (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
+            (Ok(()), Native::ChatOutcome(raw)) => routes::chat::outcome(&self.chat, &raw).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("method not allowed; use {allow}"),
@@ -691,17 +692,16 @@ impl Gateway {
         // The overhead clock starts once the body is in: a slow client is
         // not the gateway's cost.
         let ctx = RequestContext::new(request_id.clone());
-        let result =
-            routes::chat::handle(&self.chat, &self.limits, &self.chat_rules, body, &ctx).await;
-        let outcome = if result.is_ok() {
-            metrics::CHAT_OVERHEAD.observe(ctx.own_time().as_secs_f64());
-            "ok"
-        } else {
-            "error"
-        };
-        metrics::CHAT_DURATION
-            .with_label_values(&[outcome])
-            .observe(ctx.elapsed().as_secs_f64());
-        result
+        // Read after the body, so that a refusal leaves the connection clean.
+        let delivery = routes::chat::Delivery::from_headers(&session.req_header().headers);
+        routes::chat::handle(
+            &self.chat,
+            &self.limits,
+            &self.chat_rules,
+            body,
+            &ctx,
+            delivery,
+        )
+        .await
     }
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod chat;
 pub mod health;
+pub mod sse;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
@@ -22,6 +23,8 @@ pub const NATIVE_PREFIX: &str = "/eai-gateway";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Native {
     Chat,
+    /// `GET /eai-gateway/chat/{message_id}`: an asynchronous chat's outcome.
+    ChatOutcome(String),
     AgentGet(String),
     AgentDelete(String),
     Healthz,
@@ -36,6 +39,7 @@ impl Native {
     pub fn template(&self) -> &'static str {
         match self {
             Self::Chat => "/eai-gateway/chat",
+            Self::ChatOutcome(_) => CHAT_OUTCOME,
             Self::AgentGet(_) | Self::AgentDelete(_) => "/eai-gateway/agent/{user_number}",
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
@@ -53,6 +57,8 @@ pub fn is_native_path(path: &str) -> bool {
             .strip_prefix(NATIVE_PREFIX)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
+
+const CHAT_OUTCOME: &str = "/eai-gateway/chat/{message_id}";
 
 /// Which native route, if any, serves this request.
 pub fn match_native(method: &Method, path: &str) -> Option<Native> {
@@ -84,6 +90,12 @@ pub fn match_native(method: &Method, path: &str) -> Option<Native> {
                 return None;
             }
             let rest = &path[NATIVE_PREFIX.len()..];
+            if let Some(raw) = rest.strip_prefix("/chat/") {
+                return Some(match *method {
+                    Method::GET | Method::HEAD => Native::ChatOutcome(raw.to_owned()),
+                    _ => Native::WrongMethod(CHAT_OUTCOME, "GET"),
+                });
+            }
             match rest.strip_prefix("/agent/") {
                 Some(raw) => match *method {
                     Method::GET => Native::AgentGet(raw.to_owned()),
@@ -111,10 +123,13 @@ fn method_is(
     }
 }
 
-/// What a handler answers: a status and, unless it is empty, a JSON body.
+/// What a handler answers: a status and, unless it is empty, a JSON body
+/// (or a stream of events), and the headers only the handler knows.
 pub struct Reply {
     pub status: StatusCode,
     pub body: Option<Bytes>,
+    pub headers: Vec<(&'static str, String)>,
+    pub events: Option<sse::EventStream>,
 }
 
 impl Reply {
@@ -123,14 +138,41 @@ impl Reply {
             tracing::error!(error = %e, "Response could not be serialised.");
             GatewayError::new(ErrorKind::Internal, "internal error")
         })?;
-        Ok(Self {
+        Ok(Self::raw(status, Bytes::from(bytes)))
+    }
+
+    /// A JSON body already serialised.
+    pub fn raw(status: StatusCode, body: Bytes) -> Self {
+        Self {
             status,
-            body: Some(Bytes::from(bytes)),
-        })
+            body: Some(body),
+            headers: Vec::new(),
+            events: None,
+        }
     }
 
     pub fn empty(status: StatusCode) -> Self {
-        Self { status, body: None }
+        Self {
+            status,
+            body: None,
+            headers: Vec::new(),
+            events: None,
+        }
+    }
+
+    /// `200 text/event-stream`, its events written as they come.
+    pub fn events(stream: sse::EventStream) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: None,
+            headers: Vec::new(),
+            events: Some(stream),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 
@@ -161,13 +203,14 @@ pub async fn respond(
             if e.kind == ErrorKind::Unauthorized {
                 headers.push(("www-authenticate", "Bearer".to_owned()));
             }
-            Reply {
-                status: e.status(),
-                body: Some(Bytes::from(e.body().to_string())),
-            }
+            Reply::raw(e.status(), Bytes::from(e.body().to_string()))
         }
     };
-    write_json(session, reply.status, reply.body, &headers).await?;
+    headers.extend(reply.headers);
+    match reply.events {
+        Some(events) => events.write(session, &headers).await?,
+        None => write_json(session, reply.status, reply.body, &headers).await?,
+    }
     Ok(reply.status)
 }
 

@@ -26,6 +26,22 @@ pub struct ChatSettings {
     /// stopped waiting; then it gives up and releases the user.
     #[serde(rename = "max_processing_seconds", with = "units::seconds")]
     pub max_processing: Duration,
+    /// How long the outcome of an asynchronous chat (`Prefer:
+    /// respond-async`) can be fetched after it ends; then 404.
+    #[serde(
+        rename = "async_result_ttl_seconds",
+        alias = "async_result_ttl",
+        with = "units::seconds"
+    )]
+    pub async_result_ttl: Duration,
+    /// How long an `Idempotency-Key` stands for the chat it first came
+    /// with: a repeat within it is answered from that chat, never sent.
+    #[serde(
+        rename = "idempotency_ttl_seconds",
+        alias = "idempotency_ttl",
+        with = "units::seconds"
+    )]
+    pub idempotency_ttl: Duration,
     /// `chat.poll`: the schedule of polls for an answer.
     pub poll: PollSettings,
 }
@@ -38,6 +54,8 @@ impl Default for ChatSettings {
             body_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(180),
             max_processing: Duration::from_secs(15 * 60),
+            async_result_ttl: Duration::from_secs(60 * 60),
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             poll: PollSettings::default(),
         }
     }
@@ -120,6 +138,18 @@ impl ChatSettings {
                     self.timeout.as_secs_f64()
                 ),
             ));
+        }
+        for (key, ttl) in [
+            ("chat.async_result_ttl_seconds", self.async_result_ttl),
+            ("chat.idempotency_ttl_seconds", self.idempotency_ttl),
+        ] {
+            if ttl.is_zero() || ttl > Duration::from_secs(7 * 86_400) {
+                return Err(ConfigError::out_of_range(
+                    key,
+                    ttl.as_secs(),
+                    "must be between 1 and 604800 (7 days)",
+                ));
+            }
         }
         self.poll.validate()
     }

@@ -23,6 +23,7 @@ pub fn routes() -> Router<Simulator> {
             get(history).post(send_sync),
         )
         .route("/v1/agents/{agent_id}/messages/async", post(send))
+        .route("/v1/agents/{agent_id}/messages/stream", post(send_stream))
         .route("/v1/runs/{run_id}", get(run))
         .route("/v1/runs/{run_id}/messages", get(run_messages))
         .route("/v1/runs/{run_id}/usage", get(run_usage))
@@ -218,6 +219,78 @@ async fn send_sync(
         ),
         _ => send_agent_missing(),
     }
+}
+
+/// `POST /v1/agents/{id}/messages/stream` with `stream_tokens`, shaped like
+/// real Letta 0.16.8's: a ping naming the run at once, the assistant message
+/// in pieces spread over the run's time (sharing one id), then the stop
+/// reason, the usage and `[DONE]`.
+async fn send_stream(
+    State(sim): State<Simulator>,
+    Path(agent_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let run_id = match accept(&sim, &agent_id, &body) {
+        Ok(run_id) => run_id,
+        Err(response) => return *response,
+    };
+    let (accepted_at, ready_at, text) = {
+        let world = sim.world();
+        let msg = &world.messages[&run_id];
+        (msg.accepted_at, msg.ready_at, msg.text.clone())
+    };
+    let data = |v: &Value| format!("data: {v}\n\n");
+    let mut frames = vec![(
+        accepted_at,
+        data(
+            &json!({"id": format!("ping-{}", uuid::Uuid::new_v4()), "message_type": "ping", "run_id": run_id}),
+        ),
+    )];
+    let answer: Vec<char> = format!("echo: {text}").chars().collect();
+    let message_id = format!("message-{}", uuid::Uuid::new_v4());
+    const PIECES: u32 = 3;
+    for (i, piece) in answer
+        .chunks(answer.len().div_ceil(PIECES as usize).max(1))
+        .enumerate()
+    {
+        let at = accepted_at + (ready_at - accepted_at) * (i as u32 + 1) / (PIECES + 1);
+        let content: String = piece.iter().collect();
+        frames.push((
+            at,
+            data(
+                &json!({"id": message_id, "message_type": "assistant_message", "run_id": run_id,
+                         "content": content}),
+            ),
+        ));
+    }
+    let (stop, usage_frame) = {
+        let world = sim.world();
+        match world.progress(&run_id) {
+            Some(Progress::Failed(_)) => ("llm_api_error", Value::Null),
+            _ => (
+                "end_turn",
+                world.messages.get(&run_id).map(usage).unwrap_or_default(),
+            ),
+        }
+    };
+    frames.push((
+        ready_at,
+        data(&json!({"message_type": "stop_reason", "stop_reason": stop})),
+    ));
+    if !usage_frame.is_null() {
+        frames.push((ready_at, data(&usage_frame)));
+    }
+    frames.push((ready_at, "data: [DONE]\n\n".to_owned()));
+    let stream = futures_util::stream::unfold(frames.into_iter(), |mut frames| async move {
+        let (at, frame) = frames.next()?;
+        tokio::time::sleep_until(at.into()).await;
+        Some((Ok::<_, std::convert::Infallible>(frame), frames))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {

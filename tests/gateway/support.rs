@@ -621,3 +621,54 @@ impl Metrics {
             .collect()
     }
 }
+
+/// One server-sent event as the client saw it, with when it arrived.
+#[derive(Debug)]
+pub struct Event {
+    pub at: Instant,
+    pub name: String,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+/// Reads events until the stream ends (or `stop` says so); comments are
+/// returned as events named `:`.
+pub async fn read_events(mut resp: reqwest::Response, stop: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await.expect("stream chunk") {
+        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        while let Some(end) = buf.find("\n\n") {
+            let raw: String = buf.drain(..end + 2).collect();
+            let mut event = Event {
+                at: Instant::now(),
+                name: String::new(),
+                data: String::new(),
+            };
+            for line in raw.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event.name = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    event.data = v.to_owned();
+                } else if line.starts_with(':') {
+                    event.name = ":".into();
+                }
+            }
+            let done = stop(&event);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+    events
+}
+
+pub fn names(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
+}

@@ -271,3 +271,56 @@ async fn pass_through_to_a_tls_backend() {
         json!({"path": "/api/over-tls", "proto": "https"})
     );
 }
+
+/// The streamed and asynchronous forms of a chat over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_and_async_chats_over_http2() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (_sim, agent) = simulator(10).await;
+    let backend = seeing_backend().await;
+    let pki = Pki::new("streams");
+    let files = TlsFiles::new(&pki);
+    let (_gw, https) = tls_gateway(&db, agent, backend, &files, Vec::new()).await;
+    let client = client(&pki.ca_pem, https, false);
+    let url = |path: &str| format!("https://localhost:{}{path}", https.port());
+    let chat = json!({"user_number": "5521987650091", "message": "[delay=300] h2"});
+    let r = client
+        .post(url("/eai-gateway/chat"))
+        .header("accept", "text/event-stream")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = read_events(r, |_| false).await;
+    assert_eq!(names(&events).first(), Some(&"status"));
+    let done = events.last().unwrap();
+    assert_eq!(done.name, "done", "{:?}", names(&events));
+    assert_eq!(answer_text(&done.json()), "echo: [delay=300] h2");
+
+    let r = client
+        .post(url("/eai-gateway/chat"))
+        .header("prefer", "respond-async")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut status = 202;
+    for _ in 0..100 {
+        status = client
+            .get(url(&location))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+}
