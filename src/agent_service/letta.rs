@@ -302,7 +302,16 @@ impl AgentService for LettaClient {
                 run_id = Some(id);
             }
             if event.name == "error" {
-                tracing::warn!(detail = %event.data.chars().take(300).collect::<String>(), "Letta stream reported an error.");
+                // Only its type: an error's text may quote the message.
+                let kind = value
+                    .pointer("/error/type")
+                    .or_else(|| value.get("error_type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
+                tracing::warn!(
+                    kind,
+                    "Letta stream reported an error; the run's outcome decides."
+                );
                 continue;
             }
             let kind = value.get("message_type").and_then(Value::as_str);

@@ -81,6 +81,34 @@ async fn bearer_tokens_guard_native_routes_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The asynchronous form and its outcome route take the same token.
+    let r = client
+        .post(gw.url("/eai-gateway/chat"))
+        .header("prefer", "respond-async")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(gw.url("/eai-gateway/chat"))
+        .header("prefer", "respond-async")
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = client.get(gw.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(gw.url(&location))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 202), "{}", r.status());
     for open in ["/healthz", "/readyz", "/some/backend/page"] {
         let r = client.get(gw.url(open)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{open}");
@@ -110,7 +138,8 @@ async fn bearer_tokens_guard_native_routes_only() {
             "eai_gateway_rejections_total",
             &[("reason", "unauthorized")]
         ),
-        Some(5.0),
+        // Four chats, the agent route, the asynchronous chat and its outcome.
+        Some(7.0),
         "{}",
         metrics.page
     );
