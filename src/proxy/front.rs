@@ -35,7 +35,6 @@ use tokio::io::AsyncReadExt;
 
 use super::{GatewayProxy, path};
 use crate::reload::Live;
-use crate::routes;
 
 /// Pingora's own keep-alive default for HTTP/1.1 clients.
 const KEEPALIVE: Duration = Duration::from_secs(60);
@@ -65,13 +64,14 @@ impl Front {
     /// holding the session and a pointer to the step in progress; every step
     /// (reading the header, answering, finishing) has a box of its own that
     /// lives only as long as the step.
+    /// `native` is `is_native(&first)`, which the caller has read already.
     fn serve_one<'a>(
         &'a self,
         stream: Stream,
         first: BytesMut,
+        native: bool,
         shutdown: &'a ShutdownWatch,
     ) -> Served<'a> {
-        let native = self.is_native(&first);
         let first = if native && first.windows(4).any(|w| w == b"\r\n\r\n") {
             // The parsed header keeps the buffer it was read into for the
             // whole request, which for a chat is as long as its answer takes:
@@ -149,7 +149,9 @@ impl Front {
     ) {
         let mut next = Some((stream, first));
         while let Some((stream, first)) = next {
-            let Some((stream, pipelined)) = self.serve_one(stream, first, &shutdown).await else {
+            let native = self.is_native(&first);
+            let Some((stream, pipelined)) = self.serve_one(stream, first, native, &shutdown).await
+            else {
                 return;
             };
             next = match pipelined {
@@ -196,7 +198,8 @@ impl ServerApp for Front {
             return None;
         }
         let first = self.first_read(&mut stream, shutdown).await?;
-        if self.is_native(&first) {
+        let native = self.is_native(&first);
+        if native {
             // Pingora's task for this connection is sized for a TLS
             // handshake (about 6.6 KB) and would stay allocated while a chat
             // waits for minutes; a task of our own holds only what serving
@@ -210,7 +213,7 @@ impl ServerApp for Front {
         // Not native, so served by pingora-proxy in Pingora's task, which
         // then reads the connection's next request itself (a pipelined one
         // is already served, see `serve_proxied`).
-        self.serve_one(stream, first, shutdown)
+        self.serve_one(stream, first, false, shutdown)
             .await
             .map(|(stream, _)| stream)
     }
@@ -350,8 +353,7 @@ impl Front {
     /// Whether the gateway answers this request target itself: a native
     /// route, or a target it refuses (400).
     fn is_native_target(&self, target: &[u8]) -> bool {
-        path::normalize(target, &self.live.peek().paths)
-            .map_or(true, |t| routes::is_native_path(&t.path))
+        path::is_native_target(target, &self.live.peek().paths)
     }
 }
 
@@ -406,6 +408,7 @@ fn request_target(buf: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes;
 
     #[test]
     fn request_target_needs_a_whole_request_line() {

@@ -222,11 +222,11 @@ fn record(
 ) {
     let method = metrics::method_label(method);
     let elapsed = started.elapsed();
+    let status_label = status.as_ref().map_or("0", StatusCode::as_str);
     let status = status.map_or(0, |s| s.as_u16());
-    let status_label = status.to_string();
     let request_id_str = request_id.map(RequestId::as_str);
     metrics::REQUESTS
-        .with_label_values(&[route, method, &status_label])
+        .with_label_values(&[route, method, status_label])
         .inc();
     metrics::REQUEST_DURATION
         .with_label_values(&[route])

@@ -56,7 +56,11 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
         });
     }
     let (path, query) = split_target(raw)?;
-    let query = query.map(|q| String::from_utf8_lossy(q).into_owned());
+    // Validated whole first: the lossy reading walks the query in pieces.
+    let query = query.map(|q| {
+        std::str::from_utf8(q)
+            .map_or_else(|_| String::from_utf8_lossy(q).into_owned(), str::to_owned)
+    });
     // Most paths are already canonical: no escape, no dot or empty segment.
     let path = match std::str::from_utf8(path) {
         Ok(plain) if is_plain(plain) => plain.to_owned(),
@@ -74,6 +78,21 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
         query,
         changed,
     })
+}
+
+/// Whether the gateway answers this raw target itself: a native route, or
+/// a target it refuses. The same as `is_native_path` of what `normalize`
+/// gives (a refusal counting as native), without its allocations for the
+/// usual case, a plain path that no spelling makes a route.
+pub fn is_native_target(raw: &[u8], rules: &PathSettings) -> bool {
+    if let Ok((path, _)) = split_target(raw)
+        && let Ok(plain) = std::str::from_utf8(path)
+        && is_plain(plain)
+        && !could_be_native(plain)
+    {
+        return false;
+    }
+    normalize(raw, rules).map_or(true, |t| is_native_path(&t.path))
 }
 
 /// A path normalising would not change: printable ASCII without escapes,
@@ -267,13 +286,20 @@ fn canonical_native(path: String) -> GatewayResult<String> {
 /// Cheap pre-check for `lenient`: only a path naming a native route in
 /// some letter case (or escape) can be read as one.
 fn could_be_native(path: &str) -> bool {
+    // One pass, comparing only where a name could start: this runs on
+    // every proxied request.
     let path = path.as_bytes();
-    [&b"eai-gateway"[..], b"healthz", b"readyz", b"%"]
-        .iter()
-        .any(|name| {
-            path.windows(name.len())
-                .any(|w| w.eq_ignore_ascii_case(name))
-        })
+    path.iter().enumerate().any(|(i, b)| {
+        let name: &[u8] = match b.to_ascii_lowercase() {
+            b'%' => return true,
+            b'e' => b"eai-gateway",
+            b'h' => b"healthz",
+            b'r' => b"readyz",
+            _ => return false,
+        };
+        path.get(i..i + name.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(name))
+    })
 }
 
 /// The path as the most lenient server would read it: fully decoded,

@@ -126,3 +126,42 @@ fn plain_targets_are_marked_unchanged() {
         assert!(t(raw).changed, "{raw}");
     }
 }
+
+/// The front's quick decision agrees with the full reading on every
+/// spelling, native or not, plain or not.
+#[test]
+fn the_quick_native_check_agrees_with_normalising() {
+    let rules = PathSettings::default();
+    for raw in [
+        "/",
+        "/api/x",
+        "/api/x/?q=1",
+        "/static/a.css",
+        "/sim/payload?bytes=1024",
+        "/eai-gateway/chat",
+        "/eai-gateway/chat/",
+        "/EAI-gateway/chat",
+        "/eai-gatewayx",
+        "/%65ai-gateway/chat",
+        "//eai-gateway/chat",
+        "/x/../eai-gateway/chat",
+        "/healthz",
+        "/Healthz",
+        "/readyz/",
+        "/a%2Fb",
+        "/a\\b",
+        "/a;b",
+        "*",
+        "http://h/eai-gateway/chat",
+        "http://h/api",
+        "weird",
+        "/x/./y",
+        "/files/%C3%A9",
+        "/eai-gateway/agent/%2B5521",
+        "/api/eai-gateway",
+        "/api/readyz?x",
+    ] {
+        let full = normalize(raw.as_bytes(), &rules).map_or(true, |t| is_native_path(&t.path));
+        assert_eq!(is_native_target(raw.as_bytes(), &rules), full, "{raw}");
+    }
+}
