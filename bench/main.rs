@@ -19,6 +19,7 @@ mod phases {
     pub mod latency;
     pub mod letta;
     pub mod memory;
+    pub mod modes;
     pub mod passthrough;
     pub mod shared;
     pub mod simulator;
@@ -80,7 +81,7 @@ fn machine() -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only PHASE` runs one phase: latency, letta, shared, capacity, passthrough, calls, memory.
+    // `--only PHASE` runs one phase: latency, letta, shared, capacity, passthrough, calls, modes, memory.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -115,6 +116,9 @@ async fn main() {
     }
     if run("calls") {
         phases::calls::run(&cx, &mut rows).await;
+    }
+    if run("modes") {
+        phases::modes::run(&cx, &mut rows).await;
     }
     if run("memory") {
         phases::memory::run(&cx, &mut rows).await;
