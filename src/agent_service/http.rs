@@ -135,21 +135,7 @@ impl AgentHttp {
         let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
         let started = Instant::now();
         let result = self.call_inner(ctx, method, path, body, timeout).await;
-        let elapsed = started.elapsed();
-        ctx.add_upstream_wait(elapsed);
-        metrics::AGENT_SERVICE_DURATION
-            .with_label_values(&[operation])
-            .observe(elapsed.as_secs_f64());
-        let outcome = match &result {
-            Ok(r) if r.status.is_success() => "ok",
-            Ok(r) if r.status.is_client_error() => "http_4xx",
-            Ok(_) => "http_5xx",
-            Err(e) if e.kind == ErrorKind::AgentServiceUnreachable => "unreachable",
-            Err(_) => "invalid_response",
-        };
-        metrics::AGENT_SERVICE_CALLS
-            .with_label_values(&[operation, outcome])
-            .inc();
+        record_call(ctx, operation, started, result.as_ref().map(|r| r.status));
         result
     }
 
@@ -168,21 +154,11 @@ impl AgentHttp {
         let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
         let started = Instant::now();
         let result = self.open_stream_inner(ctx, path, body, timeout).await;
-        let elapsed = started.elapsed();
-        ctx.add_upstream_wait(elapsed);
-        metrics::AGENT_SERVICE_DURATION
-            .with_label_values(&[operation])
-            .observe(elapsed.as_secs_f64());
-        let outcome = match &result {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(r)) if r.status.is_client_error() => "http_4xx",
-            Ok(Err(_)) => "http_5xx",
-            Err(e) if e.kind == ErrorKind::AgentServiceUnreachable => "unreachable",
-            Err(_) => "invalid_response",
-        };
-        metrics::AGENT_SERVICE_CALLS
-            .with_label_values(&[operation, outcome])
-            .inc();
+        let status = result.as_ref().map(|opened| match opened {
+            Ok(_) => StatusCode::OK,
+            Err(reply) => reply.status,
+        });
+        record_call(ctx, operation, started, status);
         result
     }
 
@@ -193,21 +169,14 @@ impl AgentHttp {
         body: &Value,
         timeout: Duration,
     ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
-        let url = self.base.join(path).map_err(|e| {
-            GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
-        })?;
-        let mut req = self
-            .client
-            .post(url)
+        let resp = self
+            .request(ctx, Method::POST, path)?
             .timeout(timeout)
             .header("accept", "text/event-stream")
-            .header("x-request-id", ctx.id.as_str())
-            .header("traceparent", ctx.trace().child_header())
-            .json(body);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.map_err(transport_error)?;
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Ok(super::sse::EventReader::new(
@@ -221,6 +190,28 @@ impl AgentHttp {
             Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned())
         });
         Ok(Err(Reply { status, body }))
+    }
+
+    /// A request to the agent service with what every call carries: the
+    /// token, the request id and a new span of the trace.
+    fn request(
+        &self,
+        ctx: &RequestContext,
+        method: Method,
+        path: &str,
+    ) -> GatewayResult<reqwest::RequestBuilder> {
+        let url = self.base.join(path).map_err(|e| {
+            GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
+        })?;
+        let mut req = self
+            .client
+            .request(method, url)
+            .header("x-request-id", ctx.id.as_str())
+            .header("traceparent", ctx.trace().child_header());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        Ok(req)
     }
 
     /// `POST path` with `body`; the new agent's id is `id_field` of the answer.
@@ -311,19 +302,10 @@ impl AgentHttp {
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> GatewayResult<Reply> {
-        let url = self.base.join(path).map_err(|e| {
-            GatewayError::new(ErrorKind::Internal, format!("bad agent-service path: {e}"))
-        })?;
-        let mut req = self.client.request(method, url);
+        let mut req = self.request(ctx, method, path)?;
         if let Some(timeout) = timeout {
             req = req.timeout(timeout);
         }
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        req = req
-            .header("x-request-id", ctx.id.as_str())
-            .header("traceparent", ctx.trace().child_header());
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -362,6 +344,31 @@ impl AgentHttp {
         };
         Ok(Reply { status, body })
     }
+}
+
+/// Times a finished call (also on the request's wait clock) and counts it
+/// by outcome: the answer's status class, or how the call failed.
+fn record_call(
+    ctx: &RequestContext,
+    operation: &'static str,
+    started: Instant,
+    status: Result<StatusCode, &GatewayError>,
+) {
+    let elapsed = started.elapsed();
+    ctx.add_upstream_wait(elapsed);
+    metrics::AGENT_SERVICE_DURATION
+        .with_label_values(&[operation])
+        .observe(elapsed.as_secs_f64());
+    let outcome = match status {
+        Ok(s) if s.is_success() => "ok",
+        Ok(s) if s.is_client_error() => "http_4xx",
+        Ok(_) => "http_5xx",
+        Err(e) if e.kind == ErrorKind::AgentServiceUnreachable => "unreachable",
+        Err(_) => "invalid_response",
+    };
+    metrics::AGENT_SERVICE_CALLS
+        .with_label_values(&[operation, outcome])
+        .inc();
 }
 
 fn too_large() -> GatewayError {
