@@ -561,23 +561,19 @@ impl Inner {
                     .await
             }
         };
-        let (id, finished, streamed) = match sent {
-            Ok(Sent::Accepted(id)) => {
+        // Streamed: the messages have reached the events already.
+        let streamed = matches!(sent, Ok(Sent::Streamed(_)));
+        let (id, finished) = match sent {
+            Ok(Sent::Accepted(id) | Sent::Streamed(id)) => {
                 let finished = self
                     .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)
                     .await?;
-                (id, finished, false)
-            }
-            Ok(Sent::Streamed(id)) => {
-                let finished = self
-                    .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)
-                    .await?;
-                (id, finished, true)
+                (id, finished)
             }
             // Synchronous delivery: answered without a single poll.
             Ok(Sent::Answered { id, outcome }) => {
                 emit(ChatEvent::Sent(id.clone()));
-                (id, poll::Finished { outcome, polls: 0 }, false)
+                (id, poll::Finished { outcome, polls: 0 })
             }
             Ok(Sent::AgentGone) => {
                 progress.set(Progress::Preparing);

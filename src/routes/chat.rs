@@ -294,7 +294,7 @@ async fn carry(
     let watch = run.watch();
     let deadline = run.deadline();
     let (done_tx, done_rx) = oneshot::channel();
-    let progress = run.watch();
+    let progress = watch.clone();
     // Shutdown waits for this task too, so the outcome is stored before
     // the process ends (an unstored outcome would read as a failure).
     let running = chat.running().enter();
@@ -377,14 +377,20 @@ fn still_running(id: String) -> GatewayError {
     .with_message_id(id)
 }
 
-/// `202 {"message_id", "status": "processing"}` with where to ask.
-fn accepted(id: &str) -> GatewayResult<Reply> {
-    Ok(Reply::json(
+/// `202 {"message_id", "status": "processing"}`: what both the accepted
+/// asynchronous chat and a read of it while it runs answer.
+fn processing(id: &str) -> GatewayResult<Reply> {
+    Reply::json(
         StatusCode::ACCEPTED,
         &json!({"message_id": id, "status": "processing"}),
-    )?
-    .with_header("location", format!("/eai-gateway/chat/{id}"))
-    .with_header("preference-applied", "respond-async"))
+    )
+}
+
+/// `processing`, with where to ask.
+fn accepted(id: &str) -> GatewayResult<Reply> {
+    Ok(processing(id)?
+        .with_header("location", format!("/eai-gateway/chat/{id}"))
+        .with_header("preference-applied", "respond-async"))
 }
 
 /// `GET /eai-gateway/chat/{message_id}`: 202 while the chat runs, then what
@@ -405,11 +411,7 @@ pub async fn outcome(chat: &ChatService, raw_id: &str) -> GatewayResult<Reply> {
         .await?
     {
         None => Err(not_found()),
-        Some(Seen::Processing) => Ok(Reply::json(
-            StatusCode::ACCEPTED,
-            &json!({"message_id": raw_id, "status": "processing"}),
-        )?
-        .with_header("retry-after", "1")),
+        Some(Seen::Processing) => Ok(processing(raw_id)?.with_header("retry-after", "1")),
         Some(Seen::Done(outcome)) => Ok(Reply::raw(outcome.status, outcome.body)),
     }
 }
