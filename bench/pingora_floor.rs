@@ -8,6 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
+
+/// The gateway's allocator, so that the comparison measures what the
+/// gateway adds and not which allocator each binary links.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
