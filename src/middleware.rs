@@ -177,7 +177,6 @@ impl EaiGateway {
             gateway,
             settings.auth.metrics_tokens.clone(),
             InFlight::default(),
-            settings.shutdown.drain,
             certificate,
         ));
         Ok(Self {

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -34,12 +33,9 @@ pub struct Live {
     /// Set once the process starts shutting down: responses from then on
     /// say `Connection: close`.
     closing: AtomicBool,
-    /// Requests being served, and keep-alive connections given a last
-    /// chance to send one after shutdown began; shutdown waits for them.
+    /// Requests being served, and keep-alive connections waiting for their
+    /// next one; shutdown waits for them, up to the drain period.
     pub inflight: InFlight,
-    /// How long an idle connection may still send its last request once
-    /// shutdown began: the drain period.
-    pub linger: Duration,
     /// The HTTPS listener's certificate, re-read on reload; `None` without
     /// a `tls:` section.
     pub certificate: Option<Arc<Certificate>>,
@@ -50,7 +46,6 @@ impl Live {
         gateway: Gateway,
         metrics_tokens: TokenSet,
         inflight: InFlight,
-        linger: Duration,
         certificate: Option<Arc<Certificate>>,
     ) -> Self {
         Self {
@@ -58,7 +53,6 @@ impl Live {
             metrics_tokens: ArcSwap::from_pointee(metrics_tokens),
             closing: AtomicBool::new(false),
             inflight,
-            linger,
             certificate,
         }
     }

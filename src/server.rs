@@ -132,10 +132,11 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.
     //
-    // No write buffer: Pingora flushes a response header or body piece with
-    // a `Content-Length` only when its 1,460-byte buffer fills or the body
-    // ends, so a backend's slow answer would reach the client whole at the
-    // end. Written straight through, each piece leaves when it arrives.
+    // No write buffer in Pingora: it flushes a response header or body piece
+    // with a `Content-Length` only when its 1,460-byte buffer fills or the
+    // body ends, so a backend's slow answer would reach the client whole at
+    // the end. `proxy::coalesce` buffers instead, and writes what each poll
+    // of the connection's task wrote before the task waits.
     let buffers = L4BufferSettings::default()
         .read(cfg.read_buffer_bytes)
         .write(0);

@@ -33,7 +33,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
-use super::{GatewayProxy, path};
+use super::{GatewayProxy, coalesce, path};
 use crate::reload::Live;
 
 /// Pingora's own keep-alive default for HTTP/1.1 clients.
@@ -72,7 +72,10 @@ impl Front {
         native: bool,
         shutdown: &'a ShutdownWatch,
     ) -> Served<'a> {
-        let first = if native && first.windows(4).any(|w| w == b"\r\n\r\n") {
+        if !native {
+            return Box::pin(self.serve_proxied(stream, first, shutdown));
+        }
+        let first = if header_end(&first).is_some() {
             // The parsed header keeps the buffer it was read into for the
             // whole request, which for a chat is as long as its answer takes:
             // an exact-size copy holds a few hundred bytes instead of 4 KiB.
@@ -80,24 +83,10 @@ impl Front {
         } else {
             first
         };
-        let mut h1 = H1Session::new(stream);
-        h1.set_pipelined_prefix(first);
-        // A client may send its next request before this one is answered
-        // (RFC 9112 §9.3.2): the bytes of that request come back from
-        // `finish` instead of costing the connection. (Without it, Pingora
-        // drops the connection after the answer, or answers 400 when the
-        // bytes arrive while the backend is still answering.)
-        h1.set_pipelining_enabled(true);
-        let mut session = ServerSession::H1(h1);
-        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
-        session.set_keepalive(keepalive);
-        if native {
-            // Boxed apart: held by value, the session would take space in
-            // more than one state of the future (1,392 bytes against 48).
-            Box::pin(self.serve_native(Box::new(session)))
-        } else {
-            Box::pin(self.serve_proxied(session, shutdown))
-        }
+        // Boxed apart: held by value, the session would take space in more
+        // than one state of the future (1,392 bytes against 48).
+        let session = Box::new(h1_session(stream, first, shutdown));
+        Box::pin(self.serve_native(session))
     }
 
     /// Serves a request in pingora-proxy, and the requests the client
@@ -106,15 +95,24 @@ impl Front {
     /// middleware in `request_filter`).
     async fn serve_proxied(
         &self,
-        mut session: ServerSession,
+        stream: Stream,
+        first: BytesMut,
         shutdown: &ShutdownWatch,
     ) -> Option<Reused> {
+        // Pingora can hold a next request only if this one came with more
+        // than its header or read the socket: when neither, there is no
+        // need to ask (which costs a formatting of its settings).
+        let mut quiet = QuietMark::new(&stream, &first);
+        let mut session = h1_session(stream, first, shutdown);
         loop {
             let (stream, settings) = self
                 .proxy
                 .process_new_http(session, shutdown)
                 .await?
                 .consume();
+            if quiet.take().is_some_and(|mark| mark.still(&stream)) {
+                return Some((stream, None));
+            }
             match settings {
                 Some(settings) if holds_pipelined_request(&settings) => {
                     let mut next = ServerSession::new_http1(stream);
@@ -158,9 +156,60 @@ impl Front {
                 // The next request's first bytes, already read: routed
                 // like any first read.
                 Some(first) => Some((stream, first)),
-                None => Box::pin(self.next_request(stream, &shutdown)).await,
+                None => Box::pin(self.next_request(stream)).await,
             };
         }
+    }
+}
+
+/// An HTTP/1 session whose request starts with `first`, the bytes read
+/// already.
+fn h1_session(stream: Stream, first: BytesMut, shutdown: &ShutdownWatch) -> ServerSession {
+    let mut h1 = H1Session::new(stream);
+    h1.set_pipelined_prefix(first);
+    // A client may send its next request before this one is answered (RFC
+    // 9112 §9.3.2): the bytes of that request come back from `finish`
+    // instead of costing the connection. (Without it, Pingora drops the
+    // connection after the answer, or answers 400 when the bytes arrive
+    // while the backend is still answering.)
+    h1.set_pipelining_enabled(true);
+    let mut session = ServerSession::H1(h1);
+    let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
+    session.set_keepalive(keepalive);
+    session
+}
+
+/// Where the request header in `buf` ends (after its blank line), if it
+/// is whole. Line by line: a `memmem` searcher costs more to build than
+/// this scan of a header's few lines.
+fn header_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf)
+        .find(|&i| buf[i + 1..].starts_with(b"\r\n"))
+        .map(|i| i + 3)
+}
+
+/// Before a proxied request: whether its first read was its header and
+/// nothing more, and how many reads of the socket there had been.
+struct QuietMark {
+    reads: u64,
+}
+
+impl QuietMark {
+    /// `None` when the first read holds more than one header (a body, or a
+    /// pipelined request) or the stream does not count its reads.
+    fn new(stream: &Stream, first: &[u8]) -> Option<Self> {
+        if header_end(first)? != first.len() {
+            return None;
+        }
+        Some(Self {
+            reads: coalesce::reads(stream)?,
+        })
+    }
+
+    /// Whether the request read nothing from the socket: then Pingora holds
+    /// no byte beyond it.
+    fn still(&self, stream: &Stream) -> bool {
+        coalesce::reads(stream) == Some(self.reads)
     }
 }
 
@@ -190,32 +239,17 @@ async fn read_header(session: &mut ServerSession) -> bool {
 impl ServerApp for Front {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             self.serve_h2(stream, shutdown).await;
             return None;
         }
-        let first = self.first_read(&mut stream, shutdown).await?;
-        let native = self.is_native(&first);
-        if native {
-            // Pingora's task for this connection is sized for a TLS
-            // handshake (about 6.6 KB) and would stay allocated while a chat
-            // waits for minutes; a task of our own holds only what serving
-            // needs. Pingora's task ends here.
-            tokio::spawn(
-                self.clone()
-                    .serve_connection(stream, first, shutdown.clone()),
-            );
-            return None;
-        }
-        // Not native, so served by pingora-proxy in Pingora's task, which
-        // then reads the connection's next request itself (a pipelined one
-        // is already served, see `serve_proxied`).
-        self.serve_one(stream, first, false, shutdown)
-            .await
-            .map(|(stream, _)| stream)
+        let (stream, flusher) = coalesce::wrap(stream);
+        let serve = self.serve_plain(stream, flusher.clone(), shutdown);
+        coalesce::drain_each_poll(serve, flusher).await;
+        None
     }
 
     async fn cleanup(&self) {
@@ -225,6 +259,39 @@ impl ServerApp for Front {
 }
 
 impl Front {
+    /// An HTTP/1 connection, request after request, in Pingora's task until
+    /// a native request moves it to a task of its own. Looping here rather
+    /// than in Pingora's accept loop saves a boxed future per request.
+    async fn serve_plain(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        flusher: Option<coalesce::Flusher>,
+        shutdown: &ShutdownWatch,
+    ) {
+        loop {
+            let Some(first) = self.first_read(&mut stream).await else {
+                return;
+            };
+            if self.is_native(&first) {
+                // Pingora's task for this connection is sized for a TLS
+                // handshake (about 6.6 KB) and would stay allocated while a
+                // chat waits for minutes; a task of our own holds only what
+                // serving needs. Pingora's task ends here.
+                let serve = self
+                    .clone()
+                    .serve_connection(stream, first, shutdown.clone());
+                tokio::spawn(coalesce::drain_each_poll(serve, flusher));
+                return;
+            }
+            // Served by pingora-proxy; a pipelined request behind it is
+            // served there too (see `serve_proxied`).
+            match self.serve_proxied(stream, first, shutdown).await {
+                Some((next, _)) => stream = next,
+                None => return,
+            }
+        }
+    }
+
     /// An HTTP/2 connection (TLS with ALPN): every stream in a task of its
     /// own, native ones on the lean path and the rest in pingora-proxy, as
     /// for HTTP/1. Pingora's own accept loop would give every stream a
@@ -299,46 +366,32 @@ impl Front {
     }
 
     /// The stream back with the first bytes of its next request.
-    async fn next_request(
-        &self,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<(Stream, BytesMut)> {
-        let first = self.first_read(&mut stream, shutdown).await?;
+    async fn next_request(&self, mut stream: Stream) -> Option<(Stream, BytesMut)> {
+        let first = self.first_read(&mut stream).await?;
         Some((stream, first))
     }
 
     /// The first bytes of the next request, or `None` when the client goes
-    /// away, stays silent for the keep-alive period, or stays silent through
-    /// the drain after shutdown began.
+    /// away or stays silent for the keep-alive period.
     ///
+    /// The wait counts as in flight, so a draining process waits for an
+    /// idle keep-alive connection as for a request, up to the drain period.
     /// Why: closing an idle keep-alive connection resets a request the
     /// client may be sending right then, which it cannot safely retry (a
     /// busy client may not yet have seen the close when it reuses the
-    /// connection). So an idle connection stays open through the drain,
-    /// counted as in flight so the drain waits for it; the client's next
-    /// request on it is answered with `Connection: close`, and the client
-    /// moves to a new connection (to the successor, in an upgrade) on its
-    /// own. Only a connection that stays silent for the whole drain period
-    /// is closed under the client.
-    async fn first_read(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
+    /// connection). So an idle connection stays open through the drain; the
+    /// client's next request on it is answered with `Connection: close`, and
+    /// the client moves to a new connection (to the successor, in an
+    /// upgrade) on its own. Only a connection that stays silent for the
+    /// whole drain period is closed under the client, when the process
+    /// ends. Counting every wait (an atomic add and subtract) costs less
+    /// than watching for shutdown in each one, which registered and removed
+    /// a waiter on every request.
+    async fn first_read(&self, stream: &mut Stream) -> Option<BytesMut> {
         let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
-        let mut shutdown = shutdown.clone();
-        let read = tokio::select! {
-            // A request already on its way is served even when shutdown begins.
-            biased;
-            // Pingora's timer: cheaper per request than tokio's wheel.
-            read = fast_timeout::fast_timeout(KEEPALIVE, stream.read_buf(&mut buf)) => Some(read),
-            _ = shutdown.wait_for(|down| *down) => None,
-        };
-        let read = match read {
-            Some(read) => read,
-            None => {
-                let _lingering = self.live.inflight.enter();
-                fast_timeout::fast_timeout(self.live.linger, stream.read_buf(&mut buf)).await
-            }
-        };
-        match read {
+        let _waiting = self.live.inflight.enter();
+        // Pingora's timer: cheaper per request than tokio's wheel.
+        match fast_timeout::fast_timeout(KEEPALIVE, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => Some(buf),
             _ => None,
         }
@@ -426,6 +479,21 @@ mod tests {
             t(b"GET http://h/eai-gateway/chat HTTP/1.1\r\n"),
             Some(&b"http://h/eai-gateway/chat"[..])
         );
+    }
+
+    #[test]
+    fn header_end_is_after_the_first_blank_line() {
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(27));
+        assert_eq!(
+            header_end(b"GET / HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+            Some(18)
+        );
+        assert_eq!(
+            header_end(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"),
+            Some(38)
+        );
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(header_end(b""), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! upstream chosen by the route table. `record` emits the access line and the
 //! request metrics for both paths.
 
+mod coalesce;
 pub mod front;
 pub mod path;
 pub mod upstreams;
