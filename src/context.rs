@@ -31,7 +31,12 @@ impl RequestId {
     pub fn from_headers(id: Option<&[u8]>, traceparent: Option<&[u8]>) -> Self {
         let id = match id {
             Some(v) if Self::acceptable(v) => String::from_utf8_lossy(v).into(),
-            _ => uuid::Uuid::new_v4().to_string().into(),
+            // Encoded straight, not through `fmt`: one per proxied request.
+            _ => Box::from(
+                &*uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
         };
         Self(Arc::new(Ids {
             id,

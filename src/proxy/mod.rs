@@ -7,6 +7,7 @@
 
 mod coalesce;
 pub mod front;
+mod header_edits;
 pub mod path;
 pub mod upstreams;
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
@@ -129,6 +130,11 @@ impl GatewayProxy {
 static UNMATCHED: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("unmatched"));
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Per-request state of a proxied request. Pingora creates it before the
 /// request header is read, so the id is known only from `request_filter` on.
 pub struct Ctx {
@@ -158,8 +164,8 @@ pub struct Ctx {
 
 fn request_id(session: &ServerSession) -> RequestId {
     RequestId::from_headers(
-        session.get_header("x-request-id").map(|v| v.as_bytes()),
-        session.get_header("traceparent").map(|v| v.as_bytes()),
+        session.get_header(&X_REQUEST_ID).map(|v| v.as_bytes()),
+        session.get_header(&TRACEPARENT).map(|v| v.as_bytes()),
     )
 }
 
@@ -387,32 +393,39 @@ impl ProxyHttp for GatewayProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session
+        let ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-        {
-            let forwarded = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip,
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded)?;
-        }
+            .map(|a| a.ip());
         let scheme = match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
             Some(_) => "https",
             None => "http",
         };
-        upstream_request.insert_header("x-forwarded-proto", scheme)?;
-        if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header("x-request-id", id.as_str())?;
-        }
-        if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header("traceparent", id.trace().child_header())?;
-        }
+        let edits = ctx
+            .upstream
+            .as_ref()
+            .map(|(route, _)| &route.request_headers);
+        let adding = 4 + edits.map_or(0, |e| e.set.len());
+        header_edits::edit_request(upstream_request, adding, |headers| {
+            if let Some(ip) = ip {
+                let prior = headers.get(&X_FORWARDED_FOR);
+                if let Some(value) = header_edits::forwarded_for(prior, ip) {
+                    headers.insert(X_FORWARDED_FOR, value);
+                }
+            }
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+            if let Some(id) = &ctx.request_id {
+                if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                    headers.insert(X_REQUEST_ID, value);
+                }
+                if let Ok(value) = HeaderValue::try_from(id.trace().child_header()) {
+                    headers.insert(TRACEPARENT, value);
+                }
+            }
+            if let Some(edits) = edits {
+                edits.apply(headers);
+            }
+        })?;
         if let Some((route, target)) = &ctx.upstream {
             // The backend reads the path the gateway routed by, less the
             // route's prefix when it strips it.
@@ -424,13 +437,6 @@ impl ProxyHttp for GatewayProxy {
                 upstream_request.set_raw_path(origin.as_bytes())?;
             } else if target.changed && !route.forward_raw_path {
                 upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;
-            }
-            let edits = &route.request_headers;
-            for name in &edits.remove {
-                upstream_request.remove_header(name);
-            }
-            for (name, value) in &edits.set {
-                upstream_request.insert_header(name.clone(), value.clone())?;
             }
         }
         Ok(())
@@ -482,18 +488,23 @@ impl ProxyHttp for GatewayProxy {
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
             session.set_keepalive(None);
         }
-        if let Some(id) = &ctx.request_id {
-            upstream_response.insert_header("x-request-id", id.as_str())?;
-        }
-        if let Some((route, _)) = &ctx.upstream {
-            let edits = &route.response_headers;
-            for name in &edits.remove {
-                upstream_response.remove_header(name);
+        let edits = ctx
+            .upstream
+            .as_ref()
+            .map(|(route, _)| &route.response_headers);
+        let adding = 1 + edits.map_or(0, |e| e.set.len());
+        header_edits::edit_response(upstream_response, adding, |headers| {
+            if let Some(value) = ctx
+                .request_id
+                .as_ref()
+                .and_then(|id| HeaderValue::from_str(id.as_str()).ok())
+            {
+                headers.insert(X_REQUEST_ID, value);
             }
-            for (name, value) in &edits.set {
-                upstream_response.insert_header(name.clone(), value.clone())?;
+            if let Some(edits) = edits {
+                edits.apply(headers);
             }
-        }
+        })?;
         if let (Some((route, _)), Some((_, chosen))) = (&ctx.upstream, &ctx.backend) {
             ctx.upstream_status = Some(upstream_response.status);
             route

@@ -33,6 +33,9 @@ pub struct Upstream {
     /// Whether the health-check task of this upstream has been started.
     checking: AtomicBool,
     pub metrics: UpstreamMetrics,
+    /// The peer of an upstream with one backend (the backend set is fixed
+    /// at start-up and on reload): no selection to make, no peer to build.
+    only: Option<(Backend, HttpPeer)>,
 }
 
 impl Upstream {
@@ -43,6 +46,11 @@ impl Upstream {
         if let Some(hc) = &cfg.health_check {
             lb.set_health_check(health_check(&name, hc, cfg));
         }
+        let backends = lb.backends().get_backend();
+        let only = match backends.iter().collect::<Vec<_>>().as_slice() {
+            [backend] => Some(((*backend).clone(), make_peer(cfg, (*backend).clone()))),
+            _ => None,
+        };
         Ok(Self {
             label: format!("upstream:{name}").into(),
             metrics: UpstreamMetrics::new(&name),
@@ -50,6 +58,7 @@ impl Upstream {
             lb,
             cfg: cfg.clone(),
             checking: AtomicBool::new(false),
+            only,
         })
     }
 
@@ -61,25 +70,17 @@ impl Upstream {
     /// A backend in rotation, other than `avoid` (one whose connection just
     /// failed); `None` when there is none.
     pub fn peer(&self, avoid: Option<&SocketAddr>) -> Option<HttpPeer> {
-        let backend = self.lb.select_with(b"", 256, |b, healthy| {
+        let usable = |b: &Backend, healthy: bool| {
             healthy && avoid.is_none_or(|a| b.addr.as_inet() != Some(a))
-        })?;
-        // Plaintext peers have no SNI: formatting the address for one cost
-        // every pass-through request about 2,000 instructions.
-        let sni = match (&self.cfg.sni, self.cfg.tls) {
-            (Some(sni), _) => sni.clone(),
-            (None, true) => backend
-                .addr
-                .to_string()
-                .rsplit_once(':')
-                .map(|(h, _)| h.to_owned())
-                .unwrap_or_default(),
-            (None, false) => String::new(),
         };
-        let mut peer = HttpPeer::new(backend, self.cfg.tls, sni);
-        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
-        peer.options.read_timeout = Some(self.cfg.read_timeout);
-        Some(peer)
+        if let Some((backend, peer)) = &self.only {
+            // Health is looked up only where it is checked: every backend
+            // of an unchecked upstream stays in rotation.
+            let healthy = self.cfg.health_check.is_none() || self.lb.backends().ready(backend);
+            return usable(backend, healthy).then(|| peer.clone());
+        }
+        let backend = self.lb.select_with(b"", 256, usable)?;
+        Some(make_peer(&self.cfg, backend))
     }
 
     /// Sets the backend gauge from the current health of every backend.
@@ -223,6 +224,25 @@ pub struct Route {
     pub timeout: Option<Duration>,
 }
 
+fn make_peer(cfg: &UpstreamSettings, backend: Backend) -> HttpPeer {
+    // Plaintext peers have no SNI: formatting the address for one cost
+    // every pass-through request about 2,000 instructions.
+    let sni = match (&cfg.sni, cfg.tls) {
+        (Some(sni), _) => sni.clone(),
+        (None, true) => backend
+            .addr
+            .to_string()
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_default(),
+        (None, false) => String::new(),
+    };
+    let mut peer = HttpPeer::new(backend, cfg.tls, sni);
+    peer.options.connection_timeout = Some(cfg.connect_timeout);
+    peer.options.read_timeout = Some(cfg.read_timeout);
+    peer
+}
+
 /// `routes[].host`, lower-cased.
 enum HostMatch {
     Exact(String),
@@ -263,6 +283,16 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    /// Removes, then sets: a name in both lists ends up set.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
     fn new(rules: &HeaderRules) -> Self {
         // Validated with the settings: nothing is dropped here.
         Self {

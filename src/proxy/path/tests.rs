@@ -165,3 +165,30 @@ fn the_quick_native_check_agrees_with_normalising() {
         assert_eq!(is_native_target(raw.as_bytes(), &rules), full, "{raw}");
     }
 }
+
+#[test]
+fn plain_means_no_segment_to_resolve_and_nothing_to_decode() {
+    for (path, plain) in [
+        ("/", true),
+        ("/a", true),
+        ("/a/", true),
+        ("/a/b.c/..d", true),
+        ("/sim/payload", true),
+        ("", false),
+        ("a", false),
+        ("//", false),
+        ("/a//b", false),
+        ("/.", false),
+        ("/..", false),
+        ("/a/./b", false),
+        ("/a/../b", false),
+        ("/a/..", false),
+        ("/a%2fb", false),
+        ("/a\\b", false),
+        ("/a;p", false),
+        ("/a b", false),
+        ("/caf\u{e9}", false),
+    ] {
+        assert_eq!(is_plain(path), plain, "{path:?}");
+    }
+}
