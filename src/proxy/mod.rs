@@ -408,9 +408,18 @@ impl ProxyHttp for GatewayProxy {
         let adding = 4 + edits.map_or(0, |e| e.set.len());
         header_edits::edit_request(upstream_request, adding, |headers| {
             if let Some(ip) = ip {
-                let prior = headers.get(&X_FORWARDED_FOR);
-                if let Some(value) = header_edits::forwarded_for(prior, ip) {
-                    headers.insert(X_FORWARDED_FOR, value);
+                // One lookup for reading the prior list and writing the new.
+                match headers.entry(X_FORWARDED_FOR) {
+                    http::header::Entry::Occupied(mut prior) => {
+                        if let Some(value) = header_edits::forwarded_for(Some(prior.get()), ip) {
+                            prior.insert(value);
+                        }
+                    }
+                    http::header::Entry::Vacant(slot) => {
+                        if let Some(value) = header_edits::forwarded_for(None, ip) {
+                            slot.insert(value);
+                        }
+                    }
                 }
             }
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));

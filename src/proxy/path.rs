@@ -122,7 +122,7 @@ fn is_plain(path: &str) -> bool {
 /// of an origin-form or absolute-form target.
 fn split_target(raw: &[u8]) -> GatewayResult<(&[u8], Option<&[u8]>)> {
     // A fragment is never part of a request target.
-    let raw = match raw.iter().position(|&b| b == b'#') {
+    let raw = match memchr::memchr(b'#', raw) {
         Some(i) => &raw[..i],
         None => raw,
     };
@@ -144,7 +144,7 @@ fn split_target(raw: &[u8]) -> GatewayResult<(&[u8], Option<&[u8]>)> {
             .unwrap_or(rest.len());
         &rest[end..]
     };
-    Ok(match origin.iter().position(|&b| b == b'?') {
+    Ok(match memchr::memchr(b'?', origin) {
         Some(i) => (&origin[..i], Some(&origin[i + 1..])),
         None => (origin, None),
     })
