@@ -36,7 +36,9 @@ use tokio::io::AsyncReadExt;
 use super::{GatewayProxy, coalesce, path};
 use crate::reload::Live;
 
-/// Pingora's own keep-alive default for HTTP/1.1 clients.
+/// How long an idle HTTP/1.1 connection is kept. Pingora alone keeps one
+/// without limit (and so without a timer per wait); a bound keeps idle
+/// clients from holding connections and memory for good.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Pingora's initial request-header buffer; most requests fit in one read.
 const FIRST_READ_BYTES: usize = 4096;
