@@ -394,9 +394,11 @@ mod tests {
             read_some(&mut client, Duration::from_secs(2)).await,
             b"answer"
         );
-        // The stream comes back wrapped once, not twice.
-        let (_again, flusher) = wrap(stream);
+        // The stream comes back wrapped once, not twice: the same counts.
+        let before = reads(&stream);
+        let (again, flusher) = wrap(stream);
         assert!(flusher.is_some());
+        assert_eq!(reads(&again), before);
     }
 
     #[tokio::test]

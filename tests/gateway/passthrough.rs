@@ -500,6 +500,33 @@ async fn pipelined_requests_behind_a_proxied_one_are_all_answered_in_order() {
         .expect("write");
     let answered = answered_or_closed(&mut s, &[(200, "hello"), (200, "main")]).await;
     assert_eq!(answered, 2, "the request read with a body is answered");
+    // A bodiless request whose next one arrives while the backend is still
+    // answering: Pingora reads that one while watching the client.
+    let mut s = raw_connection(&gw).await;
+    s.get_mut()
+        .write_all(b"GET /slow-length HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.get_mut()
+        .write_all(b"GET /api/echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let within = Duration::from_secs(10);
+    let (status, _, body) = tokio::time::timeout(within, read_response(&mut s))
+        .await
+        .expect("the slow answer");
+    assert_eq!((status, body.len()), (200, 50));
+    // Whole: the byte Pingora read while watching the client opens it.
+    let (status, headers, _) = tokio::time::timeout(within, read_response(&mut s))
+        .await
+        .expect("the request sent during the answer is answered");
+    let method = headers.iter().find(|(k, _)| k == "x-seen-method");
+    assert_eq!(
+        (status, method.map(|(_, v)| v.as_str())),
+        (200, Some("GET")),
+        "{headers:?}"
+    );
 }
 
 /// Reads the answers to `expected` (status, body unless empty) in order
