@@ -36,7 +36,7 @@ use crate::routes::chat::ChatRules;
 use crate::routes::{self, Native, Reply};
 use crate::settings::{PathSettings, Settings};
 use path::Target;
-use upstreams::{Route, RouteTable};
+use upstreams::{HeaderEdits, Route, RouteTable};
 
 /// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -405,7 +405,7 @@ impl ProxyHttp for GatewayProxy {
             .upstream
             .as_ref()
             .map(|(route, _)| &route.request_headers);
-        let adding = 4 + edits.map_or(0, |e| e.set.len());
+        let adding = 4 + HeaderEdits::added(edits);
         header_edits::edit_request(upstream_request, adding, |headers| {
             if let Some(ip) = ip {
                 // One lookup for reading the prior list and writing the new.
@@ -501,7 +501,7 @@ impl ProxyHttp for GatewayProxy {
             .upstream
             .as_ref()
             .map(|(route, _)| &route.response_headers);
-        let adding = 1 + edits.map_or(0, |e| e.set.len());
+        let adding = 1 + HeaderEdits::added(edits);
         header_edits::edit_response(upstream_response, adding, |headers| {
             if let Some(value) = ctx
                 .request_id

@@ -47,10 +47,10 @@ impl Upstream {
             lb.set_health_check(health_check(&name, hc, cfg));
         }
         let backends = lb.backends().get_backend();
-        let only = match backends.iter().collect::<Vec<_>>().as_slice() {
-            [backend] => Some(((*backend).clone(), make_peer(cfg, (*backend).clone()))),
-            _ => None,
-        };
+        let only = (backends.len() == 1)
+            .then(|| backends.iter().next())
+            .flatten()
+            .map(|backend| (backend.clone(), make_peer(cfg, backend.clone())));
         Ok(Self {
             label: format!("upstream:{name}").into(),
             metrics: UpstreamMetrics::new(&name),
@@ -283,6 +283,11 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    /// How many names `edits` may add: room to reserve before applying.
+    pub fn added(edits: Option<&Self>) -> usize {
+        edits.map_or(0, |e| e.set.len())
+    }
+
     /// Removes, then sets: a name in both lists ends up set.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
