@@ -33,12 +33,13 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
+use super::idle::IdleBound;
 use super::{GatewayProxy, coalesce, path};
 use crate::reload::Live;
 
 /// How long an idle HTTP/1.1 connection is kept. Pingora alone keeps one
-/// without limit (and so without a timer per wait); a bound keeps idle
-/// clients from holding connections and memory for good.
+/// without limit (and so without a timer); a bound keeps idle clients from
+/// holding connections and memory for good.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Pingora's initial request-header buffer; most requests fit in one read.
 const FIRST_READ_BYTES: usize = 4096;
@@ -158,7 +159,9 @@ impl Front {
                 // The next request's first bytes, already read: routed
                 // like any first read.
                 Some(first) => Some((stream, first)),
-                None => Box::pin(self.next_request(stream)).await,
+                // A bound of its own for each wait: a timer kept armed
+                // would stay allocated through the next chat's wait.
+                None => Box::pin(self.next_request(stream, &mut IdleBound::new(KEEPALIVE))).await,
             };
         }
     }
@@ -270,8 +273,9 @@ impl Front {
         flusher: Option<coalesce::Flusher>,
         shutdown: &ShutdownWatch,
     ) {
+        let mut idle = IdleBound::new(KEEPALIVE);
         loop {
-            let Some(first) = self.first_read(&mut stream).await else {
+            let Some(first) = self.first_read(&mut stream, &mut idle).await else {
                 return;
             };
             if self.is_native(&first) {
@@ -368,8 +372,12 @@ impl Front {
     }
 
     /// The stream back with the first bytes of its next request.
-    async fn next_request(&self, mut stream: Stream) -> Option<(Stream, BytesMut)> {
-        let first = self.first_read(&mut stream).await?;
+    async fn next_request(
+        &self,
+        mut stream: Stream,
+        idle: &mut IdleBound,
+    ) -> Option<(Stream, BytesMut)> {
+        let first = self.first_read(&mut stream, idle).await?;
         Some((stream, first))
     }
 
@@ -389,12 +397,11 @@ impl Front {
     /// ends. Counting every wait (an atomic add and subtract) costs less
     /// than watching for shutdown in each one, which registered and removed
     /// a waiter on every request.
-    async fn first_read(&self, stream: &mut Stream) -> Option<BytesMut> {
+    async fn first_read(&self, stream: &mut Stream, idle: &mut IdleBound) -> Option<BytesMut> {
         let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
         let _waiting = self.live.inflight.enter();
-        // Pingora's timer: cheaper per request than tokio's wheel.
-        match fast_timeout::fast_timeout(KEEPALIVE, stream.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => Some(buf),
+        match idle.within(stream.read_buf(&mut buf)).await {
+            Some(Ok(n)) if n > 0 => Some(buf),
             _ => None,
         }
     }
@@ -454,10 +461,10 @@ impl std::fmt::Write for PrefixProbe {
 /// The target of the request line, if the first read holds a whole one.
 /// Only a routing hint: Pingora parses and validates the request either way.
 fn request_target(buf: &[u8]) -> Option<&[u8]> {
-    let end = buf.iter().position(|&b| b == b'\n')?;
-    let mut parts = buf[..end].split(|&b| b == b' ');
-    let _method = parts.next()?;
-    parts.next()
+    let line = &buf[..memchr::memchr(b'\n', buf)?];
+    let start = memchr::memchr(b' ', line)? + 1;
+    let rest = &line[start..];
+    Some(&rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())])
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod coalesce;
 pub mod front;
 mod header_edits;
+mod idle;
 pub mod path;
 pub mod upstreams;
 
