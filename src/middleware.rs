@@ -277,7 +277,7 @@ impl EaiGateway {
 /// gateway refuses it rather than let the host proxy it).
 fn is_own_target(raw: &[u8], target: &GatewayResult<Target>) -> bool {
     match target {
-        Ok(target) => routes::is_native_path(&target.path),
+        Ok(target) => routes::is_native_path(target.path()),
         Err(_) => {
             let prefix = routes::NATIVE_PREFIX.as_bytes();
             raw.len() >= prefix.len() && raw[..prefix.len()].eq_ignore_ascii_case(prefix)

@@ -68,6 +68,27 @@ pub fn edit_response<T>(
     Ok(out)
 }
 
+/// `X-Forwarded-For` of a request that came without one: the client's
+/// address. The last one is kept per thread, as it mostly repeats (a
+/// frontend, a load balancer, a keep-alive client): a clone instead of
+/// formatting, validating and copying the address on every request.
+pub fn client_address(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((cached, value)) = last.as_ref()
+            && *cached == ip
+        {
+            return Some(value.clone());
+        }
+        let value = forwarded_for(None, ip)?;
+        *last = Some((ip, value.clone()));
+        Some(value)
+    })
+}
+
 /// `prior, ip` for `X-Forwarded-For`, or `ip` alone.
 pub fn forwarded_for(prior: Option<&HeaderValue>, ip: std::net::IpAddr) -> Option<HeaderValue> {
     let mut buf = [0u8; 64];

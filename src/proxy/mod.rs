@@ -37,7 +37,7 @@ use crate::routes::chat::ChatRules;
 use crate::routes::{self, Native, Reply};
 use crate::settings::{PathSettings, Settings};
 use path::Target;
-use upstreams::{HeaderEdits, Route, RouteTable};
+use upstreams::{HeaderEdits, Route, RouteId, RouteTable};
 
 /// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,11 +126,6 @@ impl GatewayProxy {
     }
 }
 
-/// The route label of a request no route claimed (yet); shared, so a
-/// request does not allocate it.
-static UNMATCHED: std::sync::LazyLock<Arc<str>> =
-    std::sync::LazyLock::new(|| Arc::from("unmatched"));
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -146,11 +141,10 @@ pub struct Ctx {
     /// Backend whose connection failed; the one retry avoids it.
     failed_backend: Option<std::net::SocketAddr>,
     started: Instant,
-    /// Route template or `upstream:<name>`; never the raw path.
-    route: Arc<str>,
     request_id: Option<RequestId>,
-    /// The route and the normalised target, once routed to a backend.
-    upstream: Option<(Arc<Route>, Target)>,
+    /// The route (in `gateway`'s table) and the normalised target, once
+    /// routed to a backend.
+    upstream: Option<(RouteId, Target)>,
     /// Request body bytes received so far, against the route's bound.
     body_bytes: u64,
     /// The backend chosen last, and when.
@@ -161,6 +155,24 @@ pub struct Ctx {
     status: Option<StatusCode>,
     /// Answered by the middleware, which recorded the request itself.
     native: bool,
+}
+
+impl Ctx {
+    /// The route of this request, once it was routed.
+    fn route(&self) -> Option<&Route> {
+        route_of(&self.gateway, &self.upstream)
+    }
+
+    /// The route label in logs and metrics: `upstream:<name>`, never the
+    /// raw path.
+    fn label(&self) -> &str {
+        self.route().map_or("unmatched", |r| &r.upstream.label)
+    }
+}
+
+/// `Ctx::route` for when another field of the context is being changed.
+fn route_of<'a>(gateway: &'a Gateway, upstream: &Option<(RouteId, Target)>) -> Option<&'a Route> {
+    upstream.as_ref().map(|(id, _)| gateway.routes.route(*id))
 }
 
 fn request_id(session: &ServerSession) -> RequestId {
@@ -211,6 +223,8 @@ fn body_over_bound(session: &Session, bound: Option<u64>) -> Option<GatewayError
 /// What the access line adds for a proxied request.
 struct Proxied<'a> {
     upstream: &'a str,
+    /// The request duration histogram of its route label.
+    duration: &'a prometheus::Histogram,
     backend: Option<std::net::SocketAddr>,
     /// From choosing the backend to the end of its response.
     upstream_time: Option<Duration>,
@@ -236,9 +250,12 @@ fn record(
     metrics::REQUESTS
         .with_label_values(&[route, method, status_label])
         .inc();
-    metrics::REQUEST_DURATION
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+    match proxied.as_ref() {
+        Some(p) => p.duration.observe(elapsed.as_secs_f64()),
+        None => metrics::REQUEST_DURATION
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64()),
+    }
     // Field expressions run only when the line is logged: the trace id's
     // hex and the backend's address cost nothing at a quieter level.
     tracing::info!(
@@ -275,7 +292,6 @@ impl ProxyHttp for GatewayProxy {
             gateway: self.live().gateway(),
             failed_backend: None,
             started: Instant::now(),
-            route: UNMATCHED.clone(),
             request_id: None,
             upstream: None,
             body_bytes: 0,
@@ -292,11 +308,11 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let gw = ctx.gateway.clone();
+        let gw = &ctx.gateway;
         // One reading of the target serves both the middleware, mounted as
         // any host proxy would (`EaiGateway::handle`), and the routing here.
         let target = path::normalize(session.req_header().raw_path(), &gw.paths);
-        if self.eai.serve_if_own(session, &gw, &target).await? {
+        if self.eai.serve_if_own(session, gw, &target).await? {
             ctx.native = true;
             return Ok(true);
         }
@@ -317,11 +333,10 @@ impl ProxyHttp for GatewayProxy {
             Some(e)
         } else {
             let host = request_host(session.req_header());
-            match gw.routes.lookup(host.as_deref(), &target.path) {
-                Some(route) => {
-                    ctx.route = route.upstream.label.clone();
-                    let refusal = body_over_bound(session, route.max_body_bytes);
-                    ctx.upstream = Some((route.clone(), target));
+            match gw.routes.lookup(host.as_deref(), target.path()) {
+                Some(id) => {
+                    let refusal = body_over_bound(session, gw.routes.route(id).max_body_bytes);
+                    ctx.upstream = Some((id, target));
                     refusal
                 }
                 None => Some(GatewayError::new(
@@ -347,10 +362,9 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let peer = ctx
-            .upstream
-            .as_ref()
-            .and_then(|(route, _)| route.upstream.peer(ctx.failed_backend.as_ref()))
+        let route = ctx.route();
+        let peer = route
+            .and_then(|route| route.upstream.peer(ctx.failed_backend.as_ref()))
             .ok_or_else(|| {
                 Error::explain(
                     ErrorType::HTTPStatus(502),
@@ -358,7 +372,7 @@ impl ProxyHttp for GatewayProxy {
                 )
             })?;
         let mut peer = peer;
-        if let Some(timeout) = ctx.upstream.as_ref().and_then(|(r, _)| r.timeout) {
+        if let Some(timeout) = route.and_then(|r| r.timeout) {
             peer.options.read_timeout = Some(timeout);
         }
         ctx.backend = peer._address.as_inet().map(|addr| (*addr, Instant::now()));
@@ -374,7 +388,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let upstream = ctx.upstream.as_ref().map(|(r, _)| &r.upstream.metrics);
+        let upstream = route_of(&ctx.gateway, &ctx.upstream).map(|r| &r.upstream.metrics);
         if let Some(m) = upstream {
             m.connect_failures.inc();
         }
@@ -402,10 +416,7 @@ impl ProxyHttp for GatewayProxy {
             Some(_) => "https",
             None => "http",
         };
-        let edits = ctx
-            .upstream
-            .as_ref()
-            .map(|(route, _)| &route.request_headers);
+        let edits = ctx.route().map(|route| &route.request_headers);
         let adding = 4 + HeaderEdits::added(edits);
         header_edits::edit_request(upstream_request, adding, |headers| {
             if let Some(ip) = ip {
@@ -417,7 +428,7 @@ impl ProxyHttp for GatewayProxy {
                         }
                     }
                     http::header::Entry::Vacant(slot) => {
-                        if let Some(value) = header_edits::forwarded_for(None, ip) {
+                        if let Some(value) = header_edits::client_address(ip) {
                             slot.insert(value);
                         }
                     }
@@ -428,25 +439,23 @@ impl ProxyHttp for GatewayProxy {
                 if let Ok(value) = HeaderValue::from_str(id.as_str()) {
                     headers.insert(X_REQUEST_ID, value);
                 }
-                if let Ok(value) = HeaderValue::try_from(id.trace().child_header()) {
-                    headers.insert(TRACEPARENT, value);
-                }
+                headers.insert(TRACEPARENT, id.trace().child_header_value());
             }
             if let Some(edits) = edits {
                 edits.apply(headers);
             }
         })?;
-        if let Some((route, target)) = &ctx.upstream {
+        if let (Some(route), Some((_, target))) = (ctx.route(), &ctx.upstream) {
             // The backend reads the path the gateway routed by, less the
             // route's prefix when it strips it.
-            if let Some(stripped) = route.strip(&target.path) {
-                let origin = match &target.query {
+            if let Some(stripped) = route.strip(target.path()) {
+                let origin = match target.query() {
                     Some(q) => format!("{stripped}?{q}"),
                     None => stripped.to_owned(),
                 };
                 upstream_request.set_raw_path(origin.as_bytes())?;
             } else if target.changed && !route.forward_raw_path {
-                upstream_request.set_raw_path(target.to_origin_form().as_bytes())?;
+                upstream_request.set_raw_path(target.origin_form().as_bytes())?;
             }
         }
         Ok(())
@@ -461,10 +470,9 @@ impl ProxyHttp for GatewayProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(bound), Some(chunk)) = (
-            ctx.upstream.as_ref().and_then(|(r, _)| r.max_body_bytes),
-            body.as_ref(),
-        ) {
+        if let (Some(bound), Some(chunk)) =
+            (ctx.route().and_then(|r| r.max_body_bytes), body.as_ref())
+        {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > bound {
                 return Error::e_explain(
@@ -498,10 +506,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
             session.set_keepalive(None);
         }
-        let edits = ctx
-            .upstream
-            .as_ref()
-            .map(|(route, _)| &route.response_headers);
+        let edits = ctx.route().map(|route| &route.response_headers);
         let adding = 1 + HeaderEdits::added(edits);
         header_edits::edit_response(upstream_response, adding, |headers| {
             if let Some(value) = ctx
@@ -515,7 +520,9 @@ impl ProxyHttp for GatewayProxy {
                 edits.apply(headers);
             }
         })?;
-        if let (Some((route, _)), Some((_, chosen))) = (&ctx.upstream, &ctx.backend) {
+        if let (Some(route), Some((_, chosen))) =
+            (route_of(&ctx.gateway, &ctx.upstream), &ctx.backend)
+        {
             ctx.upstream_status = Some(upstream_response.status);
             route
                 .upstream
@@ -548,12 +555,12 @@ impl ProxyHttp for GatewayProxy {
             let detail = match code {
                 502 => format!(
                     "upstream {} failed: {}",
-                    ctx.route.trim_start_matches("upstream:"),
+                    ctx.label().trim_start_matches("upstream:"),
                     e.etype().as_str()
                 ),
                 504 => format!(
                     "upstream {} did not answer in time",
-                    ctx.route.trim_start_matches("upstream:")
+                    ctx.label().trim_start_matches("upstream:")
                 ),
                 413 => "request body too large for this route".to_owned(),
                 400 => "malformed request".to_owned(),
@@ -581,7 +588,7 @@ impl ProxyHttp for GatewayProxy {
             return;
         }
         let status = session.response_written().map(|h| h.status).or(ctx.status);
-        let proxied = ctx.upstream.as_ref().map(|(route, _)| {
+        let proxied = ctx.route().map(|route| {
             let upstream = &route.upstream;
             let upstream_time = ctx.backend.map(|(_, chosen)| chosen.elapsed());
             upstream.metrics.request(ctx.upstream_status);
@@ -590,12 +597,13 @@ impl ProxyHttp for GatewayProxy {
             }
             Proxied {
                 upstream: upstream.name(),
+                duration: &upstream.metrics.request_duration,
                 backend: ctx.backend.map(|(addr, _)| addr),
                 upstream_time,
             }
         });
         record(
-            &ctx.route,
+            ctx.label(),
             &session.req_header().method,
             status,
             ctx.started,
@@ -621,7 +629,7 @@ impl Gateway {
         let (route, result) = match path::normalize(session.req_header().raw_path(), &self.paths) {
             Ok(target) => {
                 let native =
-                    routes::match_native(&method, &target.path).unwrap_or(routes::Native::Unknown);
+                    routes::match_native(&method, target.path()).unwrap_or(routes::Native::Unknown);
                 let route = native.template();
                 (
                     route,

@@ -14,27 +14,51 @@
 //! letter case, `;` parameters, repeated slashes when merging is off) is
 //! refused too, rather than forwarded.
 
+use std::borrow::Cow;
+
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::routes::is_native_path;
 use crate::settings::{EncodedSeparators, PathSettings};
 
-/// A normalised request target: an origin-form path and the query as sent.
+/// A normalised request target: an origin-form path and the query as sent,
+/// in one string (one allocation per request, and the origin form to send
+/// upstream without building it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub path: String,
-    pub query: Option<String>,
+    /// The path, then `?` and the query when there is one.
+    origin: String,
+    path_len: usize,
     /// Whether normalising changed the target: only then must the backend
     /// be sent another one.
     pub changed: bool,
 }
 
 impl Target {
-    /// The origin-form target to send upstream.
-    pub fn to_origin_form(&self) -> String {
-        match &self.query {
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+    fn new(path: &str, query: Option<&str>, changed: bool) -> Self {
+        let mut origin = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        origin.push_str(path);
+        if let Some(q) = query {
+            origin.push('?');
+            origin.push_str(q);
         }
+        Self {
+            origin,
+            path_len: path.len(),
+            changed,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.origin[..self.path_len]
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        self.origin.get(self.path_len + 1..)
+    }
+
+    /// The origin-form target to send upstream.
+    pub fn origin_form(&self) -> &str {
+        &self.origin
     }
 }
 
@@ -49,22 +73,24 @@ fn bad(detail: &'static str) -> GatewayError {
 pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
     if raw == b"*" {
         // OPTIONS * names the server, not a path: nothing to route by.
-        return Ok(Target {
-            path: "*".into(),
-            query: None,
-            changed: false,
-        });
+        return Ok(Target::new("*", None, false));
     }
     let (path, query) = split_target(raw)?;
     // Validated whole first: the lossy reading walks the query in pieces.
-    let query = query.map(|q| {
-        std::str::from_utf8(q)
-            .map_or_else(|_| String::from_utf8_lossy(q).into_owned(), str::to_owned)
-    });
-    // Most paths are already canonical: no escape, no dot or empty segment.
-    let path = match std::str::from_utf8(path) {
-        Ok(plain) if is_plain(plain) => plain.to_owned(),
-        _ => {
+    let query = query
+        .map(|q| std::str::from_utf8(q).map_or_else(|_| String::from_utf8_lossy(q), Cow::Borrowed));
+    // Most paths are already canonical (no escape, no dot or empty
+    // segment) and name no native route in any spelling: nothing to build.
+    if let Some(plain) = plain(path)
+        && !could_be_native(plain)
+    {
+        let changed = plain.len() + query.as_ref().map_or(0, |q| q.len() + 1) != raw.len()
+            || matches!(query, Some(Cow::Owned(_)));
+        return Ok(Target::new(plain, query.as_deref(), changed));
+    }
+    let path = match plain(path) {
+        Some(plain) => plain.to_owned(),
+        None => {
             let decoded = decode_unreserved(path, rules.encoded_separators)?;
             remove_dot_segments(&decoded, rules.merge_slashes)
         }
@@ -72,12 +98,15 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
     let path = canonical_native(path)?;
     let changed = raw.first() != Some(&b'/')
         || raw.get(..path.len()) != Some(path.as_bytes())
-        || raw.len() != path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
-    Ok(Target {
-        path,
-        query,
-        changed,
-    })
+        || raw.len() != path.len() + query.as_ref().map_or(0, |q| q.len() + 1)
+        || matches!(query, Some(Cow::Owned(_)));
+    Ok(Target::new(&path, query.as_deref(), changed))
+}
+
+/// `path` as text when normalising would not change it.
+fn plain(path: &[u8]) -> Option<&str> {
+    // `is_plain` admits printable ASCII only, so the text is valid UTF-8.
+    is_plain(path).then(|| std::str::from_utf8(path).ok())?
 }
 
 /// Whether the gateway answers this raw target itself: a native route, or
@@ -86,36 +115,55 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
 /// usual case, a plain path that no spelling makes a route.
 pub fn is_native_target(raw: &[u8], rules: &PathSettings) -> bool {
     if let Ok((path, _)) = split_target(raw)
-        && let Ok(plain) = std::str::from_utf8(path)
-        && is_plain(plain)
+        && let Some(plain) = plain(path)
         && !could_be_native(plain)
     {
         return false;
     }
-    normalize(raw, rules).map_or(true, |t| is_native_path(&t.path))
+    normalize(raw, rules).map_or(true, |t| is_native_path(t.path()))
 }
 
+/// What each byte is to `is_plain` and `could_be_native`, looked up instead
+/// of compared: both run twice on every proxied request.
+const PLAIN: u8 = 1;
+/// `/`: a segment starts after it.
+const SLASH: u8 = 2;
+/// Where a native name could start (`e`, `h`, `r` in either case) or be
+/// escaped (`%`).
+const NAME: u8 = 4;
+static BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        table[b] = match b as u8 {
+            b'%' => NAME,
+            b'\\' | b';' => 0,
+            b'/' => PLAIN | SLASH,
+            b'e' | b'E' | b'h' | b'H' | b'r' | b'R' => PLAIN | NAME,
+            _ => PLAIN,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// A path normalising would not change: printable ASCII without escapes,
-/// backslashes or parameters, and no empty or dot segment. One pass over
-/// the bytes: it runs twice on every proxied request.
-fn is_plain(path: &str) -> bool {
-    let bytes = path.as_bytes();
+/// backslashes or parameters, and no empty or dot segment.
+fn is_plain(bytes: &[u8]) -> bool {
     if bytes.first() != Some(&b'/') {
         return false;
     }
-    let mut start = 1;
-    for (i, &b) in bytes.iter().enumerate().skip(1) {
-        if b == b'/' {
-            if matches!(&bytes[start..i], b"" | b"." | b"..") {
-                return false;
-            }
-            start = i + 1;
-        } else if !(0x21..=0x7e).contains(&b) || matches!(b, b'%' | b'\\' | b';') {
-            return false;
-        }
-    }
-    // The last segment may be empty (`/a/`), not a dot segment.
-    !matches!(&bytes[start..], b"." | b"..")
+    bytes.iter().enumerate().all(|(i, &b)| {
+        let class = BYTES[usize::from(b)];
+        // After a slash: not another one, nor a dot segment. The last
+        // segment may be empty (`/a/`).
+        class & PLAIN != 0
+            && (class & SLASH == 0
+                || !matches!(
+                    &bytes[i + 1..],
+                    [b'/', ..] | [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..]
+                ))
+    })
 }
 
 /// The path (origin-form, possibly empty for a URL without one) and query
@@ -292,16 +340,16 @@ fn canonical_native(path: String) -> GatewayResult<String> {
 /// Cheap pre-check for `lenient`: only a path naming a native route in
 /// some letter case (or escape) can be read as one.
 fn could_be_native(path: &str) -> bool {
-    // One pass, comparing only where a name could start: this runs on
-    // every proxied request.
     let path = path.as_bytes();
-    path.iter().enumerate().any(|(i, b)| {
+    path.iter().enumerate().any(|(i, &b)| {
+        if BYTES[usize::from(b)] & NAME == 0 {
+            return false;
+        }
         let name: &[u8] = match b.to_ascii_lowercase() {
-            b'%' => return true,
             b'e' => b"eai-gateway",
             b'h' => b"healthz",
             b'r' => b"readyz",
-            _ => return false,
+            _ => return true,
         };
         path.get(i..i + name.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(name))

@@ -51,9 +51,10 @@ impl Upstream {
             .then(|| backends.iter().next())
             .flatten()
             .map(|backend| (backend.clone(), make_peer(cfg, backend.clone())));
+        let label: Arc<str> = format!("upstream:{name}").into();
         Ok(Self {
-            label: format!("upstream:{name}").into(),
-            metrics: UpstreamMetrics::new(&name),
+            metrics: UpstreamMetrics::new(&name, &label),
+            label,
             name,
             lb,
             cfg: cfg.clone(),
@@ -202,11 +203,19 @@ impl HealthObserve for HealthGauge {
 
 pub struct RouteTable {
     /// In matching order: routes with an exact host, then with a wildcard
-    /// host, then without; longest prefix first within each.
-    routes: Vec<Arc<Route>>,
-    default: Option<Arc<Route>>,
+    /// host, then without; longest prefix first within each. The default
+    /// upstream's route, when there is one, comes last.
+    routes: Vec<Route>,
+    /// How many of `routes` are matched by host and prefix.
+    matching: usize,
     upstreams: BTreeMap<String, Arc<Upstream>>,
 }
+
+/// A route of one `RouteTable`: what a request keeps instead of the route
+/// itself, which a shared pointer would cost two atomic updates of a count
+/// that every request on every thread touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteId(usize);
 
 /// Where a request goes and what is done to it on the way.
 pub struct Route {
@@ -383,12 +392,12 @@ impl RouteTable {
             };
             built.insert(name.clone(), upstream);
         }
-        let mut routes: Vec<Arc<Route>> = cfg
+        let mut routes: Vec<Route> = cfg
             .routes
             .iter()
             .filter_map(|r| {
                 let upstream = built.get(&r.upstream)?.clone();
-                Some(Arc::new(Route::new(r, upstream)))
+                Some(Route::new(r, upstream))
             })
             .collect();
         routes.sort_by_key(|r| {
@@ -397,14 +406,16 @@ impl RouteTable {
                 std::cmp::Reverse(r.prefix.len()),
             )
         });
-        let default = cfg
-            .default_upstream
-            .as_ref()
-            .and_then(|d| built.get(d).cloned())
-            .map(|upstream| Arc::new(Route::default_for(upstream)));
+        let matching = routes.len();
+        routes.extend(
+            cfg.default_upstream
+                .as_ref()
+                .and_then(|d| built.get(d).cloned())
+                .map(Route::default_for),
+        );
         Ok(Self {
             routes,
-            default,
+            matching,
             upstreams: built,
         })
     }
@@ -422,11 +433,17 @@ impl RouteTable {
 
     /// The route of a request for `host` (lower-cased, without port) and
     /// `path`; the default upstream's when no route claims it.
-    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<RouteId> {
+        let matched = self.routes[..self.matching]
             .iter()
-            .find(|r| r.matches(host, path))
-            .or(self.default.as_ref())
+            .position(|r| r.matches(host, path));
+        let default = (self.routes.len() > self.matching).then_some(self.matching);
+        matched.or(default).map(RouteId)
+    }
+
+    /// A route `lookup` gave.
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
     }
 }
 
@@ -449,7 +466,10 @@ mod tests {
         cfg.default_upstream = Some("d".into());
         cfg.validate().unwrap();
         let t = RouteTable::new(&cfg, None).unwrap();
-        let label = |p: &str| t.lookup(None, p).map(|r| r.upstream.label.to_string());
+        let label = |p: &str| {
+            t.lookup(None, p)
+                .map(|id| t.route(id).upstream.label.to_string())
+        };
         assert_eq!(label("/api").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/x").as_deref(), Some("upstream:a"));
         assert_eq!(label("/api/v2/x").as_deref(), Some("upstream:b"));
@@ -478,7 +498,10 @@ mod tests {
         ];
         cfg.validate().unwrap();
         let t = RouteTable::new(&cfg, None).unwrap();
-        let label = |h: Option<&str>, p: &str| t.lookup(h, p).map(|r| r.upstream.label.to_string());
+        let label = |h: Option<&str>, p: &str| {
+            t.lookup(h, p)
+                .map(|id| t.route(id).upstream.label.to_string())
+        };
         assert_eq!(
             label(Some("a.example.com"), "/api/long").as_deref(),
             Some("upstream:exact")
@@ -499,7 +522,7 @@ mod tests {
         assert_eq!(label(Some("b.example.com"), "/other"), None);
         let strip = |h: &str, p: &str| {
             t.lookup(Some(h), p)
-                .and_then(|r| r.strip(p).map(str::to_owned))
+                .and_then(|id| t.route(id).strip(p).map(str::to_owned))
         };
         assert_eq!(strip("b.example.com", "/api/x/y").as_deref(), Some("/x/y"));
         assert_eq!(strip("b.example.com", "/api").as_deref(), Some("/"));
