@@ -23,8 +23,26 @@ impl InFlight {
         }
     }
 
+    /// `enter` for a unit that ends before the counter can: no count of
+    /// references to the counter is taken (two atomic updates fewer on a
+    /// value every request on every thread touches).
+    pub fn enter_scoped(&self) -> ScopedGuard<'_> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ScopedGuard(&self.0)
+    }
+
     pub fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one unit in flight for as long as it lives; see
+/// [`InFlight::enter_scoped`].
+pub struct ScopedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ScopedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

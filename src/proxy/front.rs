@@ -399,7 +399,7 @@ impl Front {
     /// a waiter on every request.
     async fn first_read(&self, stream: &mut Stream, idle: &mut IdleBound) -> Option<BytesMut> {
         let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
-        let _waiting = self.live.inflight.enter();
+        let _waiting = self.live.inflight.enter_scoped();
         match idle.within(stream.read_buf(&mut buf)).await {
             Some(Ok(n)) if n > 0 => Some(buf),
             _ => None,
@@ -415,7 +415,8 @@ impl Front {
     /// Whether the gateway answers this request target itself: a native
     /// route, or a target it refuses (400).
     fn is_native_target(&self, target: &[u8]) -> bool {
-        path::is_native_target(target, &self.live.peek().paths)
+        // The usual case needs no settings: no look at the current ones.
+        !path::plainly_proxied(target) && path::is_native_target(target, &self.live.peek().paths)
     }
 }
 

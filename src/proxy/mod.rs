@@ -622,7 +622,7 @@ impl Gateway {
         session: &mut ServerSession,
         live: &Live,
     ) -> Result<()> {
-        let _inflight = live.inflight.enter();
+        let _inflight = live.inflight.enter_scoped();
         let started = Instant::now();
         let request_id = request_id(session);
         let method = session.req_header().method.clone();

@@ -114,13 +114,16 @@ fn plain(path: &[u8]) -> Option<&str> {
 /// gives (a refusal counting as native), without its allocations for the
 /// usual case, a plain path that no spelling makes a route.
 pub fn is_native_target(raw: &[u8], rules: &PathSettings) -> bool {
-    if let Ok((path, _)) = split_target(raw)
-        && let Some(plain) = plain(path)
-        && !could_be_native(plain)
-    {
-        return false;
-    }
-    normalize(raw, rules).map_or(true, |t| is_native_path(t.path()))
+    !plainly_proxied(raw) && normalize(raw, rules).map_or(true, |t| is_native_path(t.path()))
+}
+
+/// A target whose path normalising would not change and that no spelling
+/// makes a native route: the usual one, known without the path settings.
+pub fn plainly_proxied(raw: &[u8]) -> bool {
+    split_target(raw)
+        .ok()
+        .and_then(|(path, _)| plain(path))
+        .is_some_and(|plain| !could_be_native(plain))
 }
 
 /// What each byte is to `is_plain` and `could_be_native`, looked up instead
