@@ -178,6 +178,15 @@ mod tests {
     }
 
     #[test]
+    fn the_kept_client_address_is_the_one_asked_for() {
+        let a: IpAddr = "10.0.0.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        for ip in [a, a, b, a, b, b] {
+            assert_eq!(client_address(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
     fn a_request_keeps_everything_but_the_names_case() {
         let mut req = RequestHeader::build("POST", b"/a%20b?x=1", None).unwrap();
         req.append_header("X-Custom", "1").unwrap();

@@ -115,4 +115,30 @@ mod tests {
         assert_eq!(idle.within(std::future::pending::<()>()).await, None);
         assert!(started.elapsed() >= period - Duration::from_millis(10));
     }
+
+    /// Nor later: the timer armed before a silent wait fires near its end,
+    /// and the wait ends when its own period does, not a period after that.
+    #[tokio::test]
+    async fn a_silent_wait_ends_when_its_period_does() {
+        let period = Duration::from_millis(400);
+        let mut idle = IdleBound::new(period);
+        let mut polled = false;
+        let once = std::future::poll_fn(|cx| {
+            if polled {
+                Poll::Ready(())
+            } else {
+                polled = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        });
+        assert_eq!(idle.within(once).await, Some(()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        assert_eq!(idle.within(std::future::pending::<()>()).await, None);
+        let waited = started.elapsed();
+        // Re-armed for a whole period it would end about 350 ms later.
+        assert!(waited >= period - Duration::from_millis(10), "{waited:?}");
+        assert!(waited < period + Duration::from_millis(200), "{waited:?}");
+    }
 }

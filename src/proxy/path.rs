@@ -84,8 +84,7 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
     if let Some(plain) = plain(path)
         && !could_be_native(plain)
     {
-        let changed = plain.len() + query.as_ref().map_or(0, |q| q.len() + 1) != raw.len()
-            || matches!(query, Some(Cow::Owned(_)));
+        let changed = plain.len() + query.as_ref().map_or(0, |q| q.len() + 1) != raw.len();
         return Ok(Target::new(plain, query.as_deref(), changed));
     }
     let path = match plain(path) {
@@ -98,8 +97,7 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
     let path = canonical_native(path)?;
     let changed = raw.first() != Some(&b'/')
         || raw.get(..path.len()) != Some(path.as_bytes())
-        || raw.len() != path.len() + query.as_ref().map_or(0, |q| q.len() + 1)
-        || matches!(query, Some(Cow::Owned(_)));
+        || raw.len() != path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
     Ok(Target::new(&path, query.as_deref(), changed))
 }
 
