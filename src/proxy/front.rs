@@ -415,8 +415,7 @@ impl Front {
     /// Whether the gateway answers this request target itself: a native
     /// route, or a target it refuses (400).
     fn is_native_target(&self, target: &[u8]) -> bool {
-        // The usual case needs no settings: no look at the current ones.
-        !path::plainly_proxied(target) && path::is_native_target(target, &self.live.peek().paths)
+        path::is_native_target(target, || self.live.peek().paths.clone())
     }
 }
 

@@ -70,6 +70,20 @@ impl IdleBound {
 mod tests {
     use super::*;
 
+    /// A wait that is pending once, so that it arms the timer, then ready.
+    fn ready_on_second_poll() -> impl Future<Output = ()> {
+        let mut polled = false;
+        std::future::poll_fn(move |cx| {
+            if polled {
+                Poll::Ready(())
+            } else {
+                polled = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+    }
+
     #[tokio::test]
     async fn a_wait_that_outlasts_the_period_gives_none() {
         let mut idle = IdleBound::new(Duration::from_millis(100));
@@ -92,18 +106,7 @@ mod tests {
     async fn each_wait_gets_the_whole_period() {
         let period = Duration::from_millis(300);
         let mut idle = IdleBound::new(period);
-        // Arms the timer: pending once, then ready.
-        let mut polled = false;
-        let once = std::future::poll_fn(|cx| {
-            if polled {
-                Poll::Ready(())
-            } else {
-                polled = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        });
-        assert_eq!(idle.within(once).await, Some(()));
+        assert_eq!(idle.within(ready_on_second_poll()).await, Some(()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The timer fires about 100 ms into this wait, which must go on.
         let started = Instant::now();
@@ -122,17 +125,7 @@ mod tests {
     async fn a_silent_wait_ends_when_its_period_does() {
         let period = Duration::from_millis(400);
         let mut idle = IdleBound::new(period);
-        let mut polled = false;
-        let once = std::future::poll_fn(|cx| {
-            if polled {
-                Poll::Ready(())
-            } else {
-                polled = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        });
-        assert_eq!(idle.within(once).await, Some(()));
+        assert_eq!(idle.within(ready_on_second_poll()).await, Some(()));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = Instant::now();
         assert_eq!(idle.within(std::future::pending::<()>()).await, None);

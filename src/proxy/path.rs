@@ -81,13 +81,14 @@ pub fn normalize(raw: &[u8], rules: &PathSettings) -> GatewayResult<Target> {
         .map(|q| std::str::from_utf8(q).map_or_else(|_| String::from_utf8_lossy(q), Cow::Borrowed));
     // Most paths are already canonical (no escape, no dot or empty
     // segment) and name no native route in any spelling: nothing to build.
-    if let Some(plain) = plain(path)
+    let plain = plain(path);
+    if let Some(plain) = plain
         && !could_be_native(plain)
     {
         let changed = plain.len() + query.as_ref().map_or(0, |q| q.len() + 1) != raw.len();
         return Ok(Target::new(plain, query.as_deref(), changed));
     }
-    let path = match plain(path) {
+    let path = match plain {
         Some(plain) => plain.to_owned(),
         None => {
             let decoded = decode_unreserved(path, rules.encoded_separators)?;
@@ -110,14 +111,15 @@ fn plain(path: &[u8]) -> Option<&str> {
 /// Whether the gateway answers this raw target itself: a native route, or
 /// a target it refuses. The same as `is_native_path` of what `normalize`
 /// gives (a refusal counting as native), without its allocations for the
-/// usual case, a plain path that no spelling makes a route.
-pub fn is_native_target(raw: &[u8], rules: &PathSettings) -> bool {
-    !plainly_proxied(raw) && normalize(raw, rules).map_or(true, |t| is_native_path(t.path()))
+/// usual case, a plain path that no spelling makes a route. The settings
+/// are asked for only when the target is not that one.
+pub fn is_native_target(raw: &[u8], rules: impl FnOnce() -> PathSettings) -> bool {
+    !plainly_proxied(raw) && normalize(raw, &rules()).map_or(true, |t| is_native_path(t.path()))
 }
 
 /// A target whose path normalising would not change and that no spelling
 /// makes a native route: the usual one, known without the path settings.
-pub fn plainly_proxied(raw: &[u8]) -> bool {
+fn plainly_proxied(raw: &[u8]) -> bool {
     split_target(raw)
         .ok()
         .and_then(|(path, _)| plain(path))
