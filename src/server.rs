@@ -127,7 +127,10 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
         period: cfg.shutdown.drain,
     };
     let proxy = http_proxy(&server.configuration, GatewayProxy::new(eai));
-    let mut proxy = Service::new("eai-gateway".to_owned(), Front::new(live.clone(), proxy));
+    let mut proxy = Service::new(
+        "eai-gateway".to_owned(),
+        Front::new(live.clone(), proxy, &server.configuration),
+    );
     // Pingora's default read buffer is 64 KiB per client connection: with
     // thousands of chats held open that dominates memory. Small JSON requests
     // fit in a few KiB; larger bodies still stream, in more reads.

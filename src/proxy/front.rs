@@ -23,6 +23,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::server::HttpSession as H1Session;
@@ -31,10 +33,11 @@ use pingora::protocols::http::v2::server::{H2Accept, HttpSession as H2Session};
 use pingora::protocols::{ALPN, Digest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use pingora::server::configuration::ServerConf;
 use tokio::io::AsyncReadExt;
 
 use super::idle::IdleBound;
-use super::{GatewayProxy, coalesce, path};
+use super::{GatewayProxy, coalesce, forward, path};
 use crate::reload::Live;
 
 /// How long an idle HTTP/1.1 connection is kept. Pingora alone keeps one
@@ -47,13 +50,17 @@ const FIRST_READ_BYTES: usize = 4096;
 pub struct Front {
     live: Arc<Live>,
     proxy: Arc<HttpProxy<GatewayProxy>>,
+    /// The backend connections of the lean pass-through (`forward`), pooled
+    /// as pingora-proxy pools its own.
+    connector: Connector,
 }
 
 impl Front {
-    pub fn new(live: Arc<Live>, proxy: HttpProxy<GatewayProxy>) -> Self {
+    pub fn new(live: Arc<Live>, proxy: HttpProxy<GatewayProxy>, conf: &ServerConf) -> Self {
         Self {
             live,
             proxy: Arc::new(proxy),
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
         }
     }
 
@@ -274,9 +281,15 @@ impl Front {
         shutdown: &ShutdownWatch,
     ) {
         let mut idle = IdleBound::new(KEEPALIVE);
+        // The bytes of a next request that a client pipelined.
+        let mut pending = None;
         loop {
-            let Some(first) = self.first_read(&mut stream, &mut idle).await else {
-                return;
+            let first = match pending.take() {
+                Some(first) => first,
+                None => match self.first_read(&mut stream, &mut idle).await {
+                    Some(first) => first,
+                    None => return,
+                },
             };
             if self.is_native(&first) {
                 // Pingora's task for this connection is sized for a TLS
@@ -289,13 +302,36 @@ impl Front {
                 tokio::spawn(coalesce::drain_each_poll(serve, flusher));
                 return;
             }
-            // Served by pingora-proxy; a pipelined request behind it is
-            // served there too (see `serve_proxied`).
-            match self.serve_proxied(stream, first, shutdown).await {
-                Some((next, _)) => stream = next,
+            let served = if forward::eligible(&first) {
+                self.serve_forwarded(stream, first, shutdown).await
+            } else {
+                // Served by pingora-proxy; a pipelined request behind it is
+                // served there too (see `serve_proxied`).
+                self.serve_proxied(stream, first, shutdown).await
+            };
+            match served {
+                Some((next, more)) => (stream, pending) = (next, more),
                 None => return,
             }
         }
+    }
+
+    /// A plain GET or HEAD passed through on the lean path (`forward`).
+    async fn serve_forwarded(
+        &self,
+        stream: Stream,
+        first: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Reused> {
+        let mut session = h1_session(stream, first, shutdown);
+        if !read_header(&mut session).await {
+            return None;
+        }
+        if !forward::serve(&self.live, &self.connector, &mut session).await {
+            return None;
+        }
+        let reusable = session.finish().await.ok()??;
+        Some(reusable.into_parts())
     }
 
     /// An HTTP/2 connection (TLS with ALPN): every stream in a task of its

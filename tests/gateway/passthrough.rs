@@ -638,3 +638,82 @@ async fn a_request_line_in_pieces_is_still_served() {
         "echo: oi"
     );
 }
+
+/// A backend that answers the first request on each connection and closes
+/// the connection when the next one arrives, unanswered: a backend whose
+/// idle timeout ran out just as the gateway reused its pooled connection.
+async fn one_answer_per_connection_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // The next request on this connection: closed unanswered.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Every GET is answered although each reused backend connection closes
+/// under it: the request goes again on a new connection, as no backend
+/// answered any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_backend_closed_costs_no_request() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let be = one_answer_per_connection_backend().await;
+    let gw = gateway_with_default(&db, be.to_string(), "").await;
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let r = client.get(gw.url("/again")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+}
+
+/// A client that closes its connection while the backend is still
+/// working: the gateway drops its backend connection then, not when the
+/// answer comes (nobody would read it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_before_the_answer_frees_the_backend_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let be = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let asked = Instant::now();
+        // The answer would take 10 s; the gateway's close comes first.
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        let _ = closed_tx.send(closed.is_ok().then(|| asked.elapsed()));
+    });
+    let db = TestDb::new(DbKind::Sqlite);
+    let gw = gateway_with_default(&db, be.to_string(), "").await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /slow-answer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let closed = closed_rx.await.unwrap();
+    assert!(
+        closed.is_some_and(|after| after < Duration::from_secs(5)),
+        "backend connection closed after {closed:?}"
+    );
+}
