@@ -224,7 +224,7 @@ async fn attempt(
             // Informational answers go on to the client; the final one follows.
             100..=199 => {
                 if let Err(e) = session.write_response_header(header).await {
-                    return Attempt::Failed(e);
+                    return Attempt::Failed(e.into_down());
                 }
             }
             _ => break header,
@@ -249,14 +249,14 @@ async fn attempt(
         return Attempt::Failed(e);
     }
     if let Err(e) = session.write_response_header(resp).await {
-        return Attempt::Failed(e);
+        return Attempt::Failed(e.into_down());
     }
     if !end {
         loop {
             match unless_client_leaves(session, h1.read_body_bytes()).await {
                 Ok(Some(piece)) => {
                     if let Err(e) = session.write_response_body(piece, false).await {
-                        return Attempt::Failed(e);
+                        return Attempt::Failed(e.into_down());
                     }
                 }
                 Ok(None) => break,
@@ -271,7 +271,7 @@ async fn attempt(
         }
     }
     if let Err(e) = session.finish_body().await {
-        return Attempt::Failed(e);
+        return Attempt::Failed(e.into_down());
     }
     Attempt::Done(h1.is_body_done())
 }

@@ -1,9 +1,11 @@
 //! The gateway's request handling. `front` decides per request whether the
-//! gateway answers it itself (native routes, on a lean path) or hands it to
-//! pingora-proxy, whose `ProxyHttp` hooks (`GatewayProxy`) only route:
-//! native requests that reach them go to `routes`, everything else to the
-//! upstream chosen by the route table. `record` emits the access line and the
-//! request metrics for both paths.
+//! gateway answers it itself (native routes, on a lean path), forwards it
+//! itself (a plain GET or HEAD, `forward`), or hands it to pingora-proxy,
+//! whose `ProxyHttp` hooks (`GatewayProxy`) only route: native requests that
+//! reach them go to `routes`, everything else to the upstream chosen by the
+//! route table. What a passed-through request gets (`admit`, `edit_request`,
+//! `edit_response`, `fail`, `log`) is written once here for both forwarding
+//! paths; `record` emits the access line and the request metrics for all.
 
 mod coalesce;
 mod forward;
