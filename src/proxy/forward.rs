@@ -200,13 +200,19 @@ async fn attempt(
         e.as_up();
         return Attempt::BeforeResponse(e);
     }
+    // Once an informational answer went out, the request cannot go again.
+    let mut informed = false;
     let mut resp = loop {
         match unless_client_leaves(session, h1.read_response()).await {
             Ok(_) => {}
             Err(Left(e)) => return Attempt::Failed(e),
             Err(Upstream(mut e)) => {
                 e.as_up();
-                return Attempt::BeforeResponse(e);
+                return if informed {
+                    Attempt::Failed(e)
+                } else {
+                    Attempt::BeforeResponse(e)
+                };
             }
         }
         let Some(header) = h1.resp_header() else {
@@ -226,6 +232,7 @@ async fn attempt(
                 if let Err(e) = session.write_response_header(header).await {
                     return Attempt::Failed(e.into_down());
                 }
+                informed = true;
             }
             _ => break header,
         }

@@ -235,6 +235,43 @@ async fn a_backend_dying_mid_body_is_a_truncated_transfer_never_a_clean_end() {
     assert!(!text.ends_with("0\r\n\r\n"), "a clean end: {text:?}");
 }
 
+/// A body that the backend ends by closing its connection reaches the
+/// client chunked, with a clean end, on a connection that stays open; an
+/// informational answer (103 Early Hints) reaches it before the final one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delimited_bodies_end_cleanly_and_early_hints_go_ahead() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let request = "GET /page HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let backend = dying_backend("HTTP/1.1 200 OK\r\n\r\n", b"the whole body").await;
+    let gw = gateway_to(&db, backend).await;
+    let got = read_until_close(&gw, request).await;
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response header");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(body.contains("the whole body"), "{body:?}");
+    assert!(body.ends_with("0\r\n\r\n"), "no clean end: {body:?}");
+
+    let backend = dying_backend(
+        "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+         HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        b"ok",
+    )
+    .await;
+    let db2 = TestDb::new(DbKind::Sqlite);
+    let gw = gateway_to(&db2, backend).await;
+    let got = read_until_close(&gw, request).await;
+    let text = String::from_utf8_lossy(&got);
+    let hints = text.find("HTTP/1.1 103").expect("the early hints");
+    let last = text.find("HTTP/1.1 200").expect("the final answer");
+    assert!(hints < last, "{text}");
+    assert!(text[..last].contains("</style.css>"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text:?}");
+}
+
 /// An echo backend that hashes what it received.
 async fn hashing_backend() -> SocketAddr {
     let app = axum::Router::new()
