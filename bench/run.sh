@@ -2,7 +2,7 @@
 # One command: build in release, make sure PostgreSQL runs and nginx is
 # installed (the pass-through comparison), run the benchmark, print the table.
 # The table is also written to bench/results/<date>.md.
-#   bench/run.sh            # full run, about 4 minutes after the build
+#   bench/run.sh            # full run, about 8 minutes after the build
 #   bench/run.sh --quick    # shorter phases
 set -euo pipefail
 cd "$(dirname "$0")/.."
