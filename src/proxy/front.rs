@@ -1,8 +1,10 @@
 //! The listener's application: one HTTP/1.1 request per call. The first read
 //! of a request decides its path. When it holds a request line for a native
 //! route, the request is answered here on Pingora's HTTP/1 session alone;
-//! everything else goes to pingora-proxy, which also answers native routes
-//! whose request line arrived in a later read.
+//! when it is a whole plain GET or HEAD header, the request is passed through
+//! on the lean path of `forward`; everything else goes to pingora-proxy,
+//! which also answers native routes whose request line arrived in a later
+//! read.
 //!
 //! Why not let pingora-proxy take every request: a request it serves holds
 //! its per-request state (a boxed future of about 13 KB) for as long as the
