@@ -18,19 +18,17 @@
 //! paths: the same functions check, route, edit, answer failures and log
 //! (`super::admit`, `super::edit_request` and the rest).
 
+use pingora::connectors::ConnectorOptions;
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as H1Client;
+use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::Peer;
 
 use super::{Ctx, admit, choose_peer, connect_failed, edit_request, edit_response, fail, log};
 use crate::reload::Live;
-
-/// Attempts on pooled connections that the backend closed meanwhile, as
-/// pingora-proxy allows them (`max_retries`), before the request fails.
-const MAX_ATTEMPTS: usize = 16;
 
 /// Headers that keep a request off this path: they frame a body, upgrade
 /// the connection, expect a `100 Continue`, or are hop-by-hop fields that
@@ -94,21 +92,101 @@ pub fn eligible(first: &[u8]) -> bool {
     }
 }
 
-/// Serves the request whose header `session` has read; whether the
-/// connection may carry another request.
-pub async fn serve(live: &Live, connector: &Connector, session: &mut ServerSession) -> bool {
-    let mut ctx = Ctx::new(live);
-    let target = super::path::normalize(session.req_header().raw_path(), &ctx.gateway.paths);
-    let error = match admit(session, &mut ctx, target).await {
-        Ok(true) => None,
-        Ok(false) => exchange(live, connector, session, &mut ctx).await.err(),
-        Err(e) => Some(e),
-    };
-    if let Some(e) = &error {
-        fail(session, e, &mut ctx).await;
+/// The backend side of the lean pass-through: its pool of backend
+/// connections and its bound on attempts, both taken from the server
+/// configuration as pingora-proxy takes its own.
+pub struct Forwarder {
+    connector: Connector,
+    /// Attempts per request (Pingora's `max_retries`, which counts them all).
+    max_attempts: usize,
+}
+
+impl Forwarder {
+    pub fn new(conf: &ServerConf) -> Self {
+        Self {
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            max_attempts: conf.max_retries.max(1),
+        }
     }
-    log(session, error.as_deref(), &ctx);
-    error.is_none()
+
+    /// Serves the request whose header `session` has read; whether the
+    /// connection may carry another request.
+    pub async fn serve(&self, live: &Live, session: &mut ServerSession) -> bool {
+        let mut ctx = Ctx::new(live);
+        let target = super::path::normalize(session.req_header().raw_path(), &ctx.gateway.paths);
+        let error = match admit(session, &mut ctx, target).await {
+            Ok(true) => None,
+            Ok(false) => self.exchange(live, session, &mut ctx).await.err(),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = &error {
+            fail(session, e, &mut ctx).await;
+        }
+        log(session, error.as_deref(), &ctx);
+        error.is_none()
+    }
+
+    /// Sends the request to the route's upstream and its answer to the
+    /// client, retrying as pingora-proxy does: a failed connect once on
+    /// another backend, a pooled connection the backend had closed on a new
+    /// one.
+    async fn exchange(
+        &self,
+        live: &Live,
+        session: &mut ServerSession,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let connector = &self.connector;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let peer = choose_peer(ctx)?;
+            let (client, reused) = match connector.get_http_session(&*peer).await {
+                Ok(got) => got,
+                Err(mut e) => {
+                    e.as_up();
+                    let e = connect_failed(&peer, ctx, e);
+                    if e.retry() && attempts < self.max_attempts {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let mut h1 = match client {
+                ClientSession::H1(h1) => h1,
+                // The upstreams' peers offer HTTP/1 only (no ALPN h2).
+                other => {
+                    connector
+                        .release_http_session(other, &*peer, peer.idle_timeout())
+                        .await;
+                    return Error::e_explain(InternalError, "backend session is not HTTP/1");
+                }
+            };
+            match attempt(live, session, ctx, &mut h1, &peer).await {
+                Attempt::Done(clean) => {
+                    if clean {
+                        h1.respect_keepalive();
+                        connector
+                            .release_http_session(
+                                ClientSession::H1(h1),
+                                &*peer,
+                                peer.idle_timeout(),
+                            )
+                            .await;
+                    }
+                    return Ok(());
+                }
+                Attempt::BeforeResponse(mut e) => {
+                    e.retry.decide_reuse(reused);
+                    if e.retry() && attempts < self.max_attempts {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Attempt::Failed(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// How one attempt on one backend connection ended.
@@ -121,62 +199,6 @@ enum Attempt {
     BeforeResponse(Box<Error>),
     /// Failed once the response had started, or on the client's side.
     Failed(Box<Error>),
-}
-
-/// Sends the request to the route's upstream and its answer to the client,
-/// retrying as pingora-proxy does: a failed connect once on another
-/// backend, a pooled connection the backend had closed on a new one.
-async fn exchange(
-    live: &Live,
-    connector: &Connector,
-    session: &mut ServerSession,
-    ctx: &mut Ctx,
-) -> Result<()> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let peer = choose_peer(ctx)?;
-        let (client, reused) = match connector.get_http_session(&*peer).await {
-            Ok(got) => got,
-            Err(mut e) => {
-                e.as_up();
-                let e = connect_failed(&peer, ctx, e);
-                if e.retry() && attempts < MAX_ATTEMPTS {
-                    continue;
-                }
-                return Err(e);
-            }
-        };
-        let mut h1 = match client {
-            ClientSession::H1(h1) => h1,
-            // The upstreams' peers offer HTTP/1 only (no ALPN h2).
-            other => {
-                connector
-                    .release_http_session(other, &*peer, peer.idle_timeout())
-                    .await;
-                return Error::e_explain(InternalError, "backend session is not HTTP/1");
-            }
-        };
-        match attempt(live, session, ctx, &mut h1, &peer).await {
-            Attempt::Done(clean) => {
-                if clean {
-                    h1.respect_keepalive();
-                    connector
-                        .release_http_session(ClientSession::H1(h1), &*peer, peer.idle_timeout())
-                        .await;
-                }
-                return Ok(());
-            }
-            Attempt::BeforeResponse(mut e) => {
-                e.retry.decide_reuse(reused);
-                if e.retry() && attempts < MAX_ATTEMPTS {
-                    continue;
-                }
-                return Err(e);
-            }
-            Attempt::Failed(e) => return Err(e),
-        }
-    }
 }
 
 /// One request and its answer on one backend connection.

@@ -25,8 +25,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::connectors::ConnectorOptions;
-use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::server::HttpSession as H1Session;
@@ -52,9 +50,8 @@ const FIRST_READ_BYTES: usize = 4096;
 pub struct Front {
     live: Arc<Live>,
     proxy: Arc<HttpProxy<GatewayProxy>>,
-    /// The backend connections of the lean pass-through (`forward`), pooled
-    /// as pingora-proxy pools its own.
-    connector: Connector,
+    /// The lean pass-through's backend side (`forward`).
+    forwarder: forward::Forwarder,
 }
 
 impl Front {
@@ -62,7 +59,7 @@ impl Front {
         Self {
             live,
             proxy: Arc::new(proxy),
-            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            forwarder: forward::Forwarder::new(conf),
         }
     }
 
@@ -329,7 +326,7 @@ impl Front {
         if !read_header(&mut session).await {
             return None;
         }
-        if !forward::serve(&self.live, &self.connector, &mut session).await {
+        if !self.forwarder.serve(&self.live, &mut session).await {
             return None;
         }
         let reusable = session.finish().await.ok()??;
