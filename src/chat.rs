@@ -38,7 +38,7 @@ use crate::mapping::lanes::UserLanes;
 use crate::mapping::lease::ChatLeases;
 use crate::mapping::{LeaseStore, MappingStore, RecordStore};
 use crate::metrics;
-use crate::settings::{PollSettings, Settings, limit};
+use crate::settings::{DuplicatePolicy, PollSettings, Settings, limit};
 
 pub struct ChatRequest {
     pub user: UserNumber,
@@ -103,6 +103,7 @@ struct Inner {
     budget: Duration,
     max_processing: Duration,
     delete_upstream: bool,
+    duplicates: DuplicatePolicy,
     delete_wait: Duration,
     max_queued: Option<usize>,
     async_result_ttl: Duration,
@@ -237,6 +238,7 @@ impl ChatService {
                 budget: settings.chat.timeout,
                 max_processing: settings.chat.max_processing,
                 delete_upstream: settings.mapping.delete_upstream_on_delete,
+                duplicates: settings.mapping.duplicate_policy,
                 delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),
                 async_result_ttl: settings.chat.async_result_ttl,
@@ -351,7 +353,7 @@ impl ChatService {
     }
 
     pub async fn agent_of(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        self.inner.store.get(user).await
+        self.inner.mapped(user).await
     }
 
     /// Removes the mapping (and the agent upstream when configured). Takes
@@ -452,14 +454,17 @@ impl ChatWatch {
 impl Inner {
     async fn forget_in_turn(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<()> {
         self.cache.remove(user);
-        let Some(agent) = self.store.delete(user).await? else {
+        let agents = self.store.delete(user).await?;
+        if agents.is_empty() {
             return Err(GatewayError::new(
                 ErrorKind::NotFound,
                 "no agent is mapped to this user",
             ));
-        };
-        if self.delete_upstream {
-            match self.agents.delete_agent(ctx, &agent).await {
+        }
+        // A user stored under two spellings had two agents: forgetting
+        // them forgets both.
+        for agent in agents.iter().filter(|_| self.delete_upstream) {
+            match self.agents.delete_agent(ctx, agent).await {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; leave a trace for cleanup.
                 Err(e) => {
@@ -658,12 +663,17 @@ impl Inner {
         );
     }
 
+    /// The agent mapped to the user in the store, by the duplicate policy.
+    async fn mapped(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+        crate::mapping::duplicates::lookup(&*self.store, self.duplicates, user).await
+    }
+
     /// The user's agent: cache, then store, then created and claimed.
     async fn agent_for(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
         if let Some(agent) = self.cache.get(user) {
             return Ok(agent);
         }
-        if let Some(agent) = self.store.get(user).await? {
+        if let Some(agent) = self.mapped(user).await? {
             self.cache.put(user, &agent);
             return Ok(agent);
         }
@@ -683,7 +693,7 @@ impl Inner {
         stale: &AgentId,
     ) -> GatewayResult<AgentId> {
         self.cache.remove(user);
-        if let Some(current) = self.store.get(user).await?
+        if let Some(current) = self.mapped(user).await?
             && &current != stale
         {
             self.cache.put(user, &current);
@@ -691,9 +701,14 @@ impl Inner {
         }
         let created = self.create(ctx, user).await?;
         let swapped = match self.store.replace(user, stale, &created).await {
-            Ok(Some(current)) => Ok(current),
-            // Deleted meanwhile: the new agent becomes the mapping.
-            Ok(None) => self.store.claim(user, &created).await,
+            Ok(true) => Ok(created.clone()),
+            // Replaced elsewhere meanwhile: theirs stands; deleted
+            // meanwhile: the new agent becomes the mapping.
+            Ok(false) => match self.mapped(user).await {
+                Ok(Some(current)) => Ok(current),
+                Ok(None) => self.store.claim(user, &created).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let winner = self.settle(ctx, created, swapped)?;

@@ -85,6 +85,15 @@ impl UserNumber {
         &self.number
     }
 
+    /// The other spelling a mapping of this user may be stored under: the
+    /// canonical form with its `+`, when the pattern accepts it. A table
+    /// adopted from an earlier service keeps numbers as its frontend sent
+    /// them, so both spellings name this user.
+    pub fn plus_spelling(&self) -> Option<String> {
+        let plus = format!("+{}", self.number);
+        self.rules.pattern.is_match(&plus).then_some(plus)
+    }
+
     /// Safe to log: the last four characters plus a keyed hash, enough to
     /// follow one user through the logs without revealing the number.
     pub fn masked(&self) -> String {
@@ -156,6 +165,12 @@ mod tests {
         let b = parse("5521999999999").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.as_str(), "5521999999999");
+        assert_eq!(a.plus_spelling().as_deref(), Some("+5521999999999"));
+        let no_plus = UserRules::new(&UserSettings {
+            pattern: crate::settings::UserPattern::new("^[0-9]{8,15}$").unwrap(),
+            ..UserSettings::default()
+        });
+        assert_eq!(no_plus.parse("5521999999999").unwrap().plus_spelling(), None);
     }
 
     #[test]

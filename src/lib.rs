@@ -31,6 +31,7 @@ macro_rules! internal_modules {
 
 internal_modules!(chat, ids, mapping, routes);
 
+pub mod admin;
 mod agent_service;
 mod auth;
 mod context;

@@ -60,6 +60,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The user → agent mappings: find users stored under more than one
+    /// spelling, resolve them, and move mappings between stores.
+    #[command(subcommand)]
+    Mappings(MappingsCommand),
     /// Start the simulator and the gateway on loopback with a SQLite file.
     Demo {
         /// Public listener of the gateway.
@@ -93,6 +97,57 @@ enum Command {
         /// Worker threads of the simulator's runtime.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingsCommand {
+    /// List every user with more than one mapping row (masked), and rows no
+    /// request can reach; exits 1 when there are doubles.
+    Check {
+        /// The YAML config file (its `database:`, `users:` and `agents:`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Keep one row of a user with several (the one named, or the one
+    /// `agents.duplicate_policy` serves) and remove the others.
+    Resolve {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user to resolve, in any accepted spelling.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        user: Option<String>,
+        /// Every user with more than one row, each by the policy.
+        #[arg(long)]
+        all: bool,
+        /// The agent to keep (with --user); without it, the policy's.
+        #[arg(long, requires = "user")]
+        keep: Option<String>,
+        /// Also delete the removed rows' agents at the agent service.
+        #[arg(long)]
+        delete_agents: bool,
+    },
+    /// Write every mapping as JSON lines.
+    Export {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The file to write (created or truncated); standard output if absent.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Import mappings from JSON lines (as exported) or CSV with a
+    /// `user_number,agent_id` header, in one transaction.
+    Import {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The file to import.
+        file: PathBuf,
+        /// Overwrite a user's different stored mapping (never by default).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -130,6 +185,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Mappings(command) => mappings(command),
         Command::Demo {
             listen,
             metrics_listen,
@@ -216,6 +272,57 @@ fn serve(cfg: &Settings, source: Option<&Path>, start: server::Start) -> ExitCod
     match server::run(cfg, source, start) {
         Ok(never) => match never {},
         Err(e) => fail(&e),
+    }
+}
+
+fn mappings(command: MappingsCommand) -> ExitCode {
+    use eai_gateway::admin::{self, Outcome};
+    let mut out = std::io::stdout().lock();
+    let result = match command {
+        MappingsCommand::Check { config } => load(&config).map(|cfg| admin::check(&cfg, &mut out)),
+        MappingsCommand::Resolve {
+            config,
+            user,
+            all: _,
+            keep,
+            delete_agents,
+        } => load(&config).map(|cfg| {
+            let what = admin::Resolve {
+                user,
+                keep,
+                delete_agents,
+            };
+            admin::resolve(&cfg, &what, &mut out)
+        }),
+        MappingsCommand::Export { config, output } => load(&config).map(|cfg| {
+            let written = match &output {
+                Some(path) => std::fs::File::create(path)
+                    .map_err(|e| format!("{}: cannot be written: {e}", path.display()))
+                    .and_then(|file| {
+                        let mut file = std::io::BufWriter::new(file);
+                        admin::export(&cfg, &mut file)
+                    }),
+                None => admin::export(&cfg, &mut out),
+            };
+            written.map(|n| {
+                eprintln!("exported {n} mappings");
+                Outcome::Clean
+            })
+        }),
+        MappingsCommand::Import {
+            config,
+            file,
+            replace,
+        } => load(&config).map(|cfg| admin::import(&cfg, &file, replace, &mut out)),
+    };
+    match result {
+        Ok(Ok(Outcome::Clean)) => ExitCode::SUCCESS,
+        Ok(Ok(Outcome::Findings)) => ExitCode::from(1),
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(code) => code,
     }
 }
 

@@ -74,6 +74,15 @@ pub static AGENTS_CREATED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static DUPLICATE_MAPPINGS_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "eai_gateway_duplicate_mappings_served_total",
+        "Mapping lookups that found a user under more than one stored spelling \
+         (served by agents.duplicate_policy; resolve with `eai-gateway mappings resolve`)."
+    )
+    .expect("metric definition")
+});
+
 pub static CHAT_POLLS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "eai_gateway_chat_polls",
@@ -421,6 +430,7 @@ pub fn init() {
     LazyLock::force(&AGENT_SERVICE_CALLS);
     LazyLock::force(&AGENT_SERVICE_DURATION);
     LazyLock::force(&AGENTS_CREATED);
+    LazyLock::force(&DUPLICATE_MAPPINGS_SERVED);
     LazyLock::force(&CHAT_POLLS);
     LazyLock::force(&CHAT_OVERHEAD);
     LazyLock::force(&MAPPING_CACHE);

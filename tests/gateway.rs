@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gateway {
+    pub mod adoption;
     pub mod bad_input;
     pub mod chat_modes;
     pub mod cli;

@@ -3,6 +3,7 @@
 //! leases.
 
 pub mod cache;
+pub(crate) mod duplicates;
 pub(crate) mod invalidation;
 pub(crate) mod lanes;
 pub(crate) mod lease;
@@ -19,14 +20,30 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
 use crate::settings::DatabaseSettings;
-use sql::SqlStore;
+pub(crate) use sql::SqlStore;
+pub(crate) use sql::admin as sql_admin;
 pub use store::{
-    LeaseStore, MappingStore, NewRecord, PoolStats, RecordState, RecordStore, StoredRecord,
+    LeaseStore, MappedRow, MappingStore, NewRecord, PoolStats, RecordState, RecordStore,
+    StoredRecord,
 };
 
-/// Applies the migrations of the configured database.
+/// Applies the migrations of the configured database (adopting a mapping
+/// table the gateway did not create), and warns of numbers stored under
+/// more than one spelling.
 pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
-    SqlStore::migrate(cfg).await
+    SqlStore::migrate(cfg).await?;
+    let store = SqlStore::connect_lazy(cfg)?;
+    let doubles = store.count_doubles().await?;
+    if doubles > 0 {
+        tracing::warn!(
+            users = doubles,
+            "Users with more than one mapping row (one number under two spellings): each is \
+             served by agents.duplicate_policy until resolved. List them with \
+             `eai-gateway mappings check`, resolve with `eai-gateway mappings resolve`."
+        );
+    }
+    store.close().await;
+    Ok(())
 }
 
 /// The configured store, built on first use. sqlx pools spawn maintenance
@@ -114,7 +131,7 @@ impl LazyStore {
 
 #[async_trait]
 impl MappingStore for LazyStore {
-    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Vec<MappedRow>> {
         self.run("get", async |s| s.get(user).await).await
     }
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
@@ -126,11 +143,11 @@ impl MappingStore for LazyStore {
         user: &UserNumber,
         old: &AgentId,
         new: &AgentId,
-    ) -> GatewayResult<Option<AgentId>> {
+    ) -> GatewayResult<bool> {
         self.run("replace", async |s| s.replace(user, old, new).await)
             .await
     }
-    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Vec<AgentId>> {
         self.run("delete", async |s| s.delete(user).await).await
     }
     async fn ping(&self) -> GatewayResult<()> {

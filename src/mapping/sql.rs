@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::store::{LeaseStore, MappingStore};
+use super::store::{LeaseStore, MappedRow, MappingStore};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::settings::{DatabaseSettings, DatabaseUrl};
@@ -93,19 +93,60 @@ macro_rules! on_pool {
     };
 }
 
+pub(crate) mod admin;
+mod adopt;
 mod records;
 
-/// The statements, with the dialect's current time in milliseconds. Both
-/// dialects accept `$n` parameters, `EXCLUDED` and `RETURNING`.
+/// What differs between the dialects: the clock, and a row's creation time.
+struct Dialect {
+    /// The database's current time in Unix milliseconds.
+    now_ms: &'static str,
+    /// `user_agents.created_at` in Unix milliseconds (NULL when unknown).
+    created_ms: &'static str,
+    /// `user_agents.created_at` and `updated_at` as RFC 3339 UTC text.
+    created_text: &'static str,
+    updated_text: &'static str,
+    /// A timestamp parameter `$N` as the column stores it (NULL stays NULL).
+    stored_time: fn(usize) -> String,
+}
+
+const POSTGRES: Dialect = Dialect {
+    now_ms: "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+    created_ms: "(extract(epoch from created_at) * 1000)::bigint",
+    created_text: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    updated_text: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    stored_time: |n| format!("CAST(${n} AS TIMESTAMPTZ)"),
+};
+
+const SQLITE: Dialect = Dialect {
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    created_ms: "CAST((julianday(created_at) - 2440587.5) * 86400000 AS INTEGER)",
+    created_text: "strftime('%Y-%m-%dT%H:%M:%SZ', created_at)",
+    updated_text: "strftime('%Y-%m-%dT%H:%M:%SZ', updated_at)",
+    // CURRENT_TIMESTAMP's own form, so stored times compare as text.
+    stored_time: |n| format!("strftime('%Y-%m-%d %H:%M:%S', ${n})"),
+};
+
+/// The statements, in the dialect. Both dialects accept `$n` parameters,
+/// `EXCLUDED` and `RETURNING`.
 struct Statements {
+    get: String,
     try_lease: String,
     renew_leases: String,
     records: records::Sql,
+    admin: admin::Sql,
 }
 
 impl Statements {
-    fn new(now_ms: &str) -> Self {
+    fn new(d: &Dialect) -> Self {
+        let now_ms = d.now_ms;
         Self {
+            // Both spellings of the number ($1 canonical, $2 with '+'):
+            // an adopted table keeps them as its frontend sent them.
+            get: format!(
+                "SELECT user_number, agent_id, {} FROM user_agents WHERE user_number IN ($1, $2)",
+                d.created_ms
+            ),
             // The database's clock decides expiry, so replicas need not agree on time.
             try_lease: format!(
                 "INSERT INTO chat_leases (user_number, holder, expires_at_ms) \
@@ -119,22 +160,23 @@ impl Statements {
                 "UPDATE chat_leases SET expires_at_ms = {now_ms} + $2 WHERE holder LIKE $1"
             ),
             records: records::Sql::new(now_ms),
+            admin: admin::Sql::new(d),
         }
     }
 }
 
-const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
-const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
-const GET: &str = "SELECT agent_id FROM user_agents WHERE user_number = $1";
+// The timestamps are written by each statement rather than left to column
+// defaults: an adopted SQLite table gets its columns without one.
+//
 // The no-op update makes RETURNING yield the existing row on conflict, so
 // the winner is known in the same statement.
-const CLAIM: &str = "INSERT INTO user_agents (user_number, agent_id) VALUES ($1, $2) \
+const CLAIM: &str = "INSERT INTO user_agents (user_number, agent_id, created_at, updated_at) \
+     VALUES ($1, $2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
      ON CONFLICT (user_number) DO UPDATE SET user_number = EXCLUDED.user_number \
      RETURNING agent_id";
 const REPLACE: &str = "UPDATE user_agents SET agent_id = $3, updated_at = CURRENT_TIMESTAMP \
-     WHERE user_number = $1 AND agent_id = $2";
-const DELETE: &str = "DELETE FROM user_agents WHERE user_number = $1 RETURNING agent_id";
+     WHERE user_number IN ($1, $4) AND agent_id = $2";
+const DELETE: &str = "DELETE FROM user_agents WHERE user_number IN ($1, $2) RETURNING agent_id";
 const RELEASE: &str = "DELETE FROM chat_leases WHERE user_number = $1 AND holder = $2";
 
 pub struct SqlStore {
@@ -147,11 +189,11 @@ pub struct SqlStore {
 
 // PostgreSQL: the change and its notification in one statement, so other
 // replicas hear of exactly the changes that were committed.
-const PG_DELETE_NOTIFY: &str = "WITH gone AS (DELETE FROM user_agents WHERE user_number = $1 RETURNING agent_id) \
-     SELECT agent_id, pg_notify($2, $1)::text AS notified FROM gone";
+const PG_DELETE_NOTIFY: &str = "WITH gone AS (DELETE FROM user_agents WHERE user_number IN ($1, $2) RETURNING agent_id) \
+     SELECT agent_id, pg_notify($3, $1)::text AS notified FROM gone";
 const PG_REPLACE_NOTIFY: &str = "WITH swapped AS (UPDATE user_agents SET agent_id = $3, updated_at = CURRENT_TIMESTAMP \
-     WHERE user_number = $1 AND agent_id = $2 RETURNING agent_id) \
-     SELECT agent_id, pg_notify($4, $1)::text AS notified FROM swapped";
+     WHERE user_number IN ($1, $4) AND agent_id = $2 RETURNING agent_id) \
+     SELECT agent_id, pg_notify($5, $1)::text AS notified FROM swapped";
 
 fn pg_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let mut opts = PgConnectOptions::from_str(url)?;
@@ -192,7 +234,7 @@ impl SqlStore {
                         .acquire_timeout(cfg.acquire_timeout)
                         .connect_lazy_with(pg_options(cfg, url)?),
                 ),
-                sql: Statements::new(PG_NOW_MS),
+                sql: Statements::new(&POSTGRES),
                 channel: super::invalidation::channel(cfg),
             },
             DatabaseUrl::Sqlite(url) => Self {
@@ -202,14 +244,15 @@ impl SqlStore {
                         .acquire_timeout(cfg.acquire_timeout)
                         .connect_lazy_with(sqlite_options(cfg, url)?),
                 ),
-                sql: Statements::new(SQLITE_NOW_MS),
+                sql: Statements::new(&SQLITE),
                 channel: None,
             },
         })
     }
 
-    /// Creates the PostgreSQL schema when configured and applies the
-    /// migrations of the configured database.
+    /// Creates the PostgreSQL schema when configured, applies the
+    /// migrations of the configured database, and brings a `user_agents`
+    /// table the gateway did not create to its schema (`adopt.rs`).
     pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
         match &cfg.url {
             DatabaseUrl::Postgres(url) => {
@@ -221,7 +264,9 @@ impl SqlStore {
                     .connect_with(pg_options(cfg, url)?)
                     .await?;
                 migrator(PG_MIGRATIONS).run(&pool).await?;
+                let adopted = adopt::conform_postgres(&pool).await;
                 pool.close().await;
+                adopted?;
             }
             DatabaseUrl::Sqlite(url) => {
                 let pool = SqlitePoolOptions::new()
@@ -229,7 +274,9 @@ impl SqlStore {
                     .connect_with(sqlite_options(cfg, url)?)
                     .await?;
                 migrator(SQLITE_MIGRATIONS).run(&pool).await?;
+                let adopted = adopt::conform_sqlite(&pool).await;
                 pool.close().await;
+                adopted?;
             }
         }
         Ok(())
@@ -271,16 +318,36 @@ fn db_error(e: sqlx::Error) -> GatewayError {
     GatewayError::database(&e)
 }
 
+/// The user's numbers as bound to `$1` and `$2`: the canonical spelling, and
+/// the `+` one where the pattern takes it (else the canonical again).
+fn spellings(user: &UserNumber) -> (&str, String) {
+    let plus = user.plus_spelling();
+    (user.as_str(), plus.unwrap_or_else(|| user.as_str().to_owned()))
+}
+
 #[async_trait]
 impl MappingStore for SqlStore {
-    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        let row: Option<String> = on_pool!(&self.pool, |p| sqlx::query(GET)
-            .bind(user.as_str())
-            .fetch_optional(p)
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Vec<MappedRow>> {
+        let (canonical, plus) = spellings(user);
+        let sql = sqlx::AssertSqlSafe(self.sql.get.as_str());
+        let rows: Vec<(String, String, Option<i64>)> = on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(canonical)
+            .bind(&plus)
+            .fetch_all(p)
             .await
             .map_err(db_error)?
-            .map(|r| r.get(0)));
-        row.map(parse_stored).transpose()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect());
+        rows.into_iter()
+            .map(|(spelling, agent, created_ms)| {
+                Ok(MappedRow {
+                    spelling,
+                    agent: parse_stored(agent)?,
+                    created_ms,
+                })
+            })
+            .collect()
     }
 
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
@@ -294,55 +361,56 @@ impl MappingStore for SqlStore {
         parse_stored(row)
     }
 
-    async fn replace(
-        &self,
-        user: &UserNumber,
-        old: &AgentId,
-        new: &AgentId,
-    ) -> GatewayResult<Option<AgentId>> {
-        let updated = match (&self.pool, &self.channel) {
+    async fn replace(&self, user: &UserNumber, old: &AgentId, new: &AgentId) -> GatewayResult<bool> {
+        let (canonical, plus) = spellings(user);
+        Ok(match (&self.pool, &self.channel) {
             (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_REPLACE_NOTIFY)
-                .bind(user.as_str())
+                .bind(canonical)
                 .bind(old.as_str())
                 .bind(new.as_str())
+                .bind(&plus)
                 .bind(channel.as_str())
                 .fetch_optional(p)
                 .await
                 .map_err(db_error)?
                 .is_some(),
             (pool, _) => on_pool!(pool, |p| sqlx::query(REPLACE)
-                .bind(user.as_str())
+                .bind(canonical)
                 .bind(old.as_str())
                 .bind(new.as_str())
+                .bind(&plus)
                 .execute(p)
                 .await
                 .map_err(db_error)?
                 .rows_affected()
                 == 1),
-        };
-        if updated {
-            return Ok(Some(new.clone()));
-        }
-        self.get(user).await
+        })
     }
 
-    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        let row: Option<String> = match (&self.pool, &self.channel) {
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Vec<AgentId>> {
+        let (canonical, plus) = spellings(user);
+        let rows: Vec<String> = match (&self.pool, &self.channel) {
             (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_DELETE_NOTIFY)
-                .bind(user.as_str())
+                .bind(canonical)
+                .bind(&plus)
                 .bind(channel.as_str())
-                .fetch_optional(p)
+                .fetch_all(p)
                 .await
                 .map_err(db_error)?
-                .map(|r| r.get(0)),
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
             (pool, _) => on_pool!(pool, |p| sqlx::query(DELETE)
-                .bind(user.as_str())
-                .fetch_optional(p)
+                .bind(canonical)
+                .bind(&plus)
+                .fetch_all(p)
                 .await
                 .map_err(db_error)?
-                .map(|r| r.get(0))),
+                .iter()
+                .map(|r| r.get(0))
+                .collect()),
         };
-        row.map(parse_stored).transpose()
+        rows.into_iter().map(parse_stored).collect()
     }
 
     async fn ping(&self) -> GatewayResult<()> {

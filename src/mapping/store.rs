@@ -10,25 +10,34 @@ use async_trait::async_trait;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
 
+/// One stored row of a user's mapping. A table adopted from an earlier
+/// service may hold one user under two spellings (`duplicates.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedRow {
+    /// The user number as stored: canonical, or with its `+`.
+    pub spelling: String,
+    pub agent: AgentId,
+    /// When the row was created, in Unix milliseconds; `None` if unknown.
+    pub created_ms: Option<i64>,
+}
+
 #[async_trait]
 pub trait MappingStore: Send + Sync {
-    async fn get(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
+    /// Every row of the user, under each spelling that names them (see
+    /// `duplicates::lookup` for the one that serves).
+    async fn get(&self, user: &UserNumber) -> GatewayResult<Vec<MappedRow>>;
 
     /// Stores `agent` for `user` unless a mapping exists; returns the agent
     /// that is mapped afterwards (the caller's, or the one that won the race).
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId>;
 
-    /// Compare-and-swap: maps `user` to `new` only while it still maps to
-    /// `old`. Returns the agent mapped afterwards.
-    async fn replace(
-        &self,
-        user: &UserNumber,
-        old: &AgentId,
-        new: &AgentId,
-    ) -> GatewayResult<Option<AgentId>>;
+    /// Compare-and-swap: maps `user` to `new` only in the row that still
+    /// maps it to `old`. True when it did.
+    async fn replace(&self, user: &UserNumber, old: &AgentId, new: &AgentId)
+    -> GatewayResult<bool>;
 
-    /// Removes the mapping; returns the agent it pointed to.
-    async fn delete(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>>;
+    /// Removes the user's rows under every spelling; returns their agents.
+    async fn delete(&self, user: &UserNumber) -> GatewayResult<Vec<AgentId>>;
 
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> GatewayResult<()>;

@@ -22,6 +22,35 @@ pub struct MappingSettings {
     /// answering 503 with `Retry-After`.
     #[serde(rename = "delete_wait_seconds", with = "units::seconds")]
     pub delete_wait: Duration,
+    /// Which agent serves a user whose number is stored under more than one
+    /// spelling (an adopted table), until an operator resolves it with
+    /// `eai-gateway mappings resolve`.
+    pub duplicate_policy: DuplicatePolicy,
+}
+
+/// `agents.duplicate_policy`: the row that serves a user with several.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// The row under the canonical spelling; without one, the oldest.
+    #[default]
+    Canonical,
+    /// The row created first (adopted rows all carry the adoption time; ties
+    /// go to the canonical spelling).
+    Oldest,
+    /// The row created last (ties go to the canonical spelling).
+    Newest,
+}
+
+impl DuplicatePolicy {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Canonical => "canonical",
+            Self::Oldest => "oldest",
+            Self::Newest => "newest",
+        }
+    }
 }
 
 impl Default for MappingSettings {
@@ -31,6 +60,7 @@ impl Default for MappingSettings {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             delete_wait: Duration::from_secs(10),
+            duplicate_policy: DuplicatePolicy::default(),
         }
     }
 }

@@ -32,7 +32,7 @@ pub use chat::{ChatSettings, PollSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};
 pub(crate) use limits::limit;
 pub use limits::{LimitSettings, RedisFallback, RedisUrl};
-pub use mapping::MappingSettings;
+pub use mapping::{DuplicatePolicy, MappingSettings};
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::RESTART_ONLY;
 pub use tls::TlsListenerSettings;

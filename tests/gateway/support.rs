@@ -132,6 +132,47 @@ impl TestDb {
         rows.len()
     }
 
+    /// Runs statements in this test's own schema or file, as another
+    /// service sharing the database would (the schema is created if need be).
+    pub async fn run_sql(&self, statements: &[&str]) {
+        match self.kind {
+            DbKind::Postgres => {
+                let schema = self.schema.clone().unwrap_or_default();
+                self.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .await;
+                let opts: sqlx::postgres::PgConnectOptions = self.url.parse().expect("pg url");
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.options([("search_path", schema.as_str())]))
+                    .await
+                    .expect("pg connect");
+                for sql in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(*sql))
+                        .execute(&pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+                pool.close().await;
+            }
+            DbKind::Sqlite => {
+                let opts: sqlx::sqlite::SqliteConnectOptions =
+                    self.url.parse().expect("sqlite url");
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.create_if_missing(true))
+                    .await
+                    .expect("sqlite connect");
+                for sql in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(*sql))
+                        .execute(&pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+                pool.close().await;
+            }
+        }
+    }
+
     /// Rows in the mapping table, read directly.
     pub async fn mappings(&self) -> Vec<(String, String)> {
         use sqlx::Row;
