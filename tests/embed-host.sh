@@ -15,6 +15,9 @@ cargo add --quiet --offline --path "$root"
 cargo add --quiet --offline pingora@0.9 --no-default-features --features proxy
 cargo add --quiet --offline pingora-prometheus@0.9 async-trait tokio
 cp "$root/examples/embed.rs" src/main.rs
+# The example's allocator switch, declared (and left off) as an embedder
+# who copies it would: an undeclared feature is a compiler warning.
+printf '\n[features]\njemalloc = []\n' >> Cargo.toml
 # Its own target dir, kept between runs: a check of the whole tree costs
 # minutes the first time only.
 CARGO_TARGET_DIR="$root/target/embed-host" cargo check --offline --color never 2>&1 | tee build.log

@@ -1,5 +1,5 @@
 //! Conformance of the `letta` dialect against the real Letta server (0.16.8)
-//! that `../shared/letta-real/start.sh` runs on loopback with a fake LLM
+//! that `tests/letta/start.sh` runs on loopback with a fake LLM
 //! answering `echo: <message>`. Every test is `#[ignore]`d, so a plain
 //! `cargo test` builds it without running it; `tests/run-all.sh` starts the
 //! server and runs it with `--ignored`.

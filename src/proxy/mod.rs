@@ -8,6 +8,7 @@
 //! paths; `record` emits the access line and the request metrics for all.
 
 mod coalesce;
+mod failure;
 mod forward;
 pub mod front;
 mod header_edits;
@@ -143,6 +144,8 @@ pub struct Ctx {
     gateway: Arc<Gateway>,
     /// Backend whose connection failed; the one retry avoids it.
     failed_backend: Option<std::net::SocketAddr>,
+    /// What the last failed backend attempt ran into, for the 502 and the log.
+    backend_failure: Option<failure::BackendFailure>,
     started: Instant,
     request_id: Option<RequestId>,
     /// The route (in `gateway`'s table) and the normalised target, once
@@ -166,6 +169,7 @@ impl Ctx {
             _inflight: live.inflight.enter(),
             gateway: live.gateway(),
             failed_backend: None,
+            backend_failure: None,
             started: Instant::now(),
             request_id: None,
             upstream: None,
@@ -259,7 +263,7 @@ fn record(
     started: Instant,
     request_id: Option<&RequestId>,
     proxied: Option<Proxied<'_>>,
-    error: Option<&Error>,
+    error: Option<&'static str>,
 ) {
     let method = metrics::method_label(method);
     let elapsed = started.elapsed();
@@ -290,7 +294,7 @@ fn record(
             .and_then(|p| p.backend)
             .map(|b| b.to_string()),
         upstream_ms = proxied.as_ref().and_then(|p| p.upstream_time).map(millis),
-        error = error.map(|e| e.etype().as_str()),
+        error,
         "Request."
     );
 }
@@ -380,6 +384,10 @@ fn connect_failed(peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Erro
     if let Some(m) = upstream {
         m.connect_failures.inc();
     }
+    ctx.backend_failure = Some(failure::BackendFailure::new(
+        peer._address.as_inet().copied(),
+        &e,
+    ));
     if ctx.failed_backend.is_none() {
         ctx.failed_backend = peer._address.as_inet().copied();
         e.set_retry(true);
@@ -525,7 +533,7 @@ async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Ctx) -> u16 {
             502 => format!(
                 "upstream {} failed: {}",
                 ctx.label().trim_start_matches("upstream:"),
-                e.etype().as_str()
+                backend_failure(e, ctx)
             ),
             504 => format!(
                 "upstream {} did not answer in time",
@@ -547,6 +555,16 @@ async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Ctx) -> u16 {
     }
     ctx.status = status;
     code
+}
+
+/// What a failed pass-through ran into. When no backend was left for the
+/// retry, the cause is the failed attempt's, not the empty choice's.
+fn backend_failure(e: &Error, ctx: &Ctx) -> String {
+    match (e.etype(), ctx.backend_failure) {
+        (ErrorType::HTTPStatus(_), Some(failed)) => failed.sentence(),
+        (ErrorType::HTTPStatus(_), None) => failure::describe(e.etype()).to_owned(),
+        _ => failure::BackendFailure::new(ctx.backend.map(|(addr, _)| addr), e).sentence(),
+    }
 }
 
 /// The access line and metrics of a request that went the pass-through way.
@@ -576,7 +594,10 @@ fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
         ctx.started,
         ctx.request_id.as_ref(),
         proxied,
-        e,
+        e.map(|e| match (e.etype(), ctx.backend_failure) {
+            (ErrorType::HTTPStatus(502), Some(failed)) => failed.what,
+            _ => failure::describe(e.etype()),
+        }),
     );
 }
 
@@ -713,7 +734,7 @@ impl Gateway {
             started,
             Some(&request_id),
             None,
-            result.as_ref().err().map(|e| &**e),
+            result.as_ref().err().map(|e| failure::describe(e.etype())),
         );
         result.map(|_| ())
     }

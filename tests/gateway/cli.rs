@@ -60,12 +60,23 @@ fn refused(yaml: &str, envs: &[(&str, &str)]) -> (String, String) {
 
 #[test]
 fn check_config_accepts_shipped_files_and_names_bad_keys() {
-    let shipped: Vec<_> = std::fs::read_dir("conf")
-        .unwrap()
+    // The shipped configs and the recipes under conf/examples.
+    let shipped: Vec<_> = ["conf", "conf/examples"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
-    assert!(!shipped.is_empty());
+    assert!(
+        shipped
+            .iter()
+            .any(|p| p.ends_with("examples/real-letta.yaml"))
+    );
+    assert!(
+        shipped
+            .iter()
+            .any(|p| p.ends_with("examples/replicas.yaml"))
+    );
     for file in &shipped {
         let file = file.to_str().unwrap();
         let out = gateway_bin()

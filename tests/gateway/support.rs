@@ -245,6 +245,9 @@ pub struct GatewayProcess {
     pub metrics: SocketAddr,
     /// The file given to `run --config`: rewrite it, then `signal("HUP")`.
     pub config_path: std::path::PathBuf,
+    /// Where its output goes: shown when the test fails, so that a passing
+    /// run is quiet about the errors tests provoke on purpose.
+    pub log: std::path::PathBuf,
     /// How the process was started, to start its successor (`upgrade`).
     command: (
         Vec<std::ffi::OsString>,
@@ -346,13 +349,15 @@ impl GatewayProcess {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        if let Some(path) = &spec.log_file {
-            let file = std::fs::File::create(path).expect("log file");
-            cmd.env("RUST_LOG", "info")
-                .env("EAI_GATEWAY_LOG_FORMAT", "json")
-                .stdout(file.try_clone().expect("dup"))
-                .stderr(file);
-        }
+        let log = match &spec.log_file {
+            Some(path) => {
+                cmd.env("RUST_LOG", "info")
+                    .env("EAI_GATEWAY_LOG_FORMAT", "json");
+                path.clone()
+            }
+            None => dir.path().join("gateway.log"),
+        };
+        output_to(&mut cmd, &log);
         let command = (
             cmd.get_args().map(ToOwned::to_owned).collect(),
             cmd.get_envs()
@@ -366,6 +371,7 @@ impl GatewayProcess {
             metrics,
             config_path,
             command,
+            log,
             _dir: std::sync::Arc::new(dir),
         };
         gw.wait_healthy().await;
@@ -384,12 +390,17 @@ impl GatewayProcess {
                 None => cmd.env_remove(k),
             };
         }
+        let log = self
+            .log
+            .with_extension(format!("{}.log", fastrand::u32(..)));
+        output_to(&mut cmd, &log);
         Self {
             child: cmd.spawn().expect("spawn successor"),
             addr: self.addr,
             metrics: self.metrics,
             config_path: self.config_path.clone(),
             command: self.command.clone(),
+            log,
             _dir: self._dir.clone(),
         }
     }
@@ -483,7 +494,21 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let output = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- gateway output ({}) ---\n{output}", self.log.display());
+        }
     }
+}
+
+/// Sends a gateway's standard output and error to `log` (appended).
+fn output_to(cmd: &mut Command, log: &std::path::Path) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("gateway log file");
+    cmd.stdout(file.try_clone().expect("dup")).stderr(file);
 }
 
 /// The agent that answered, from the response envelope.
