@@ -528,6 +528,7 @@ impl Inner {
             return Err(gave_up());
         }
         progress.set(Progress::Sending);
+        ctx.set_deadline(deadline.into_std());
         let processing_deadline = Instant::now() + self.max_processing;
         let emit = |event: ChatEvent| {
             if let ChatEvent::Sent(id) = &event {

@@ -189,6 +189,9 @@ pub struct RequestContext {
     /// Time spent waiting on the agent service: its calls and the sleeps
     /// between polls.
     upstream_wait: Arc<AtomicU64>,
+    /// When the caller stops waiting, once a chat knows it: the bound on
+    /// trying a refused call again.
+    deadline: Arc<std::sync::OnceLock<Instant>>,
 }
 
 impl RequestContext {
@@ -197,7 +200,20 @@ impl RequestContext {
             id,
             started: Instant::now(),
             upstream_wait: Arc::default(),
+            deadline: Arc::default(),
         }
+    }
+
+    /// Records the caller's deadline (the first one set stays).
+    pub fn set_deadline(&self, at: Instant) {
+        let _ = self.deadline.set(at);
+    }
+
+    /// Time left until the caller's deadline, if one was set.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .get()
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     pub fn trace(&self) -> &TraceContext {

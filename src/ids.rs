@@ -121,7 +121,8 @@ impl fmt::Debug for UserNumber {
 
 /// An agent id returned by the agent service. It ends up in URL paths, so it
 /// is restricted to characters that need no escaping.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct AgentId(String);
 
 impl AgentId {

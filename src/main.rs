@@ -64,6 +64,9 @@ enum Command {
     /// spelling, resolve them, and move mappings between stores.
     #[command(subcommand)]
     Mappings(MappingsCommand),
+    /// The agents at the agent service: find those no mapping references.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
     /// Start the simulator and the gateway on loopback with a SQLite file.
     Demo {
         /// Public listener of the gateway.
@@ -97,6 +100,26 @@ enum Command {
         /// Worker threads of the simulator's runtime.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// List the agents tagged `eai-gateway` that no mapping references
+    /// (Letta only), then a count; exits 1 when some are left.
+    Reconcile {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Delete them at the agent service (never without this flag).
+        #[arg(long)]
+        delete: bool,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Skip agents younger than this (default: agents.orphan_min_age_seconds).
+        #[arg(long, value_name = "SECONDS")]
+        min_age_seconds: Option<u64>,
     },
 }
 
@@ -186,6 +209,20 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Mappings(command) => mappings(command),
+        Command::Agents(AgentsCommand::Reconcile {
+            config,
+            delete,
+            json,
+            min_age_seconds,
+        }) => {
+            let what = eai_gateway::admin::Reconcile {
+                delete,
+                json,
+                min_age: min_age_seconds.map(std::time::Duration::from_secs),
+            };
+            let mut out = std::io::stdout().lock();
+            exit_of(load(&config).map(|cfg| eai_gateway::admin::reconcile(&cfg, &what, &mut out)))
+        }
         Command::Demo {
             listen,
             metrics_listen,
@@ -315,6 +352,12 @@ fn mappings(command: MappingsCommand) -> ExitCode {
             replace,
         } => load(&config).map(|cfg| admin::import(&cfg, &file, replace, &mut out)),
     };
+    exit_of(result)
+}
+
+/// The exit status of an operator command: 0 clean, 1 findings, 2 could not run.
+fn exit_of(result: Result<Result<eai_gateway::admin::Outcome, String>, ExitCode>) -> ExitCode {
+    use eai_gateway::admin::Outcome;
     match result {
         Ok(Ok(Outcome::Clean)) => ExitCode::SUCCESS,
         Ok(Ok(Outcome::Findings)) => ExitCode::from(1),

@@ -56,6 +56,16 @@ pub static AGENT_SERVICE_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static AGENT_SERVICE_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_agent_service_retries_total",
+        "Calls tried again because the agent service refused them before taking them, \
+         by operation and reason (connect_refused, unavailable_503, too_many_429, busy_409).",
+        &["operation", "reason"]
+    )
+    .expect("metric definition")
+});
+
 pub static AGENT_SERVICE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "eai_gateway_agent_service_call_duration_seconds",
@@ -70,6 +80,16 @@ pub static AGENTS_CREATED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "eai_gateway_agents_created_total",
         "Agents created upstream for users."
+    )
+    .expect("metric definition")
+});
+
+pub static ORPHANED_AGENTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "eai_gateway_orphaned_agents",
+        "Agents tagged as the gateway's that no mapping references, as the last periodic \
+         look found them (state=found) and deleted them (state=deleted).",
+        &["state"]
     )
     .expect("metric definition")
 });
@@ -429,8 +449,12 @@ pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&AGENT_SERVICE_CALLS);
     LazyLock::force(&AGENT_SERVICE_DURATION);
+    LazyLock::force(&AGENT_SERVICE_RETRIES);
     LazyLock::force(&AGENTS_CREATED);
     LazyLock::force(&DUPLICATE_MAPPINGS_SERVED);
+    for state in ["found", "deleted"] {
+        ORPHANED_AGENTS.with_label_values(&[state]);
+    }
     LazyLock::force(&CHAT_POLLS);
     LazyLock::force(&CHAT_OVERHEAD);
     LazyLock::force(&MAPPING_CACHE);

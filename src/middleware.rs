@@ -226,6 +226,12 @@ impl EaiGateway {
                 listener,
             )));
         }
+        if let Some(sweeper) = crate::admin::OrphanSweeper::new(&inner.settings) {
+            services.push(Box::new(background_service(
+                "eai-gateway orphan sweep",
+                sweeper,
+            )));
+        }
         services
     }
 

@@ -5,6 +5,7 @@
 
 mod gateway {
     pub mod adoption;
+    pub mod agent_failures;
     pub mod bad_input;
     pub mod chat_modes;
     pub mod cli;
@@ -16,6 +17,7 @@ mod gateway {
     pub mod monitoring;
     pub mod native_routes;
     pub mod observability;
+    pub mod orphans;
     pub mod passthrough;
     pub mod paths;
     pub mod pg_server;

@@ -1,11 +1,13 @@
-//! The operator commands of the binary for the user → agent mapping:
-//! `eai-gateway mappings check | resolve | export | import`. Each opens the
+//! The operator commands of the binary for the user → agent mapping and
+//! the agents behind it: `eai-gateway mappings check | resolve | export |
+//! import` and `eai-gateway agents reconcile`. Each opens the
 //! configured store, does its work on a runtime of its own, prints a report
 //! and tells the binary how to exit. User numbers appear masked, as in the
 //! logs.
 
 mod doubles;
 mod file;
+mod reconcile;
 mod transfer;
 
 use std::future::Future;
@@ -16,6 +18,7 @@ use crate::mapping::SqlStore;
 use crate::settings::Settings;
 
 pub use doubles::{Resolve, check, resolve};
+pub use reconcile::{OrphanSweeper, Reconcile, reconcile};
 pub use transfer::{export, import};
 
 /// How a command ended, for its exit status.

@@ -60,17 +60,20 @@ impl AgentService for EaiClient {
         agent: &AgentId,
         message: &str,
         metadata: Option<&Value>,
-        _budget: std::time::Duration,
+        budget: std::time::Duration,
     ) -> GatewayResult<Sent> {
         let body = json!({"agent_id": agent.as_str(), "message": message, "metadata": metadata});
         let reply = self
             .http
-            .call(
+            .call_refusable(
                 ctx,
                 "send",
                 Method::POST,
                 "api/v1/message/webhook/agent",
                 Some(&body),
+                None,
+                budget,
+                super::retry::never_busy,
             )
             .await?;
         AgentHttp::sent(&reply, "message_id", "message id")

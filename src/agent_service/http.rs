@@ -7,12 +7,13 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::retry::{Backoff, Refused};
 use super::{Deleted, Sent};
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 use crate::metrics;
-use crate::settings::AgentServiceSettings;
+use crate::settings::{AgentServiceSettings, RetrySettings};
 
 pub(crate) struct AgentHttp {
     client: reqwest::Client,
@@ -24,6 +25,7 @@ pub(crate) struct AgentHttp {
     /// moment would otherwise open thousands.
     slots: Option<Semaphore>,
     slot_wait: Duration,
+    retry: RetrySettings,
 }
 
 /// Counts itself in a gauge while it lives.
@@ -47,6 +49,24 @@ impl Drop for GaugeGuard {
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) body: Value,
+    /// The `Retry-After` of a refusal, in seconds.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// A call that failed without a reply; `refused` when the connection was
+/// never made (so nothing reached the service).
+struct Failed {
+    error: GatewayError,
+    refused: bool,
+}
+
+impl From<GatewayError> for Failed {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            error,
+            refused: false,
+        }
+    }
 }
 
 impl Reply {
@@ -96,6 +116,7 @@ impl AgentHttp {
             max_response_bytes: cfg.max_response_bytes,
             slots: (cfg.max_concurrent_calls > 0).then(|| Semaphore::new(cfg.max_concurrent_calls)),
             slot_wait: cfg.request_timeout,
+            retry: cfg.retry,
         })
     }
 
@@ -126,6 +147,62 @@ impl AgentHttp {
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> GatewayResult<Reply> {
+        self.attempt(ctx, operation, &method, path, body, timeout)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// `call_with_timeout` for a call the service may refuse before taking
+    /// it (`retry.rs`): tried again on a refusal while `budget` allows.
+    /// `busy` tells the dialect's "conversation busy" 409.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "call_with_timeout's, plus the retry's two"
+    )]
+    pub(crate) async fn call_refusable(
+        &self,
+        ctx: &RequestContext,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+        budget: Duration,
+        busy: fn(&Reply) -> bool,
+    ) -> GatewayResult<Reply> {
+        let mut backoff = Backoff::new(
+            self.retry,
+            ctx.time_left().map_or(budget, |t| t.min(budget)),
+        );
+        loop {
+            let result = self
+                .attempt(ctx, operation, &method, path, body, timeout)
+                .await;
+            let refused = match &result {
+                Ok(reply) => Refused::of(reply, busy).map(|why| (why, reply.retry_after)),
+                Err(f) if f.refused => Some((Refused::Connect, None)),
+                Err(_) => None,
+            };
+            let wait = refused.and_then(|(why, after)| Some((why, backoff.next(after)?)));
+            let Some((why, wait)) = wait else {
+                return result.map_err(|f| f.error);
+            };
+            note_retry(operation, why, wait);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One call: a turn among `max_concurrent_calls` (unless it has a
+    /// timeout of its own), timed and counted.
+    async fn attempt(
+        &self,
+        ctx: &RequestContext,
+        operation: &'static str,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, Failed> {
         // Waiting here is the gateway's own queueing, not the agent
         // service's time: it stays out of the wait clock.
         let _slot = match timeout {
@@ -134,8 +211,11 @@ impl AgentHttp {
         };
         let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
         let started = Instant::now();
-        let result = self.call_inner(ctx, method, path, body, timeout).await;
-        record_call(ctx, operation, started, result.as_ref().map(|r| r.status));
+        let result = self
+            .call_inner(ctx, method.clone(), path, body, timeout)
+            .await;
+        let status = result.as_ref().map(|r| r.status).map_err(|f| &f.error);
+        record_call(ctx, operation, started, status);
         result
     }
 
@@ -150,16 +230,36 @@ impl AgentHttp {
         path: &str,
         body: &Value,
         timeout: Duration,
+        busy: fn(&Reply) -> bool,
     ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
-        let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
-        let started = Instant::now();
-        let result = self.open_stream_inner(ctx, path, body, timeout).await;
-        let status = result.as_ref().map(|opened| match opened {
-            Ok(_) => StatusCode::OK,
-            Err(reply) => reply.status,
-        });
-        record_call(ctx, operation, started, status);
-        result
+        let mut backoff = Backoff::new(
+            self.retry,
+            ctx.time_left().map_or(timeout, |t| t.min(timeout)),
+        );
+        loop {
+            let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
+            let started = Instant::now();
+            let result = self.open_stream_inner(ctx, path, body, timeout).await;
+            let status = result
+                .as_ref()
+                .map(|opened| match opened {
+                    Ok(_) => StatusCode::OK,
+                    Err(reply) => reply.status,
+                })
+                .map_err(|f| &f.error);
+            record_call(ctx, operation, started, status);
+            let refused = match &result {
+                Ok(Err(reply)) => Refused::of(reply, busy).map(|why| (why, reply.retry_after)),
+                Err(f) if f.refused => Some((Refused::Connect, None)),
+                Ok(Ok(_)) | Err(_) => None,
+            };
+            let wait = refused.and_then(|(why, after)| Some((why, backoff.next(after)?)));
+            let Some((why, wait)) = wait else {
+                return result.map_err(|f| f.error);
+            };
+            note_retry(operation, why, wait);
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn open_stream_inner(
@@ -168,7 +268,7 @@ impl AgentHttp {
         path: &str,
         body: &Value,
         timeout: Duration,
-    ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
+    ) -> Result<Result<super::sse::EventReader, Reply>, Failed> {
         let resp = self
             .request(ctx, Method::POST, path)?
             .timeout(timeout)
@@ -176,7 +276,7 @@ impl AgentHttp {
             .json(body)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(send_error)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Ok(super::sse::EventReader::new(
@@ -184,12 +284,17 @@ impl AgentHttp {
                 self.max_response_bytes,
             )));
         }
+        let retry_after = super::retry::retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(transport_error)?;
         let bytes = &bytes[..bytes.len().min(self.max_response_bytes)];
         let body = serde_json::from_slice(bytes).unwrap_or_else(|_| {
             Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned())
         });
-        Ok(Err(Reply { status, body }))
+        Ok(Err(Reply {
+            status,
+            body,
+            retry_after,
+        }))
     }
 
     /// A request to the agent service with what every call carries: the
@@ -301,7 +406,7 @@ impl AgentHttp {
         path: &str,
         body: Option<&Value>,
         timeout: Option<Duration>,
-    ) -> GatewayResult<Reply> {
+    ) -> Result<Reply, Failed> {
         let mut req = self.request(ctx, method, path)?;
         if let Some(timeout) = timeout {
             req = req.timeout(timeout);
@@ -309,19 +414,20 @@ impl AgentHttp {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(transport_error)?;
+        let resp = req.send().await.map_err(send_error)?;
         let status = resp.status();
+        let retry_after = super::retry::retry_after(resp.headers());
         if resp
             .content_length()
             .is_some_and(|n| n > self.max_response_bytes as u64)
         {
-            return Err(too_large());
+            return Err(too_large().into());
         }
         let mut resp = resp;
         let mut buf = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if buf.len() + chunk.len() > self.max_response_bytes {
-                return Err(too_large());
+                return Err(too_large().into());
             }
             buf.extend_from_slice(&chunk);
         }
@@ -338,11 +444,16 @@ impl AgentHttp {
                     return Err(GatewayError::agent_service(format!(
                         "agent service answered HTTP {} with a body that is not JSON",
                         status.as_u16()
-                    )));
+                    ))
+                    .into());
                 }
             }
         };
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            retry_after,
+        })
     }
 }
 
@@ -369,6 +480,27 @@ fn record_call(
     metrics::AGENT_SERVICE_CALLS
         .with_label_values(&[operation, outcome])
         .inc();
+}
+
+/// Counts and logs a retry of a refused call.
+fn note_retry(operation: &'static str, why: Refused, wait: Duration) {
+    metrics::AGENT_SERVICE_RETRIES
+        .with_label_values(&[operation, why.label()])
+        .inc();
+    tracing::info!(
+        operation,
+        reason = why.label(),
+        wait_ms = wait.as_millis() as u64,
+        "Agent service refused the call before taking it; trying again."
+    );
+}
+
+/// A failed send: refused when the connection was never made.
+fn send_error(e: reqwest::Error) -> Failed {
+    Failed {
+        refused: e.is_connect(),
+        error: transport_error(e),
+    }
 }
 
 fn too_large() -> GatewayError {

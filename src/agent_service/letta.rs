@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::http::AgentHttp;
-use super::{AgentService, Deleted, Poll, Sent, safe_id};
+use super::{AgentService, Deleted, ListedAgent, Poll, Sent, safe_id};
 use std::time::Duration;
 
 use crate::chat::ChatEvent;
@@ -21,6 +21,9 @@ pub(crate) struct LettaClient {
     template: serde_json::Map<String, Value>,
 }
 
+/// Agents per page of the listing.
+const LIST_PAGE: usize = 100;
+
 /// Tag carried by every agent the gateway creates.
 pub const GATEWAY_TAG: &str = "eai-gateway";
 
@@ -33,6 +36,14 @@ const FAILED_STOP_REASONS: &[&str] = &[
     "cancelled",
     "context_window_overflow_in_system_prompt",
 ];
+
+/// Letta's per-conversation lock: `409 {"detail": "Cannot send a new
+/// message: Another request (run_id=…) is currently being processed for this
+/// conversation…"}`. The message was not taken; waiting and retrying is the
+/// maintainers' advice.
+fn conversation_busy(reply: &super::http::Reply) -> bool {
+    reply.reason().contains("is currently being processed")
+}
 
 impl LettaClient {
     pub(crate) fn new(http: AgentHttp, cfg: &AgentServiceSettings) -> Self {
@@ -72,13 +83,15 @@ impl LettaClient {
         let path = format!("v1/agents/{agent}/messages");
         let reply = match self
             .http
-            .call_with_timeout(
+            .call_refusable(
                 ctx,
                 "send_sync",
                 Method::POST,
                 &path,
                 Some(body),
                 Some(budget),
+                budget,
+                conversation_busy,
             )
             .await
         {
@@ -214,6 +227,57 @@ impl AgentService for LettaClient {
             .await
     }
 
+    /// `GET /v1/agents/?tags=eai-gateway`, oldest first, a page at a time
+    /// with the last id as the cursor.
+    async fn list_gateway_agents(
+        &self,
+        ctx: &RequestContext,
+    ) -> GatewayResult<Option<Vec<ListedAgent>>> {
+        let mut agents: Vec<ListedAgent> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("v1/agents/?tags={GATEWAY_TAG}&order=asc&limit={LIST_PAGE}");
+            if let Some(last) = &after {
+                path.push_str(&format!("&after={last}"));
+            }
+            let reply = self
+                .http
+                .call(ctx, "list_agents", Method::GET, &path, None)
+                .await?;
+            let page = match (&reply.status, reply.body.as_array()) {
+                (s, Some(page)) if s.is_success() => page,
+                _ => {
+                    return Err(GatewayError::agent_service(format!(
+                        "agent service could not list the agents ({})",
+                        reply.reason()
+                    )));
+                }
+            };
+            for agent in page {
+                let tagged = agent["tags"]
+                    .as_array()
+                    .is_some_and(|tags| tags.iter().any(|t| t == GATEWAY_TAG));
+                if !tagged {
+                    // Never touch an agent without the gateway's tag, whatever
+                    // the filter returned.
+                    continue;
+                }
+                agents.push(ListedAgent {
+                    id: AgentId::parse(&safe_id(agent.get("id"), "agent id")?)
+                        .map_err(GatewayError::agent_service)?,
+                    name: agent["name"].as_str().unwrap_or_default().to_owned(),
+                    created_at: agent["created_at"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            match page.last() {
+                Some(last) if page.len() >= LIST_PAGE => {
+                    after = Some(safe_id(last.get("id"), "agent id")?);
+                }
+                _ => return Ok(Some(agents)),
+            }
+        }
+    }
+
     async fn send(
         &self,
         ctx: &RequestContext,
@@ -228,12 +292,15 @@ impl AgentService for LettaClient {
         }
         let reply = self
             .http
-            .call(
+            .call_refusable(
                 ctx,
                 "send",
                 Method::POST,
                 &format!("v1/agents/{agent}/messages/async"),
                 Some(&body),
+                None,
+                budget,
+                conversation_busy,
             )
             .await?;
         AgentHttp::sent(&reply, "id", "run id")
@@ -264,6 +331,7 @@ impl AgentService for LettaClient {
                 &format!("v1/agents/{agent}/messages/stream"),
                 &body,
                 budget,
+                conversation_busy,
             )
             .await?;
         let mut events = match opened {

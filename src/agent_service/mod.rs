@@ -4,7 +4,9 @@
 mod eai;
 mod http;
 mod letta;
+pub(crate) use letta::GATEWAY_TAG;
 pub mod poll;
+mod retry;
 mod sse;
 
 use std::sync::Arc;
@@ -49,6 +51,15 @@ pub enum Deleted {
     NotFound,
 }
 
+/// An agent the gateway created, as the agent service lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListedAgent {
+    pub id: AgentId,
+    pub name: String,
+    /// RFC 3339, as the agent service gave it.
+    pub created_at: String,
+}
+
 #[async_trait]
 pub trait AgentService: Send + Sync {
     async fn create_agent(&self, ctx: &RequestContext, user: &UserNumber)
@@ -82,6 +93,16 @@ pub trait AgentService: Send + Sync {
     }
     /// Idempotent; safe to retry.
     async fn poll(&self, ctx: &RequestContext, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
+
+    /// Every agent carrying the gateway's tag, all pages of the listing;
+    /// `None` when the dialect has no listing (EAI).
+    async fn list_gateway_agents(
+        &self,
+        ctx: &RequestContext,
+    ) -> GatewayResult<Option<Vec<ListedAgent>>> {
+        let _ = ctx;
+        Ok(None)
+    }
 }
 
 pub fn build(cfg: &AgentServiceSettings) -> Result<Arc<dyn AgentService>, String> {

@@ -430,16 +430,7 @@ impl LeaseStore for SqlStore {
         holder: &str,
         ttl: Duration,
     ) -> GatewayResult<bool> {
-        let sql = sqlx::AssertSqlSafe(self.sql.try_lease.as_str());
-        let winner: Option<String> = on_pool!(&self.pool, |p| sqlx::query(sql)
-            .bind(user.as_str())
-            .bind(holder)
-            .bind(ttl_ms(ttl))
-            .fetch_optional(p)
-            .await
-            .map_err(db_error)?
-            .map(|r| r.get(0)));
-        Ok(winner.is_some_and(|w| w == holder))
+        self.try_lease_key(user.as_str(), holder, ttl).await
     }
 
     async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
@@ -454,8 +445,34 @@ impl LeaseStore for SqlStore {
     }
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
+        self.release_lease_key(user.as_str(), holder).await
+    }
+}
+
+impl SqlStore {
+    /// `try_lease` for any key of `chat_leases`: a user's number, or a
+    /// name no number can be (a cluster-wide job's turn, `~reconcile`).
+    pub(crate) async fn try_lease_key(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        let sql = sqlx::AssertSqlSafe(self.sql.try_lease.as_str());
+        let winner: Option<String> = on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(key)
+            .bind(holder)
+            .bind(ttl_ms(ttl))
+            .fetch_optional(p)
+            .await
+            .map_err(db_error)?
+            .map(|r| r.get(0)));
+        Ok(winner.is_some_and(|w| w == holder))
+    }
+
+    pub(crate) async fn release_lease_key(&self, key: &str, holder: &str) -> GatewayResult<()> {
         on_pool!(&self.pool, |p| sqlx::query(RELEASE)
-            .bind(user.as_str())
+            .bind(key)
             .bind(holder)
             .execute(p)
             .await

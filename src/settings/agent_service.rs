@@ -31,10 +31,40 @@ pub struct AgentServiceSettings {
     /// Calls in flight to the agent service at once (0: no limit); more
     /// wait their turn. Synchronous Letta sends are not counted.
     pub max_concurrent_calls: usize,
+    /// Sends and creates the agent service refused before taking them
+    /// (connection refused, 503, 429, Letta's 409 conversation lock).
+    pub retry: RetrySettings,
     /// Letta dialect only: the agent template and the delivery mode.
     pub letta: LettaSettings,
     /// EAI dialect only: extra fields of the agent-creation call.
     pub eai: EaiSettings,
+}
+
+/// `agent_service.retry`: how a call that provably never reached the agent
+/// is tried again, within the caller's budget.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Tries after the first (0: none).
+    pub max_retries: u32,
+    /// The first wait; each next one doubles, up to `max_backoff_ms`, and
+    /// each is drawn between half and all of its step (jitter). A
+    /// `Retry-After` the service sends takes precedence.
+    #[serde(rename = "first_backoff_ms", with = "units::millis")]
+    pub first_backoff: Duration,
+    /// The longest step of the backoff.
+    #[serde(rename = "max_backoff_ms", with = "units::millis")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_retries: 4,
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Letta's own default port on loopback: what `letta server` listens on.
@@ -51,6 +81,7 @@ impl Default for AgentServiceSettings {
             max_response_bytes: 4 * 1024 * 1024,
             max_idle_connections: 256,
             max_concurrent_calls: 256,
+            retry: RetrySettings::default(),
             letta: LettaSettings::default(),
             eai: EaiSettings::default(),
         }
@@ -87,6 +118,20 @@ impl AgentServiceSettings {
                 "agent_service.max_response_bytes",
                 self.max_response_bytes,
                 "must be at least 1024",
+            ));
+        }
+        if self.retry.max_retries > 20 {
+            return Err(ConfigError::out_of_range(
+                "agent_service.retry.max_retries",
+                self.retry.max_retries,
+                "must be at most 20",
+            ));
+        }
+        if self.retry.first_backoff.is_zero() || self.retry.first_backoff > self.retry.max_backoff {
+            return Err(ConfigError::out_of_range(
+                "agent_service.retry.first_backoff_ms",
+                self.retry.first_backoff.as_millis(),
+                "must be at least 1 and at most agent_service.retry.max_backoff_ms",
             ));
         }
         if !self.letta.agent_template.is_object() {

@@ -26,6 +26,16 @@ pub struct MappingSettings {
     /// spelling (an adopted table), until an operator resolves it with
     /// `eai-gateway mappings resolve`.
     pub duplicate_policy: DuplicatePolicy,
+    /// Agents younger than this are never called orphans: their mapping
+    /// may still be on its way (`agents reconcile`).
+    #[serde(rename = "orphan_min_age_seconds", with = "units::seconds")]
+    pub orphan_min_age: Duration,
+    /// How often `run` looks for orphaned agents (one replica at a time);
+    /// 0 = never (the `agents reconcile` command still works).
+    #[serde(rename = "reconcile_interval_seconds", with = "units::seconds")]
+    pub reconcile_interval: Duration,
+    /// The periodic look also deletes what it finds.
+    pub reconcile_delete: bool,
 }
 
 /// `agents.duplicate_policy`: the row that serves a user with several.
@@ -61,6 +71,9 @@ impl Default for MappingSettings {
             cache_capacity: 100_000,
             delete_wait: Duration::from_secs(10),
             duplicate_policy: DuplicatePolicy::default(),
+            orphan_min_age: Duration::from_secs(600),
+            reconcile_interval: Duration::ZERO,
+            reconcile_delete: false,
         }
     }
 }

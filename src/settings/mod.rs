@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use agent_service::{AgentServiceSettings, Dialect, EaiSettings, LettaDelivery, LettaSettings};
+pub use agent_service::{
+    AgentServiceSettings, Dialect, EaiSettings, LettaDelivery, LettaSettings, RetrySettings,
+};
 pub use auth::AuthSettings;
 pub use chat::{ChatSettings, PollSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};

@@ -20,6 +20,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "agent_service.url",
     "agents.cache_capacity",
     "agents.cache_ttl_seconds",
+    "agents.reconcile_interval_seconds",
+    "agents.reconcile_delete",
     "users",
 ];
 
@@ -46,6 +48,8 @@ impl Settings {
             a.agent_service.url != b.agent_service.url,
             a.mapping.cache_capacity != b.mapping.cache_capacity,
             a.mapping.cache_ttl != b.mapping.cache_ttl,
+            a.mapping.reconcile_interval != b.mapping.reconcile_interval,
+            a.mapping.reconcile_delete != b.mapping.reconcile_delete,
             differs(&a.users, &b.users),
         ];
         RESTART_ONLY

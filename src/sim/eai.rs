@@ -69,6 +69,9 @@ async fn send(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response
             json!({"detail": [{"msg": "Field required"}]}),
         );
     };
+    if let Some(refused) = sim.refusal() {
+        return refused;
+    }
     let settings = sim.settings();
     if super::chance(settings.send_error_rate) {
         return reply(

@@ -54,7 +54,7 @@ fn run_not_found(id: &str) -> Response {
 
 fn agent_state(agent: &super::Agent) -> Value {
     json!({"id": agent.id, "name": agent.body.get("name"), "tags": agent.body.get("tags").cloned().unwrap_or(json!([])),
-           "model": agent.body.get("model"), "agent_type": "letta_v1_agent"})
+           "model": agent.body.get("model"), "agent_type": "letta_v1_agent", "created_at": agent.created_at})
 }
 
 async fn create(State(sim): State<Simulator>, Json(body): Json<Value>) -> Response {
@@ -83,10 +83,22 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
         .collect();
     let name = q.iter().find(|(k, _)| k == "name").map(|(_, v)| v.as_str());
     let match_all = q.iter().any(|(k, v)| k == "match_all_tags" && v == "true");
+    let param = |key: &str| q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    // Letta's defaults: 50 a page, newest first; `after` is an agent id.
+    let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+    let after = param("after");
     let world = sim.world();
-    let agents: Vec<Value> = world
-        .agents
-        .values()
+    let mut listed: Vec<&super::Agent> = world.agents.values().collect();
+    listed.sort_by_key(|a| a.seq);
+    if param("order") != Some("asc") {
+        listed.reverse();
+    }
+    let start = after
+        .and_then(|id| listed.iter().position(|a| a.id == id))
+        .map_or(0, |i| i + 1);
+    let agents: Vec<Value> = listed[start..]
+        .iter()
+        .copied()
         .filter(|a| name.is_none_or(|n| a.owner == n))
         .filter(|a| {
             let have = a.body.get("tags").and_then(Value::as_array);
@@ -99,6 +111,7 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
                     tags.iter().any(has)
                 }
         })
+        .take(limit)
         .map(agent_state)
         .collect();
     reply(StatusCode::OK, Value::Array(agents))
@@ -148,6 +161,9 @@ fn accept(sim: &Simulator, agent_id: &str, body: &Value) -> Result<String, Box<R
         .pointer("/messages/0/content")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    if let Some(refused) = sim.refusal() {
+        return Err(Box::new(refused));
+    }
     let settings = sim.settings();
     if super::chance(settings.send_error_rate) {
         return Err(Box::new(reply(

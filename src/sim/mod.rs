@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -98,10 +99,16 @@ pub struct SimStats {
     pub overlaps: u64,
     /// Most HTTP requests being handled at once.
     pub peak_in_flight: u64,
+    /// Sends refused by `Simulator::refuse_sends` (the message not taken).
+    pub sends_refused: u64,
 }
 
 pub(crate) struct Agent {
     pub id: String,
+    /// Creation order, for listings oldest first.
+    pub seq: u64,
+    /// RFC 3339, as Letta reports it.
+    pub created_at: String,
     /// What the agent was created for: the EAI `user_number` or Letta `name`.
     pub owner: String,
     pub body: Value,
@@ -140,6 +147,16 @@ pub(crate) struct World {
     pub messages: HashMap<String, Message>,
     pub stats: SimStats,
     in_flight: u64,
+    /// The next sends to refuse before taking them (`Simulator::refuse_sends`).
+    refusals: Option<Refusals>,
+}
+
+/// Sends to refuse: how many more, with which status and `Retry-After`.
+#[derive(Clone, Copy)]
+struct Refusals {
+    left: u32,
+    status: u16,
+    retry_after_s: Option<u64>,
 }
 
 /// The agent-service simulator: both dialects on one port, in process. Clones share its state.
@@ -174,10 +191,16 @@ impl World {
 
     fn create_agent(&mut self, owner: String, body: Value) -> String {
         let id = format!("agent-{}", uuid::Uuid::new_v4());
+        let seq = self.stats.agents_created;
+        let created_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         self.agents.insert(
             id.clone(),
             Agent {
                 id: id.clone(),
+                seq,
+                created_at,
                 owner,
                 body,
                 busy_until: Instant::now(),
@@ -306,6 +329,48 @@ impl Simulator {
     /// Replaces the knobs (as `POST /sim/config` does).
     pub fn configure(&self, settings: SimSettings) {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// Refuses the next `count` sends (either dialect) with `status` (503,
+    /// 429; 409 is Letta's conversation lock) and `Retry-After`, without
+    /// taking the message: an overloaded or restarting agent service.
+    pub fn refuse_sends(&self, count: u32, status: u16, retry_after_s: Option<u64>) {
+        self.world().refusals = Some(Refusals {
+            left: count,
+            status,
+            retry_after_s,
+        });
+    }
+
+    /// The refusal for this send, if one is due (counted in `sends_refused`).
+    pub(crate) fn refusal(&self) -> Option<Response> {
+        let mut world = self.world();
+        let due = world.refusals.as_mut().filter(|r| r.left > 0)?;
+        due.left -= 1;
+        let Refusals {
+            status,
+            retry_after_s,
+            ..
+        } = *due;
+        world.stats.sends_refused += 1;
+        drop(world);
+        let status = axum::http::StatusCode::from_u16(status)
+            .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let detail = if status == axum::http::StatusCode::CONFLICT {
+            // Letta 0.16.8's words for its per-conversation lock.
+            "Cannot send a new message: Another request (run_id=run-busy) is currently being \
+             processed for this conversation. Please wait for the current request to complete."
+        } else {
+            "simulated refusal"
+        };
+        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        if let Some(after) = retry_after_s {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(after),
+            );
+        }
+        Some(response)
     }
 
     /// Deletes an agent behind the gateway's back.

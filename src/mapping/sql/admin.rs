@@ -239,6 +239,30 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// Which of `ids` some mapping references.
+    pub(crate) async fn mapped_among(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut mapped = std::collections::HashSet::new();
+        for chunk in ids.chunks(100) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT agent_id FROM user_agents WHERE agent_id IN ({})",
+                marks.join(", ")
+            );
+            let found: Vec<String> = on_pool!(&self.pool, |p| {
+                let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(p).await?
+            });
+            mapped.extend(found);
+        }
+        Ok(mapped)
+    }
+
     /// Closes the pool: a command's connections end before it exits.
     pub(crate) async fn close(&self) {
         on_pool!(&self.pool, |p| p.close().await);
