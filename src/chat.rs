@@ -17,6 +17,7 @@
 //! sent on top of it, from this replica or another. A DELETE takes the same
 //! lane and lease, so it runs between messages, never under one.
 
+mod abandon;
 pub mod records;
 
 use std::sync::Arc;
@@ -122,6 +123,8 @@ struct State {
     running: InFlight,
     /// Outcomes kept for asynchronous and keyed chats.
     records: records::ChatRecords,
+    /// Messages sent and not yet ended (cancelled when shutdown gives up).
+    in_progress: abandon::InProgress,
 }
 
 impl std::ops::Deref for Inner {
@@ -218,6 +221,7 @@ impl ChatService {
             )),
             lanes: UserLanes::default(),
             running: InFlight::default(),
+            in_progress: abandon::InProgress::default(),
         });
         Self::with_state(state, settings, agents)
     }
@@ -280,6 +284,17 @@ impl ChatService {
     /// replicas.
     pub fn cache(&self) -> Arc<MappingCache> {
         self.inner.cache.clone()
+    }
+
+    /// Cancels every message still in progress at the agent service: what
+    /// a shutdown does with the messages its drain gives up. How many.
+    pub async fn cancel_in_progress(&self) -> usize {
+        let ctx = RequestContext::new(crate::context::RequestId::generate());
+        let sent = self.inner.in_progress.all();
+        for (agent, id) in &sent {
+            abandon::cancel(self.inner.agents.as_ref(), &ctx, agent, Some(id)).await;
+        }
+        sent.len()
     }
 
     /// Chats whose task is still running, including those whose caller
@@ -571,6 +586,7 @@ impl Inner {
         let streamed = matches!(sent, Ok(Sent::Streamed(_)));
         let (id, finished) = match sent {
             Ok(Sent::Accepted(id) | Sent::Streamed(id)) => {
+                let _tracked = self.in_progress.track(agent, &id);
                 let finished = self
                     .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)
                     .await?;
@@ -587,7 +603,7 @@ impl Inner {
             }
             Err(e) => {
                 if e.kind == ErrorKind::PollTimeout {
-                    self.abandon(&req.user, "(synchronous send)");
+                    self.abandon(ctx, agent, &req.user, None).await;
                 }
                 return Err(e);
             }
@@ -635,7 +651,7 @@ impl Inner {
         emit: &(dyn Fn(ChatEvent) + Sync),
     ) -> GatewayResult<poll::Finished> {
         emit(ChatEvent::Sent(id.to_owned()));
-        poll::until_done(
+        let polled = poll::until_done(
             ctx,
             self.agents.as_ref(),
             agent,
@@ -643,25 +659,13 @@ impl Inner {
             &self.poll,
             processing_deadline,
         )
-        .await
-        .map_err(|e| {
-            if e.kind == ErrorKind::PollTimeout {
-                self.abandon(user, id);
-            }
-            e.with_message_id(id.to_owned())
-        })
-    }
-
-    /// `max_processing` passed after the send: the user gets their turn
-    /// back, and the message is left to the agent service.
-    fn abandon(&self, user: &UserNumber, message_id: &str) {
-        metrics::ABANDONED_MESSAGES.inc();
-        tracing::warn!(
-            user = %user.masked(),
-            message_id,
-            max_processing_s = self.max_processing.as_secs(),
-            "Message abandoned: still processing at chat.max_processing_seconds; releasing the user."
-        );
+        .await;
+        if let Err(e) = &polled
+            && e.kind == ErrorKind::PollTimeout
+        {
+            self.abandon(ctx, agent, user, Some(id)).await;
+        }
+        polled.map_err(|e| e.with_message_id(id.to_owned()))
     }
 
     /// The agent mapped to the user in the store, by the duplicate policy.

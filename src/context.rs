@@ -44,7 +44,8 @@ impl RequestId {
         }))
     }
 
-    #[cfg(any(test, feature = "internals"))]
+    /// A new id and trace, for work no request started (operator commands,
+    /// background sweeps, shutdown).
     pub fn generate() -> Self {
         Self::from_headers(None, None)
     }

@@ -35,6 +35,8 @@ struct Drain {
     requests: InFlight,
     chats: InFlight,
     period: Duration,
+    /// Whose messages still in progress at the end are cancelled upstream.
+    chat: crate::chat::ChatService,
 }
 
 /// Serves until a signal ends the process. On SIGTERM, Pingora stops
@@ -74,13 +76,33 @@ fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, dra
         crate::metrics::ABANDONED_MESSAGES.inc_by(abandoned as u64);
         tracing::warn!(
             abandoned,
-            "Drain period over with messages still processing; abandoning them."
+            "Drain period over with messages still processing; cancelling and abandoning them."
         );
+        cancel_in_progress(&drain.chat);
     } else {
         tracing::info!("Drained: no request or message in flight; exiting.");
     }
     std::process::exit(0);
 }
+
+/// Cancels the messages a drain gives up, within a bound of its own: the
+/// process is about to exit, and a slow agent service must not hold it.
+fn cancel_in_progress(chat: &crate::chat::ChatService) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let cancelled = runtime
+        .block_on(async { tokio::time::timeout(CANCEL_AT_EXIT, chat.cancel_in_progress()).await });
+    if cancelled.is_err() {
+        tracing::warn!("Cancelling the abandoned messages took too long; exiting without.");
+    }
+}
+
+/// How long an exiting process spends cancelling what it abandons.
+const CANCEL_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// How a process starts: fresh, or taking over the listening sockets of a
 /// running gateway (`run --upgrade`).
@@ -125,6 +147,7 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
         requests: live.inflight.clone(),
         chats: eai.chats(),
         period: cfg.shutdown.drain,
+        chat: live.peek().chat.clone(),
     };
     let proxy = http_proxy(&server.configuration, GatewayProxy::new(eai));
     let mut proxy = Service::new(

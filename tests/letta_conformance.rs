@@ -488,3 +488,132 @@ async fn async_and_keyed_chats_against_letta() {
         .collect();
     assert_eq!(said, ["assíncrono", "uma vez só"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
+async fn an_abandoned_run_is_cancelled_on_letta_and_the_next_message_is_answered() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("letta.yaml");
+    let base = std::fs::read_to_string("conf/letta-local.yaml").unwrap();
+    let short = base.replace(
+        "  timeout_seconds: 150\n",
+        "  timeout_seconds: 5\n  max_processing_seconds: 5\n",
+    );
+    assert_ne!(
+        short, base,
+        "conf/letta-local.yaml changed: adapt this test"
+    );
+    std::fs::write(&path, short).unwrap();
+    let agent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut spec = GatewaySpec::new(Dialect::Letta, &db, agent);
+    spec.agent_url = letta_url();
+    spec.config_file = Some(path);
+    let gw = GatewayProcess::start(spec).await;
+    let user = fresh_user();
+    let (status, body) = gw.chat(&user, "aquecer").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = gw.chat(&user, "longa [delay=30000]").await;
+    assert_eq!(status, 504, "{body}");
+    let run = body["message_id"]
+        .as_str()
+        .expect("504 names the run")
+        .to_owned();
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = letta_get(&format!("/v1/runs/{run}")).await.1;
+        if last["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "cancelled", "{last}");
+    let (status, body) = gw.chat(&user, "seguinte").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: seguinte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
+async fn reconcile_reads_lettas_whole_listing_and_spares_mapped_agents() {
+    let db = TestDb::new(DbKind::Sqlite);
+    let (gw, _dir) = gateway(&db, None).await;
+    let user = fresh_user();
+    let (status, body) = gw.chat(&user, "mapeado").await;
+    assert_eq!(status, 200, "{body}");
+    let mapped = answering_agent(&body);
+    // An agent tagged as the gateway's that no mapping references.
+    let pseudonym = format!("orphan-{}", fastrand::u32(..));
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/agents/", letta_url()))
+        .json(&json!({"name": pseudonym, "tags": ["eai-gateway"],
+                      "model": "openai-proxy/fake-echo-1",
+                      "embedding": "openai/text-embedding-3-small",
+                      "memory_blocks": [{"label": "human", "value": ""}]}))
+        .send()
+        .await
+        .unwrap();
+    let orphan: Value = created.json().await.unwrap();
+    let orphan = orphan["id"].as_str().expect("agent id").to_owned();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
+        .args([
+            "agents",
+            "reconcile",
+            "--json",
+            "--min-age-seconds",
+            "0",
+            "--config",
+        ])
+        .arg("conf/letta-local.yaml")
+        .env("DATABASE_URL", &db.url)
+        .env("AGENT_SERVICE_URL", letta_url())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(text.trim()).expect("one JSON object");
+    let ids: Vec<&str> = report["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert!(ids.contains(&orphan.as_str()), "{report}");
+    assert!(!ids.contains(&mapped.as_str()), "{report}");
+    assert_eq!(report["deleted"], Value::Null);
+    assert_eq!(
+        letta_get(&format!("/v1/agents/{orphan}")).await.0,
+        200,
+        "deleted without --delete"
+    );
+    // Gone with --delete; the mapped agent stays.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
+        .args([
+            "agents",
+            "reconcile",
+            "--delete",
+            "--min-age-seconds",
+            "0",
+            "--config",
+        ])
+        .arg("conf/letta-local.yaml")
+        .env("DATABASE_URL", &db.url)
+        .env("AGENT_SERVICE_URL", letta_url())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(letta_get(&format!("/v1/agents/{orphan}")).await.0, 404);
+    assert_eq!(letta_get(&format!("/v1/agents/{mapped}")).await.0, 200);
+}

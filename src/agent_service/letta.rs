@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::http::AgentHttp;
-use super::{AgentService, Deleted, ListedAgent, Poll, Sent, safe_id};
+use super::{AgentService, Cancel, Deleted, ListedAgent, Poll, Sent, safe_id};
 use std::time::Duration;
 
 use crate::chat::ChatEvent;
@@ -227,8 +227,45 @@ impl AgentService for LettaClient {
             .await
     }
 
-    /// `GET /v1/agents/?tags=eai-gateway`, oldest first, a page at a time
-    /// with the last id as the cursor.
+    /// `POST /v1/agents/{id}/messages/cancel {"run_ids": [id]}`: Letta
+    /// answers `{run_id: "cancelled" | "failed"}`, or 400 when no run of
+    /// the agent is active (nothing left to stop).
+    async fn cancel(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        id: Option<&str>,
+    ) -> GatewayResult<Cancel> {
+        let body = match id {
+            Some(run) => json!({ "run_ids": [run] }),
+            None => json!({}),
+        };
+        let reply = self
+            .http
+            .call(
+                ctx,
+                "cancel",
+                Method::POST,
+                &format!("v1/agents/{agent}/messages/cancel"),
+                Some(&body),
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Ok(Cancel::NotCancelled(reply.reason()));
+        }
+        let failed = reply
+            .body
+            .as_object()
+            .is_some_and(|runs| runs.values().any(|v| v != "cancelled"));
+        Ok(if failed {
+            Cancel::NotCancelled(format!("agent service answered {}", reply.body))
+        } else {
+            Cancel::Cancelled
+        })
+    }
+
+    /// `GET /v1/agents/?tags=eai-gateway&include=agent.tags`, oldest first,
+    /// a page at a time with the last id as the cursor.
     async fn list_gateway_agents(
         &self,
         ctx: &RequestContext,
@@ -236,7 +273,11 @@ impl AgentService for LettaClient {
         let mut agents: Vec<ListedAgent> = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut path = format!("v1/agents/?tags={GATEWAY_TAG}&order=asc&limit={LIST_PAGE}");
+            // Letta leaves relationships such as the tags out of a listing
+            // unless asked (for any client that is not an old SDK).
+            let mut path = format!(
+                "v1/agents/?tags={GATEWAY_TAG}&include=agent.tags&order=asc&limit={LIST_PAGE}"
+            );
             if let Some(last) = &after {
                 path.push_str(&format!("&after={last}"));
             }

@@ -51,6 +51,16 @@ pub enum Deleted {
     NotFound,
 }
 
+/// What cancelling an abandoned message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    Cancelled,
+    /// The service answered, but did not cancel it (the reason).
+    NotCancelled(String),
+    /// The dialect has no cancel (EAI).
+    Unsupported,
+}
+
 /// An agent the gateway created, as the agent service lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ListedAgent {
@@ -93,6 +103,18 @@ pub trait AgentService: Send + Sync {
     }
     /// Idempotent; safe to retry.
     async fn poll(&self, ctx: &RequestContext, agent: &AgentId, id: &str) -> GatewayResult<Poll>;
+
+    /// Stops a message the gateway gave up on (`id`: its run; `None` for
+    /// whatever the agent is running, when the id never came back).
+    async fn cancel(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        id: Option<&str>,
+    ) -> GatewayResult<Cancel> {
+        let _ = (ctx, agent, id);
+        Ok(Cancel::Unsupported)
+    }
 
     /// Every agent carrying the gateway's tag, all pages of the listing;
     /// `None` when the dialect has no listing (EAI).

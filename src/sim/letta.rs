@@ -23,6 +23,7 @@ pub fn routes() -> Router<Simulator> {
             get(history).post(send_sync),
         )
         .route("/v1/agents/{agent_id}/messages/async", post(send))
+        .route("/v1/agents/{agent_id}/messages/cancel", post(cancel))
         .route("/v1/agents/{agent_id}/messages/stream", post(send_stream))
         .route("/v1/runs/{run_id}", get(run))
         .route("/v1/runs/{run_id}/messages", get(run_messages))
@@ -113,6 +114,14 @@ async fn list(State(sim): State<Simulator>, Query(q): Query<Vec<(String, String)
         })
         .take(limit)
         .map(agent_state)
+        .map(|mut a| {
+            // Letta 0.16.8 includes the tags only when asked, for any
+            // client that does not call itself an old SDK.
+            if !q.iter().any(|(k, v)| k == "include" && v == "agent.tags") {
+                a["tags"] = json!([]);
+            }
+            a
+        })
         .collect();
     reply(StatusCode::OK, Value::Array(agents))
 }
@@ -309,6 +318,34 @@ async fn send_stream(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// `POST /v1/agents/{id}/messages/cancel`, as Letta 0.16.8 answers it:
+/// `{run_id: "cancelled"}`, or 400 when the agent has no active run.
+async fn cancel(
+    State(sim): State<Simulator>,
+    Path(agent_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let named: Option<Vec<String>> = body.and_then(|Json(b)| {
+        b.get("run_ids")?.as_array().map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+    });
+    let cancelled = sim.cancel_runs(&agent_id, named.as_deref());
+    if cancelled.is_empty() {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"detail": format!("No active runs to cancel for agent {agent_id}")}),
+        );
+    }
+    let results: serde_json::Map<String, Value> = cancelled
+        .into_iter()
+        .map(|id| (id, json!("cancelled")))
+        .collect();
+    reply(StatusCode::OK, Value::Object(results))
+}
+
 async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Response {
     if super::chance(sim.settings().poll_error_rate) {
         return reply(
@@ -329,6 +366,9 @@ async fn run(State(sim): State<Simulator>, Path(run_id): Path<String>) -> Respon
             (status, Value::Null, msg.agent_id.clone())
         }
         Progress::AgentGone(msg) => ("failed", json!("error"), msg.agent_id.clone()),
+        Progress::Failed(msg) if msg.outcome == super::Outcome::Cancelled => {
+            ("cancelled", json!("cancelled"), msg.agent_id.clone())
+        }
         Progress::Failed(msg) => ("failed", json!("llm_api_error"), msg.agent_id.clone()),
         Progress::Done(msg, _) if msg.stuck_running => {
             ("running", json!("end_turn"), msg.agent_id.clone())

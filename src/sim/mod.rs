@@ -59,6 +59,8 @@ pub(crate) enum Outcome {
     Answer,
     Failure,
     Empty,
+    /// Cancelled before it ended (Letta's cancel).
+    Cancelled,
 }
 
 /// A message starting with `[delay=NNN]` takes NNN ms: lets a benchmark know
@@ -101,6 +103,8 @@ pub struct SimStats {
     pub peak_in_flight: u64,
     /// Sends refused by `Simulator::refuse_sends` (the message not taken).
     pub sends_refused: u64,
+    /// Runs cancelled while still processing.
+    pub cancelled: u64,
 }
 
 pub(crate) struct Agent {
@@ -278,8 +282,12 @@ impl World {
         let msg = self.messages.get(id)?;
         Some(match self.agents.get(&msg.agent_id) {
             None => Progress::AgentGone(msg),
-            Some(_) if Instant::now() < msg.ready_at => Progress::Processing,
-            Some(_) if msg.outcome == Outcome::Failure => Progress::Failed(msg),
+            Some(_) if Instant::now() < msg.ready_at && msg.outcome != Outcome::Cancelled => {
+                Progress::Processing
+            }
+            Some(_) if matches!(msg.outcome, Outcome::Failure | Outcome::Cancelled) => {
+                Progress::Failed(msg)
+            }
             Some(agent) => Progress::Done(msg, agent),
         })
     }
@@ -371,6 +379,32 @@ impl Simulator {
             );
         }
         Some(response)
+    }
+
+    /// The runs of `agent` still processing (all of them, or those named)
+    /// end cancelled now, and the agent is free; the ids cancelled.
+    pub(crate) fn cancel_runs(&self, agent: &str, named: Option<&[String]>) -> Vec<String> {
+        let mut world = self.world();
+        let now = Instant::now();
+        let mut cancelled = Vec::new();
+        for (id, msg) in world.messages.iter_mut() {
+            let wanted = named.is_none_or(|ids| ids.contains(id));
+            if msg.agent_id == agent
+                && wanted
+                && now < msg.ready_at
+                && msg.outcome != Outcome::Cancelled
+            {
+                msg.outcome = Outcome::Cancelled;
+                cancelled.push(id.clone());
+            }
+        }
+        world.stats.cancelled += cancelled.len() as u64;
+        if !cancelled.is_empty()
+            && let Some(a) = world.agents.get_mut(agent)
+        {
+            a.busy_until = now;
+        }
+        cancelled
     }
 
     /// Deletes an agent behind the gateway's back.

@@ -150,3 +150,82 @@ async fn a_refused_connection_is_retried_eai() {
 async fn a_refused_connection_is_retried_letta() {
     a_refused_connection_is_retried(Dialect::Letta).await;
 }
+
+/// A Letta run still going at `chat.max_processing_seconds` is cancelled at
+/// the agent service before the user's turn is released: the next message
+/// reaches an idle agent.
+#[tokio::test]
+async fn an_abandoned_letta_run_is_cancelled_before_the_next_message() {
+    let (sim, sim_addr) = simulator(30).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let mut spec = GatewaySpec::new(Dialect::Letta, &db, sim_addr);
+    spec.chat_extra = "  timeout_seconds: 1\n  max_processing_seconds: 2\n".into();
+    let gw = GatewayProcess::start(spec).await;
+    let user = "5521933330004";
+    let (code, body) = gw.chat(user, "hello").await;
+    assert_eq!(code, 200, "{body}");
+
+    let (code, body) = gw.chat(user, "[delay=20000] a long one").await;
+    assert_eq!(code, 504, "{body}");
+    let run = body["message_id"].as_str().expect("message_id").to_owned();
+    let cancelled = |m: &Metrics| {
+        m.value(
+            "eai_gateway_agent_service_calls_total",
+            &[("operation", "cancel"), ("outcome", "ok")],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut seen = 0.0;
+    for _ in 0..60 {
+        seen = cancelled(&gw.metrics().await);
+        if seen > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1.0, "no cancel call");
+    assert_eq!(sim.stats().cancelled, 1);
+    let status: serde_json::Value = reqwest::get(format!("http://{sim_addr}/v1/runs/{run}"))
+        .await
+        .expect("run")
+        .json()
+        .await
+        .expect("run json");
+    assert_eq!(status["status"], "cancelled", "{status}");
+
+    let (code, body) = gw.chat(user, "next").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(answer_text(&body), "echo: next");
+    assert_eq!(sim.stats().overlaps, 0);
+}
+
+/// A shutdown whose drain gives a Letta message up cancels its run first.
+#[tokio::test]
+async fn a_shutdown_cancels_the_runs_it_gives_up() {
+    let (sim, sim_addr) = simulator(30).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let mut gw = GatewayProcess::start(GatewaySpec::new(Dialect::Letta, &db, sim_addr)).await;
+    let (code, body) = gw.chat("5521933330005", "hello").await;
+    assert_eq!(code, 200, "{body}");
+    let url = gw.url("/eai-gateway/chat");
+    let _waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"user_number": "5521933330005", "message": "[delay=20000] long"}))
+            .send()
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || sim.stats().messages == 2).await,
+        "the long message never arrived"
+    );
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .expect("terminate");
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(
+        sim.stats().cancelled,
+        1,
+        "the abandoned run was not cancelled"
+    );
+}

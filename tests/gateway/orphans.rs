@@ -135,8 +135,10 @@ async fn reconcile_finds_and_deletes_only_unmapped_gateway_agents() {
 }
 
 /// `run` looks by itself when asked: the gauge reports what it found, and
-/// with `reconcile_delete` they go.
-#[tokio::test]
+/// with `reconcile_delete` they go. (Two threads: the simulator must answer
+/// a sweep while the test stops the first gateway, or that sweep's turn
+/// would outlive it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sweeps_orphans_periodically() {
     let (sim, sim_addr) = simulator(10).await;
     let db = TestDb::new(DbKind::Sqlite);

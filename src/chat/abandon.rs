@@ -1,0 +1,104 @@
+//! Messages the gateway gives up on. Letta keeps running an abandoned run
+//! (it has no clean-up for stuck runs), so the user's next message would go
+//! to a busy agent or queue behind it: the run is cancelled first, and only
+//! then is the user's turn released. A cancel that fails is logged, and the
+//! next message goes out anyway. The EAI agent API has no cancel.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Inner;
+use crate::agent_service::{AgentService, Cancel};
+use crate::context::RequestContext;
+use crate::ids::{AgentId, UserNumber};
+use crate::metrics;
+
+impl Inner {
+    /// `chat.max_processing_seconds` passed after the send (or a run stayed
+    /// `created`/`running` that long): counted, logged, cancelled upstream.
+    /// `id` is `None` for a synchronous send, whose run id never came back.
+    pub(super) async fn abandon(
+        &self,
+        ctx: &RequestContext,
+        agent: &AgentId,
+        user: &UserNumber,
+        id: Option<&str>,
+    ) {
+        metrics::ABANDONED_MESSAGES.inc();
+        tracing::warn!(
+            user = %user.masked(),
+            message_id = id.unwrap_or("(synchronous send)"),
+            max_processing_s = self.max_processing.as_secs(),
+            "Message abandoned: still processing at chat.max_processing_seconds; cancelling it, \
+             then releasing the user."
+        );
+        cancel(self.agents.as_ref(), ctx, agent, id).await;
+    }
+}
+
+/// Cancels one message and logs how that went (the client counts the call
+/// in `eai_gateway_agent_service_calls_total{operation="cancel"}`).
+pub(crate) async fn cancel(
+    agents: &dyn AgentService,
+    ctx: &RequestContext,
+    agent: &AgentId,
+    id: Option<&str>,
+) {
+    match agents.cancel(ctx, agent, id).await {
+        Ok(Cancel::Cancelled) => {
+            tracing::info!(agent = %agent, message_id = id, "Abandoned message cancelled.");
+        }
+        Ok(Cancel::Unsupported) => {}
+        Ok(Cancel::NotCancelled(reason)) => tracing::warn!(
+            agent = %agent,
+            message_id = id,
+            reason = %reason,
+            "Abandoned message could not be cancelled; the user's next message goes out anyway."
+        ),
+        Err(e) => tracing::warn!(
+            agent = %agent,
+            message_id = id,
+            error = %e,
+            "Abandoned message could not be cancelled; the user's next message goes out anyway."
+        ),
+    }
+}
+
+/// Messages sent and not yet ended, so that a shutdown that has to give
+/// them up can cancel them.
+#[derive(Default)]
+pub(crate) struct InProgress {
+    next: AtomicU64,
+    sent: Mutex<HashMap<u64, (AgentId, String)>>,
+}
+
+impl InProgress {
+    /// Tracks the message until the guard drops.
+    pub(super) fn track(&self, agent: &AgentId, id: &str) -> Tracked<'_> {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, (agent.clone(), id.to_owned()));
+        Tracked { set: self, key }
+    }
+
+    /// Every message still in progress.
+    pub(super) fn all(&self) -> Vec<(AgentId, String)> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (AgentId, String)>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// See `InProgress::track`.
+pub(super) struct Tracked<'a> {
+    set: &'a InProgress,
+    key: u64,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
+}
