@@ -65,18 +65,33 @@ pub const VERSION: &str = concat!(
 /// Installs the tracing subscriber (which also takes Pingora's `log` lines).
 /// `EAI_GATEWAY_LOG_FORMAT=json` selects JSON lines; `RUST_LOG` filters.
 pub fn init_logging() {
+    init_logging_on(false);
+}
+
+/// `init_logging`, writing to standard error: for a command whose standard
+/// output is its result (an export, a JSON report).
+pub fn init_logging_to_stderr() {
+    init_logging_on(true);
+}
+
+fn init_logging_on(stderr: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("EAI_GATEWAY_LOG_FORMAT").is_ok_and(|v| v == "json");
     // Colour only on a terminal: piped or redirected logs stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let ansi = if stderr {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    } else {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match (json, stderr) {
+        (true, true) => builder.json().with_writer(std::io::stderr).try_init(),
+        (true, false) => builder.json().try_init(),
+        (false, true) => builder.with_writer(std::io::stderr).try_init(),
+        (false, false) => builder.try_init(),
     };
 }

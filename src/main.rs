@@ -175,8 +175,13 @@ enum MappingsCommand {
 }
 
 fn main() -> ExitCode {
-    eai_gateway::init_logging();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The operator commands print their result on standard output.
+    match cli.command {
+        Command::Mappings(_) | Command::Agents(_) => eai_gateway::init_logging_to_stderr(),
+        _ => eai_gateway::init_logging(),
+    }
+    match cli.command {
         Command::CheckConfig {
             file,
             config,

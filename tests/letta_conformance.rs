@@ -533,6 +533,19 @@ async fn an_abandoned_run_is_cancelled_on_letta_and_the_next_message_is_answered
     assert_eq!(answer_text(&body), "echo: seguinte");
 }
 
+/// `agents reconcile --min-age-seconds 0 ARGS…` against the real server.
+async fn reconcile(db: &TestDb, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
+        .args(["agents", "reconcile", "--min-age-seconds", "0", "--config"])
+        .arg("conf/letta-local.yaml")
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("AGENT_SERVICE_URL", letta_url())
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
 async fn reconcile_reads_lettas_whole_listing_and_spares_mapped_agents() {
@@ -555,21 +568,7 @@ async fn reconcile_reads_lettas_whole_listing_and_spares_mapped_agents() {
         .unwrap();
     let orphan: Value = created.json().await.unwrap();
     let orphan = orphan["id"].as_str().expect("agent id").to_owned();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
-        .args([
-            "agents",
-            "reconcile",
-            "--json",
-            "--min-age-seconds",
-            "0",
-            "--config",
-        ])
-        .arg("conf/letta-local.yaml")
-        .env("DATABASE_URL", &db.url)
-        .env("AGENT_SERVICE_URL", letta_url())
-        .output()
-        .await
-        .unwrap();
+    let out = reconcile(&db, &["--json"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -593,21 +592,7 @@ async fn reconcile_reads_lettas_whole_listing_and_spares_mapped_agents() {
         "deleted without --delete"
     );
     // Gone with --delete; the mapped agent stays.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
-        .args([
-            "agents",
-            "reconcile",
-            "--delete",
-            "--min-age-seconds",
-            "0",
-            "--config",
-        ])
-        .arg("conf/letta-local.yaml")
-        .env("DATABASE_URL", &db.url)
-        .env("AGENT_SERVICE_URL", letta_url())
-        .output()
-        .await
-        .unwrap();
+    let out = reconcile(&db, &["--delete"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),

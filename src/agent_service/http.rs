@@ -170,16 +170,31 @@ impl AgentHttp {
         budget: Duration,
         busy: fn(&Reply) -> bool,
     ) -> GatewayResult<Reply> {
-        let mut backoff = Backoff::new(
-            self.retry,
-            ctx.time_left().map_or(budget, |t| t.min(budget)),
-        );
+        let method = &method;
+        let once = || self.attempt(ctx, operation, method, path, body, timeout);
+        self.refusable(ctx, operation, budget, busy, once, |reply| Some(reply))
+            .await
+    }
+
+    /// Runs `once` again while the service refuses it before taking it
+    /// (`retry.rs`) and the budget (or the caller's deadline) allows;
+    /// `reply_of` finds the reply that may be a refusal.
+    async fn refusable<T, Once: Future<Output = Result<T, Failed>>>(
+        &self,
+        ctx: &RequestContext,
+        operation: &'static str,
+        budget: Duration,
+        busy: fn(&Reply) -> bool,
+        mut once: impl FnMut() -> Once,
+        reply_of: fn(&T) -> Option<&Reply>,
+    ) -> GatewayResult<T> {
+        let budget = ctx.time_left().map_or(budget, |left| left.min(budget));
+        let mut backoff = Backoff::new(self.retry, budget);
         loop {
-            let result = self
-                .attempt(ctx, operation, &method, path, body, timeout)
-                .await;
+            let result = once().await;
             let refused = match &result {
-                Ok(reply) => Refused::of(reply, busy).map(|why| (why, reply.retry_after)),
+                Ok(done) => reply_of(done)
+                    .and_then(|reply| Refused::of(reply, busy).map(|why| (why, reply.retry_after))),
                 Err(f) if f.refused => Some((Refused::Connect, None)),
                 Err(_) => None,
             };
@@ -232,11 +247,7 @@ impl AgentHttp {
         timeout: Duration,
         busy: fn(&Reply) -> bool,
     ) -> GatewayResult<Result<super::sse::EventReader, Reply>> {
-        let mut backoff = Backoff::new(
-            self.retry,
-            ctx.time_left().map_or(timeout, |t| t.min(timeout)),
-        );
-        loop {
+        let once = || async {
             let _in_flight = GaugeGuard::enter(&metrics::AGENT_CALLS_IN_FLIGHT);
             let started = Instant::now();
             let result = self.open_stream_inner(ctx, path, body, timeout).await;
@@ -248,18 +259,12 @@ impl AgentHttp {
                 })
                 .map_err(|f| &f.error);
             record_call(ctx, operation, started, status);
-            let refused = match &result {
-                Ok(Err(reply)) => Refused::of(reply, busy).map(|why| (why, reply.retry_after)),
-                Err(f) if f.refused => Some((Refused::Connect, None)),
-                Ok(Ok(_)) | Err(_) => None,
-            };
-            let wait = refused.and_then(|(why, after)| Some((why, backoff.next(after)?)));
-            let Some((why, wait)) = wait else {
-                return result.map_err(|f| f.error);
-            };
-            note_retry(operation, why, wait);
-            tokio::time::sleep(wait).await;
-        }
+            result
+        };
+        self.refusable(ctx, operation, timeout, busy, once, |opened| {
+            opened.as_ref().err()
+        })
+        .await
     }
 
     async fn open_stream_inner(

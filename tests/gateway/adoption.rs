@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use tokio::process::Command;
 
 use serde_json::{Value, json};
 
@@ -40,37 +39,14 @@ async fn sim_agent(sim: SocketAddr, owner: &str) -> String {
 
 /// A config file for the operator commands on `db`, speaking to `sim`.
 fn config(dir: &tempfile::TempDir, db: &TestDb, sim: SocketAddr) -> PathBuf {
-    let path = dir.path().join("gateway.yaml");
-    let yaml = format!(
-        "agent_service:\n  dialect: eai\n  url: http://{sim}\n{}",
-        db.yaml()
-    );
-    std::fs::write(&path, yaml).expect("write config");
-    path
+    command_config(dir, db, "eai", sim)
 }
 
-/// `eai-gateway ARGS… --config FILE` with the test's database; exit code
-/// and everything it printed. Awaited, so that the simulator in this
-/// process answers meanwhile.
+/// `eai-gateway ARGS… --config FILE`; exit code and everything it printed.
 async fn cli(db: &TestDb, config: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("DATABASE_URL", &db.url)
-        .env("EAI_GATEWAY_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
-        .env("RUST_LOG", "info")
-        .env_remove("AGENT_SERVICE_URL")
-        .env_remove("AGENT_SERVICE_DIALECT")
-        .output()
-        .await
-        .expect("run eai-gateway");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let config = config.to_str().expect("config path");
+    let args: Vec<&str> = args.iter().copied().chain(["--config", config]).collect();
+    operator_command(db, &args).await
 }
 
 async fn agent_of(gw: &GatewayProcess, user: &str) -> Value {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use super::support::*;
 
@@ -27,33 +26,14 @@ async fn letta_agent(sim: SocketAddr, name: &str, tags: &[&str]) -> String {
 }
 
 fn config(dir: &tempfile::TempDir, db: &TestDb, dialect: &str, sim: SocketAddr) -> PathBuf {
-    let path = dir.path().join(format!("{dialect}.yaml"));
-    let yaml = format!(
-        "agent_service:\n  dialect: {dialect}\n  url: http://{sim}\n{}",
-        db.yaml()
-    );
-    std::fs::write(&path, yaml).expect("config");
-    path
+    command_config(dir, db, dialect, sim)
 }
 
 async fn reconcile(db: &TestDb, config: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
-        .args(["agents", "reconcile", "--config"])
-        .arg(config)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("EAI_GATEWAY_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
-        .env_remove("AGENT_SERVICE_URL")
-        .env_remove("AGENT_SERVICE_DIALECT")
-        .output()
-        .await
-        .expect("run reconcile");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let config = config.to_str().expect("config path");
+    let mut all = vec!["agents", "reconcile", "--config", config];
+    all.extend_from_slice(args);
+    operator_command(db, &all).await
 }
 
 #[tokio::test]
@@ -100,7 +80,11 @@ async fn reconcile_finds_and_deletes_only_unmapped_gateway_agents() {
 
     let (code, out) = reconcile(&db, &cfg, &["--min-age-seconds", "0", "--json"]).await;
     assert_eq!(code, 1, "{out}");
-    let report: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let report: Value = serde_json::from_str(line).expect("one JSON object");
     assert_eq!(report["found"], 121, "{report}");
     assert_eq!(report["listed"], 122, "{report}");
     assert_eq!(report["deleted"], Value::Null, "{report}");

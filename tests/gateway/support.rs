@@ -232,6 +232,46 @@ impl Drop for TestDb {
     }
 }
 
+/// A config file for the operator commands (`mappings`, `agents`,
+/// `migrate`): the agent service in `dialect` at `agent`, this test's
+/// database.
+pub fn command_config(
+    dir: &tempfile::TempDir,
+    db: &TestDb,
+    dialect: &str,
+    agent: SocketAddr,
+) -> std::path::PathBuf {
+    let path = dir.path().join(format!("{dialect}-commands.yaml"));
+    let yaml = format!(
+        "agent_service:\n  dialect: {dialect}\n  url: http://{agent}\n{}",
+        db.yaml()
+    );
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+/// `eai-gateway ARGS…` as an operator runs it against this test's
+/// database: its exit code and everything it printed. Awaited, so that a
+/// simulator in this process answers meanwhile.
+pub async fn operator_command(db: &TestDb, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("EAI_GATEWAY_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+        .env("RUST_LOG", "warn")
+        .env_remove("AGENT_SERVICE_URL")
+        .env_remove("AGENT_SERVICE_DIALECT")
+        .output()
+        .await
+        .expect("run eai-gateway");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// The bundled simulator, in this test's process on its own port.
 pub async fn simulator(delay_ms: u64) -> (Simulator, SocketAddr) {
     let sim = Simulator::new(SimSettings::with_delay(delay_ms));
