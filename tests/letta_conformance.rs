@@ -64,6 +64,16 @@ async fn letta_get(path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+async fn letta_delete(path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .delete(format!("{}{path}", letta_url()))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 async fn mapping(gw: &GatewayProcess, user: &str) -> Value {
     reqwest::get(gw.url(&format!("/eai-gateway/agent/{user}")))
         .await
@@ -533,7 +543,8 @@ async fn an_abandoned_run_is_cancelled_on_letta_and_the_next_message_is_answered
     assert_eq!(answer_text(&body), "echo: seguinte");
 }
 
-/// `agents reconcile --min-age-seconds 0 ARGS…` against the real server.
+/// `agents reconcile --min-age-seconds 0 ARGS…` against the real server
+/// (never `--delete`: see the test).
 async fn reconcile(db: &TestDb, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_eai-gateway"))
         .args(["agents", "reconcile", "--min-age-seconds", "0", "--config"])
@@ -591,14 +602,10 @@ async fn reconcile_reads_lettas_whole_listing_and_spares_mapped_agents() {
         200,
         "deleted without --delete"
     );
-    // Gone with --delete; the mapped agent stays.
-    let out = reconcile(&db, &["--delete"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(letta_get(&format!("/v1/agents/{orphan}")).await.0, 404);
-    assert_eq!(letta_get(&format!("/v1/agents/{mapped}")).await.0, 200);
+    // Deleting is left to the simulator's test (`tests/gateway/orphans.rs`):
+    // here the server is shared by tests running side by side, whose
+    // agents are mapped in databases this command does not read. The
+    // orphan made here is removed by id.
+    let (status, _) = letta_delete(&format!("/v1/agents/{orphan}")).await;
+    assert_eq!(status, 200);
 }
