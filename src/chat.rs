@@ -36,7 +36,7 @@ use crate::ids::{AgentId, UserNumber};
 use crate::inflight::InFlight;
 use crate::mapping::cache::MappingCache;
 use crate::mapping::lanes::UserLanes;
-use crate::mapping::lease::ChatLeases;
+use crate::mapping::lease::{ChatLeases, Lease};
 use crate::mapping::{LeaseStore, MappingStore, RecordStore};
 use crate::metrics;
 use crate::settings::{DuplicatePolicy, PollSettings, Settings, limit};
@@ -393,7 +393,7 @@ impl ChatService {
         let _lane = tokio::time::timeout_at(deadline, ticket.wait())
             .await
             .map_err(|_| busy())?;
-        let lease = match inner.leases.acquire(user, deadline).await {
+        let lease = match inner.leases.acquire(user, deadline, &**inner).await {
             Ok(lease) => lease,
             Err(e) if e.kind == ErrorKind::PollTimeout => return Err(busy()),
             Err(e) => return Err(e),
@@ -498,8 +498,8 @@ impl Inner {
         deadline: Instant,
         progress: &ProgressCell,
     ) -> GatewayResult<ChatAnswer> {
-        let lease = self.leases.acquire(&req.user, deadline).await?;
-        let result = self.converse(ctx, &req, deadline, progress).await;
+        let lease = self.leases.acquire(&req.user, deadline, self).await?;
+        let result = self.converse(ctx, &req, &lease, deadline, progress).await;
         lease.release().await;
         result
     }
@@ -508,16 +508,23 @@ impl Inner {
         &self,
         ctx: &RequestContext,
         req: &ChatRequest,
+        lease: &Lease,
         deadline: Instant,
         progress: &ProgressCell,
     ) -> GatewayResult<ChatAnswer> {
         let agent = self.agent_for(ctx, &req.user).await?;
-        if let Attempt::Answered(v) = self.attempt(ctx, &agent, req, deadline, progress).await? {
+        if let Attempt::Answered(v) = self
+            .attempt(ctx, &agent, req, lease, deadline, progress)
+            .await?
+        {
             return Ok(v);
         }
         tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone upstream; replacing it.");
         let agent = self.heal(ctx, &req.user, &agent).await?;
-        match self.attempt(ctx, &agent, req, deadline, progress).await? {
+        match self
+            .attempt(ctx, &agent, req, lease, deadline, progress)
+            .await?
+        {
             Attempt::Answered(v) => Ok(v),
             // Once only: a second disappearance is reported, not chased.
             Attempt::AgentGone => Err(GatewayError::agent_service(
@@ -534,6 +541,7 @@ impl Inner {
         ctx: &RequestContext,
         agent: &AgentId,
         req: &ChatRequest,
+        lease: &Lease,
         deadline: Instant,
         progress: &ProgressCell,
     ) -> GatewayResult<Attempt> {
@@ -541,6 +549,15 @@ impl Inner {
             // The caller has its 504; a message sent now would be answered
             // to nobody and could overlap the one it retries with.
             return Err(gave_up());
+        }
+        if !lease.sending(agent).await? {
+            // Taken over while this process could not renew it: another
+            // replica has the turn, and a message from here could overlap.
+            return Err(GatewayError::new(
+                ErrorKind::UserBusy,
+                "this user's turn passed to another replica; send the message again",
+            )
+            .retry_after(1));
         }
         progress.set(Progress::Sending);
         ctx.set_deadline(deadline.into_std());
@@ -586,6 +603,7 @@ impl Inner {
         let streamed = matches!(sent, Ok(Sent::Streamed(_)));
         let (id, finished) = match sent {
             Ok(Sent::Accepted(id) | Sent::Streamed(id)) => {
+                lease.sent(&id).await;
                 let _tracked = self.in_progress.track(agent, &id);
                 let finished = self
                     .follow(ctx, agent, &req.user, &id, processing_deadline, &emit)

@@ -21,6 +21,7 @@ mod gateway {
     pub mod passthrough;
     pub mod paths;
     pub mod pg_server;
+    pub mod replica_death;
     pub mod security;
     pub mod shared_limits;
     pub mod support;

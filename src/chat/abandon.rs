@@ -8,8 +8,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+
 use super::Inner;
-use crate::agent_service::{AgentService, Cancel};
+use crate::agent_service::{AgentService, Cancel, Poll};
+use crate::context::RequestId;
+use crate::mapping::lease::SentProbe;
 use crate::context::RequestContext;
 use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
@@ -34,6 +40,34 @@ impl Inner {
              then releasing the user."
         );
         cancel(self.agents.as_ref(), ctx, agent, id).await;
+    }
+}
+
+/// A replica waiting for a user's turn follows the message the holder sent
+/// (`mapping::lease`): polled as the chat polls it, cancelled as an
+/// abandoned one is.
+#[async_trait]
+impl SentProbe for Inner {
+    async fn ended(&self, agent: &AgentId, id: &str) -> bool {
+        let ctx = RequestContext::new(RequestId::generate());
+        matches!(
+            self.agents.poll(&ctx, agent, id).await,
+            Ok(Poll::Completed(_) | Poll::Failed(_) | Poll::AgentGone)
+        )
+    }
+
+    async fn give_up(&self, agent: &AgentId, id: &str) {
+        let ctx = RequestContext::new(RequestId::generate());
+        tracing::warn!(
+            agent = %agent,
+            message_id = id,
+            "A message whose holder is gone outlived chat.max_processing_seconds; cancelling it."
+        );
+        cancel(self.agents.as_ref(), &ctx, agent, Some(id)).await;
+    }
+
+    fn bound(&self) -> Duration {
+        self.max_processing
     }
 }
 

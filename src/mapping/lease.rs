@@ -12,6 +12,15 @@
 //! extends all leases whose holder starts with this process's id. With
 //! 10,000 chats in flight that is one statement instead of 1,000 a second,
 //! and no timer task per chat.
+//!
+//! A holder records on its lease the message it sends (`Lease::sending`,
+//! `Lease::sent`). A replica waiting for the turn polls that message at the
+//! agent service (`SentProbe`) and takes the turn as soon as it has ended,
+//! instead of waiting out the lease of a holder that died: seconds, not the
+//! TTL. The same record keeps a holder that is alive but stalled (a long
+//! database outage stops its renewals) from being overtaken while the agent
+//! still works on its message; and a holder checks the lease is still its own
+//! before every send, so a turn that passed on is never used twice.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
@@ -19,13 +28,33 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::LeaseStore;
+use async_trait::async_trait;
+
+use super::{LeaseStore, SentMessage};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
-use crate::ids::UserNumber;
+use crate::ids::{AgentId, UserNumber};
 
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(5);
 const RETRY_CAP: Duration = Duration::from_millis(50);
+/// How often a waiter looks at the message its lease's holder sent.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// Past its bound, a message's holder has given it up unless it is gone.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a replica waiting for a turn can learn of the message the holder
+/// sent, from the agent service.
+#[async_trait]
+pub trait SentProbe: Send + Sync {
+    /// Whether the message has ended (answered, failed, or its agent gone);
+    /// an unknown state counts as not ended.
+    async fn ended(&self, agent: &AgentId, id: &str) -> bool;
+    /// Cancels a message whose holder is gone and whose bound has passed.
+    async fn give_up(&self, agent: &AgentId, id: &str);
+    /// How long after its send a live holder gives a message up
+    /// (`chat.max_processing_seconds`).
+    fn bound(&self) -> Duration;
+}
 
 pub struct ChatLeases {
     store: Arc<dyn LeaseStore>,
@@ -62,15 +91,28 @@ impl ChatLeases {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Waits for the user's lease until `deadline` (then 504).
-    pub async fn acquire(&self, user: &UserNumber, deadline: Instant) -> GatewayResult<Lease> {
+    /// Waits for the user's lease until `deadline` (then 504), looking at
+    /// the holder's message through `probe` to take over as soon as it ends.
+    pub async fn acquire(
+        &self,
+        user: &UserNumber,
+        deadline: Instant,
+        probe: &dyn SentProbe,
+    ) -> GatewayResult<Lease> {
         let holder = format!(
             "{}:{}",
             self.process,
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
         let mut delay = RETRY_FIRST;
+        let mut next_look = Instant::now() + LOOK_EVERY;
         while !self.store.try_lease(user, &holder, LEASE_TTL).await? {
+            if Instant::now() >= next_look {
+                next_look = Instant::now() + LOOK_EVERY;
+                if self.take_over(user, &holder, probe).await? {
+                    break;
+                }
+            }
             if Instant::now() + delay >= deadline {
                 return Err(GatewayError::new(
                     ErrorKind::PollTimeout,
@@ -98,6 +140,49 @@ impl ChatLeases {
     }
 }
 
+impl ChatLeases {
+    /// Takes the lease when its holder's message has ended, or has run so
+    /// far past its bound that its holder must be gone (then it is
+    /// cancelled first). True when `holder` has the lease now.
+    async fn take_over(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        probe: &dyn SentProbe,
+    ) -> GatewayResult<bool> {
+        let Some(seen) = self.store.sent_message(user).await? else {
+            return Ok(false);
+        };
+        let Some(agent) = &seen.agent else {
+            return Ok(false);
+        };
+        let ended = probe.ended(agent, &seen.id).await;
+        let overdue = seen.age > probe.bound() + GIVE_UP_GRACE;
+        if !ended && !overdue {
+            return Ok(false);
+        }
+        if !ended {
+            probe.give_up(agent, &seen.id).await;
+        }
+        let taken = self.store.take_over(user, &seen, holder, LEASE_TTL).await?;
+        if taken {
+            log_take_over(user, &seen, ended);
+        }
+        Ok(taken)
+    }
+}
+
+fn log_take_over(user: &UserNumber, seen: &SentMessage, ended: bool) {
+    tracing::info!(
+        user = %user.masked(),
+        message_id = %seen.id,
+        previous_holder = %seen.holder,
+        ended,
+        "Took the user's turn: the message its holder sent has ended (or was given up), \
+         and the holder has not released it."
+    );
+}
+
 /// Extends every lease this process holds, for the life of the process.
 async fn renew(store: Arc<dyn LeaseStore>, prefix: String, held: Arc<AtomicUsize>) {
     let mut tick = tokio::time::interval(LEASE_TTL / 3);
@@ -120,6 +205,20 @@ async fn renew(store: Arc<dyn LeaseStore>, prefix: String, held: Arc<AtomicUsize
 }
 
 impl Lease {
+    /// Records that a message to `agent` is about to be sent. False when
+    /// the turn has passed to another replica: the message must not go.
+    pub async fn sending(&self, agent: &AgentId) -> GatewayResult<bool> {
+        self.store.sending(&self.user, &self.holder, agent).await
+    }
+
+    /// Records the id of the message sent, so that a replica waiting for
+    /// the turn can follow it. A failure only costs that replica the wait.
+    pub async fn sent(&self, id: &str) {
+        if let Err(e) = self.store.sent(&self.user, &self.holder, id).await {
+            tracing::warn!(error = %e, "Could not record the sent message on the lease.");
+        }
+    }
+
     pub async fn release(mut self) {
         self.released = true;
         self.held.fetch_sub(1, Ordering::SeqCst);

@@ -24,7 +24,7 @@ pub(crate) use sql::SqlStore;
 pub(crate) use sql::admin as sql_admin;
 pub use store::{
     LeaseStore, MappedRow, MappingStore, NewRecord, PoolStats, RecordState, RecordStore,
-    StoredRecord,
+    SentMessage, StoredRecord,
 };
 
 /// Applies the migrations of the configured database (adopting a mapping
@@ -183,6 +183,33 @@ impl LeaseStore for LazyStore {
             s.release_lease(user, holder).await
         })
         .await
+    }
+    async fn sending(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        agent: &AgentId,
+    ) -> GatewayResult<bool> {
+        self.run("lease_message", async |s| s.sending(user, holder, agent).await)
+            .await
+    }
+    async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()> {
+        self.run("lease_message", async |s| s.sent(user, holder, message_id).await)
+            .await
+    }
+    async fn sent_message(&self, user: &UserNumber) -> GatewayResult<Option<SentMessage>> {
+        self.run("lease_message", async |s| s.sent_message(user).await)
+            .await
+    }
+    async fn take_over(
+        &self,
+        user: &UserNumber,
+        seen: &SentMessage,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        self.run("try_lease", async |s| s.take_over(user, seen, holder, ttl).await)
+            .await
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::store::{LeaseStore, MappedRow, MappingStore};
+use super::store::{LeaseStore, MappedRow, MappingStore, SentMessage};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::settings::{DatabaseSettings, DatabaseUrl};
@@ -41,6 +41,11 @@ const PG_MIGRATIONS: &[Embedded] = &[
         "chat records",
         include_str!("../../migrations/postgres/20261127000001_chat_records.sql"),
     ),
+    (
+        20261207000001,
+        "lease messages",
+        include_str!("../../migrations/postgres/20261207000001_lease_messages.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[Embedded] = &[
     (
@@ -57,6 +62,11 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         20261127000001,
         "chat records",
         include_str!("../../migrations/sqlite/20261127000001_chat_records.sql"),
+    ),
+    (
+        20261207000001,
+        "lease messages",
+        include_str!("../../migrations/sqlite/20261207000001_lease_messages.sql"),
     ),
 ];
 
@@ -133,6 +143,9 @@ struct Statements {
     get: String,
     try_lease: String,
     renew_leases: String,
+    sending: String,
+    sent_message: String,
+    take_over: String,
     records: records::Sql,
     admin: admin::Sql,
 }
@@ -148,13 +161,36 @@ impl Statements {
                 d.created_ms
             ),
             // The database's clock decides expiry, so replicas need not agree on time.
+            // An expired lease whose message has an id is not free: its
+            // holder may be alive and stalled while the agent works on that
+            // message; a waiter polls it instead (`sent_message`,
+            // `take_over`). One still being sent ('') expires as before: a
+            // synchronous or streamed send has no id to poll until it ends;
+            // so does one recorded by an earlier holder (left behind by a
+            // replica that does not know these columns).
             try_lease: format!(
                 "INSERT INTO chat_leases (user_number, holder, expires_at_ms) \
                  VALUES ($1, $2, {now_ms} + $3) \
                  ON CONFLICT (user_number) DO UPDATE \
-                 SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms \
+                 SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms, \
+                 agent_id = NULL, message_id = NULL, sent_at_ms = NULL, message_holder = NULL \
                  WHERE chat_leases.expires_at_ms < {now_ms} \
+                 AND (chat_leases.message_id IS NULL OR chat_leases.message_id = '' \
+                 OR COALESCE(chat_leases.message_holder, '') <> chat_leases.holder) \
                  RETURNING holder"
+            ),
+            sending: format!(
+                "UPDATE chat_leases SET agent_id = $3, message_id = '', sent_at_ms = {now_ms}, \
+                 message_holder = $2 WHERE user_number = $1 AND holder = $2"
+            ),
+            sent_message: format!(
+                "SELECT holder, agent_id, message_id, {now_ms} - sent_at_ms FROM chat_leases \
+                 WHERE user_number = $1 AND message_id <> '' AND message_holder = holder"
+            ),
+            take_over: format!(
+                "UPDATE chat_leases SET holder = $3, expires_at_ms = {now_ms} + $4, \
+                 agent_id = NULL, message_id = NULL, sent_at_ms = NULL, message_holder = NULL \
+                 WHERE user_number = $1 AND holder = $2 AND message_holder = $2 AND message_id = $5"
             ),
             renew_leases: format!(
                 "UPDATE chat_leases SET expires_at_ms = {now_ms} + $2 WHERE holder LIKE $1"
@@ -178,6 +214,8 @@ const REPLACE: &str = "UPDATE user_agents SET agent_id = $3, updated_at = CURREN
      WHERE user_number IN ($1, $4) AND agent_id = $2";
 const DELETE: &str = "DELETE FROM user_agents WHERE user_number IN ($1, $2) RETURNING agent_id";
 const RELEASE: &str = "DELETE FROM chat_leases WHERE user_number = $1 AND holder = $2";
+const RECORD_SENT: &str =
+    "UPDATE chat_leases SET message_id = $3 WHERE user_number = $1 AND holder = $2";
 
 pub struct SqlStore {
     pool: Pool,
@@ -446,6 +484,71 @@ impl LeaseStore for SqlStore {
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()> {
         self.release_lease_key(user.as_str(), holder).await
+    }
+
+    async fn sending(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        agent: &AgentId,
+    ) -> GatewayResult<bool> {
+        let sql = sqlx::AssertSqlSafe(self.sql.sending.as_str());
+        on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(user.as_str())
+            .bind(holder)
+            .bind(agent.as_str())
+            .execute(p)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(db_error))
+    }
+
+    async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()> {
+        on_pool!(&self.pool, |p| sqlx::query(RECORD_SENT)
+            .bind(user.as_str())
+            .bind(holder)
+            .bind(message_id)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .map_err(db_error))
+    }
+
+    async fn sent_message(&self, user: &UserNumber) -> GatewayResult<Option<SentMessage>> {
+        let sql = sqlx::AssertSqlSafe(self.sql.sent_message.as_str());
+        let row: Option<(String, Option<String>, String, Option<i64>)> =
+            on_pool!(&self.pool, |p| sqlx::query(sql)
+                .bind(user.as_str())
+                .fetch_optional(p)
+                .await
+                .map_err(db_error)?
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))));
+        Ok(row.map(|(holder, agent, id, age_ms)| SentMessage {
+            holder,
+            agent: agent.and_then(|a| AgentId::parse(&a).ok()),
+            id,
+            age: Duration::from_millis(u64::try_from(age_ms.unwrap_or(0)).unwrap_or(0)),
+        }))
+    }
+
+    async fn take_over(
+        &self,
+        user: &UserNumber,
+        seen: &SentMessage,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool> {
+        let sql = sqlx::AssertSqlSafe(self.sql.take_over.as_str());
+        on_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(user.as_str())
+            .bind(seen.holder.as_str())
+            .bind(holder)
+            .bind(ttl_ms(ttl))
+            .bind(seen.id.as_str())
+            .execute(p)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(db_error))
     }
 }
 

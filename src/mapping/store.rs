@@ -74,6 +74,40 @@ pub trait LeaseStore: Send + Sync {
     async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64>;
 
     async fn release_lease(&self, user: &UserNumber, holder: &str) -> GatewayResult<()>;
+
+    /// Records on the lease that `holder` is about to send a message to
+    /// `agent`. True while `holder` still has the lease (the send may go
+    /// out); false when the turn has passed to another replica (it must not).
+    async fn sending(&self, user: &UserNumber, holder: &str, agent: &AgentId)
+    -> GatewayResult<bool>;
+
+    /// Records the id the agent service gave the message being sent.
+    async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()>;
+
+    /// The message recorded on the user's lease, if any.
+    async fn sent_message(&self, user: &UserNumber) -> GatewayResult<Option<SentMessage>>;
+
+    /// Takes the user's lease for `holder` from `seen.holder`, only while it
+    /// still records `seen.id`. True when `holder` has it now.
+    async fn take_over(
+        &self,
+        user: &UserNumber,
+        seen: &SentMessage,
+        holder: &str,
+        ttl: Duration,
+    ) -> GatewayResult<bool>;
+}
+
+/// The message a lease's holder sent, as a replica waiting for the turn
+/// sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    pub holder: String,
+    pub agent: Option<AgentId>,
+    /// Empty while it is being sent (no id known yet).
+    pub id: String,
+    /// Since the send began.
+    pub age: Duration,
 }
 
 /// A chat record to create (see `chat::records`).

@@ -22,6 +22,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "agents.cache_ttl_seconds",
     "agents.reconcile_interval_seconds",
     "agents.reconcile_delete",
+    "agents.orphan_min_age_seconds",
     "users",
 ];
 
@@ -50,6 +51,7 @@ impl Settings {
             a.mapping.cache_ttl != b.mapping.cache_ttl,
             a.mapping.reconcile_interval != b.mapping.reconcile_interval,
             a.mapping.reconcile_delete != b.mapping.reconcile_delete,
+            a.mapping.orphan_min_age != b.mapping.orphan_min_age,
             differs(&a.users, &b.users),
         ];
         RESTART_ONLY
