@@ -6,6 +6,28 @@ use std::net::SocketAddr;
 
 use pingora::{Error, ErrorType};
 
+use super::Ctx;
+
+/// What a failed pass-through ran into, for the 502's detail. When no
+/// backend was left for the retry, the cause is the failed attempt's, not
+/// the empty choice's.
+pub(super) fn for_client(e: &Error, ctx: &Ctx) -> String {
+    match (e.etype(), ctx.backend_failure) {
+        (ErrorType::HTTPStatus(_), Some(failed)) => failed.sentence(),
+        (ErrorType::HTTPStatus(_), None) => describe(e.etype()).to_owned(),
+        _ => BackendFailure::new(ctx.backend.map(|(addr, _)| addr), e).sentence(),
+    }
+}
+
+/// The same for the access line's `error` field (the backend is a field
+/// of its own there).
+pub(super) fn for_log(e: &Error, ctx: &Ctx) -> &'static str {
+    match (e.etype(), ctx.backend_failure) {
+        (ErrorType::HTTPStatus(502), Some(failed)) => failed.what,
+        _ => describe(e.etype()),
+    }
+}
+
 /// The failure of one backend attempt: its address and what happened.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendFailure {

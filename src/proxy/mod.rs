@@ -533,7 +533,7 @@ async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Ctx) -> u16 {
             502 => format!(
                 "upstream {} failed: {}",
                 ctx.label().trim_start_matches("upstream:"),
-                backend_failure(e, ctx)
+                failure::for_client(e, ctx)
             ),
             504 => format!(
                 "upstream {} did not answer in time",
@@ -555,16 +555,6 @@ async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Ctx) -> u16 {
     }
     ctx.status = status;
     code
-}
-
-/// What a failed pass-through ran into. When no backend was left for the
-/// retry, the cause is the failed attempt's, not the empty choice's.
-fn backend_failure(e: &Error, ctx: &Ctx) -> String {
-    match (e.etype(), ctx.backend_failure) {
-        (ErrorType::HTTPStatus(_), Some(failed)) => failed.sentence(),
-        (ErrorType::HTTPStatus(_), None) => failure::describe(e.etype()).to_owned(),
-        _ => failure::BackendFailure::new(ctx.backend.map(|(addr, _)| addr), e).sentence(),
-    }
 }
 
 /// The access line and metrics of a request that went the pass-through way.
@@ -594,10 +584,7 @@ fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
         ctx.started,
         ctx.request_id.as_ref(),
         proxied,
-        e.map(|e| match (e.etype(), ctx.backend_failure) {
-            (ErrorType::HTTPStatus(502), Some(failed)) => failed.what,
-            _ => failure::describe(e.etype()),
-        }),
+        e.map(|e| failure::for_log(e, ctx)),
     );
 }
 
