@@ -286,17 +286,6 @@ impl ChatService {
         self.inner.cache.clone()
     }
 
-    /// Cancels every message still in progress at the agent service: what
-    /// a shutdown does with the messages its drain gives up. How many.
-    pub async fn cancel_in_progress(&self) -> usize {
-        let ctx = RequestContext::new(crate::context::RequestId::generate());
-        let sent = self.inner.in_progress.all();
-        for (agent, id) in &sent {
-            abandon::cancel(self.inner.agents.as_ref(), &ctx, agent, Some(id)).await;
-        }
-        sent.len()
-    }
-
     /// Chats whose task is still running, including those whose caller
     /// has stopped waiting.
     pub fn running(&self) -> InFlight {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::Inner;
+use super::{ChatService, Inner};
 use crate::agent_service::{AgentService, Cancel, Poll};
 use crate::context::RequestId;
 use crate::mapping::lease::SentProbe;
@@ -40,6 +40,19 @@ impl Inner {
              then releasing the user."
         );
         cancel(self.agents.as_ref(), ctx, agent, id).await;
+    }
+}
+
+impl ChatService {
+    /// Cancels every message still in progress at the agent service: what
+    /// a shutdown does with the messages its drain gives up. How many.
+    pub async fn cancel_in_progress(&self) -> usize {
+        let ctx = RequestContext::new(RequestId::generate());
+        let sent = self.inner.in_progress.all();
+        for (agent, id) in &sent {
+            cancel(self.inner.agents.as_ref(), &ctx, agent, Some(id)).await;
+        }
+        sent.len()
     }
 }
 
