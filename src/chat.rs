@@ -18,6 +18,7 @@
 //! lane and lease, so it runs between messages, never under one.
 
 mod abandon;
+mod agents;
 pub mod records;
 
 use std::sync::Arc;
@@ -673,100 +674,5 @@ impl Inner {
             self.abandon(ctx, agent, user, Some(id)).await;
         }
         polled.map_err(|e| e.with_message_id(id.to_owned()))
-    }
-
-    /// The agent mapped to the user in the store, by the duplicate policy.
-    async fn mapped(&self, user: &UserNumber) -> GatewayResult<Option<AgentId>> {
-        crate::mapping::duplicates::lookup(&*self.store, self.duplicates, user).await
-    }
-
-    /// The user's agent: cache, then store, then created and claimed.
-    async fn agent_for(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
-        if let Some(agent) = self.cache.get(user) {
-            return Ok(agent);
-        }
-        if let Some(agent) = self.mapped(user).await? {
-            self.cache.put(user, &agent);
-            return Ok(agent);
-        }
-        let created = self.create(ctx, user).await?;
-        let claimed = self.store.claim(user, &created).await;
-        let winner = self.settle(ctx, created, claimed)?;
-        self.cache.put(user, &winner);
-        Ok(winner)
-    }
-
-    /// Replaces `stale` (gone upstream) with a new agent, unless another
-    /// replica already did.
-    async fn heal(
-        &self,
-        ctx: &RequestContext,
-        user: &UserNumber,
-        stale: &AgentId,
-    ) -> GatewayResult<AgentId> {
-        self.cache.remove(user);
-        if let Some(current) = self.mapped(user).await?
-            && &current != stale
-        {
-            self.cache.put(user, &current);
-            return Ok(current);
-        }
-        let created = self.create(ctx, user).await?;
-        let swapped = match self.store.replace(user, stale, &created).await {
-            Ok(true) => Ok(created.clone()),
-            // Replaced elsewhere meanwhile: theirs stands; deleted
-            // meanwhile: the new agent becomes the mapping.
-            Ok(false) => match self.mapped(user).await {
-                Ok(Some(current)) => Ok(current),
-                Ok(None) => self.store.claim(user, &created).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let winner = self.settle(ctx, created, swapped)?;
-        self.cache.put(user, &winner);
-        Ok(winner)
-    }
-
-    /// After creating `created`, keeps it if it became the mapping and
-    /// deletes it upstream otherwise, so no agent is left unmapped.
-    fn settle(
-        &self,
-        ctx: &RequestContext,
-        created: AgentId,
-        mapped: GatewayResult<AgentId>,
-    ) -> GatewayResult<AgentId> {
-        match mapped {
-            Ok(winner) => {
-                if winner != created {
-                    self.discard(ctx, created);
-                }
-                Ok(winner)
-            }
-            Err(e) => {
-                self.discard(ctx, created);
-                Err(e)
-            }
-        }
-    }
-
-    async fn create(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
-        let agent = self.agents.create_agent(ctx, user).await?;
-        metrics::AGENTS_CREATED.inc();
-        tracing::info!(user = %user.masked(), agent = %agent, "Agent created.");
-        Ok(agent)
-    }
-
-    fn discard(&self, ctx: &RequestContext, agent: AgentId) {
-        let agents = self.agents.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            match agents.delete_agent(&ctx, &agent).await {
-                Ok(_) => tracing::info!(agent = %agent, "Surplus agent deleted upstream."),
-                Err(e) => {
-                    tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted upstream.")
-                }
-            }
-        });
     }
 }

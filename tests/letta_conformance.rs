@@ -15,6 +15,7 @@ mod pg_server;
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use eai_gateway::ids::UserRules;
@@ -38,22 +39,35 @@ async fn gateway(
     db: &TestDb,
     extra_yaml: Option<&str>,
 ) -> (GatewayProcess, Option<tempfile::TempDir>) {
-    let shipped = std::path::PathBuf::from("conf/letta-local.yaml");
-    let (config, dir) = match extra_yaml {
-        None => (shipped, None),
+    match extra_yaml {
+        None => (start_gateway(db, PathBuf::from(SHIPPED)).await, None),
         Some(extra) => {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("letta.yaml");
-            let base = std::fs::read_to_string(&shipped).unwrap();
-            std::fs::write(&path, format!("{base}\n{extra}")).unwrap();
-            (path, Some(dir))
+            let (gw, dir) = gateway_edited(db, |base| format!("{base}\n{extra}")).await;
+            (gw, Some(dir))
         }
-    };
+    }
+}
+
+const SHIPPED: &str = "conf/letta-local.yaml";
+
+/// A gateway on `conf/letta-local.yaml` as `edit` rewrites it.
+async fn gateway_edited(
+    db: &TestDb,
+    edit: impl FnOnce(String) -> String,
+) -> (GatewayProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("letta.yaml");
+    let base = std::fs::read_to_string(SHIPPED).unwrap();
+    std::fs::write(&path, edit(base)).unwrap();
+    (start_gateway(db, path).await, dir)
+}
+
+async fn start_gateway(db: &TestDb, config: PathBuf) -> GatewayProcess {
     let agent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut spec = GatewaySpec::new(Dialect::Letta, db, agent);
     spec.agent_url = letta_url();
     spec.config_file = Some(config);
-    (GatewayProcess::start(spec).await, dir)
+    GatewayProcess::start(spec).await
 }
 
 async fn letta_get(path: &str) -> (u16, Value) {
@@ -503,23 +517,18 @@ async fn async_and_keyed_chats_against_letta() {
 #[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
 async fn an_abandoned_run_is_cancelled_on_letta_and_the_next_message_is_answered() {
     let db = TestDb::new(DbKind::Sqlite);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("letta.yaml");
-    let base = std::fs::read_to_string("conf/letta-local.yaml").unwrap();
-    let short = base.replace(
-        "  timeout_seconds: 150\n",
-        "  timeout_seconds: 5\n  max_processing_seconds: 5\n",
-    );
-    assert_ne!(
-        short, base,
-        "conf/letta-local.yaml changed: adapt this test"
-    );
-    std::fs::write(&path, short).unwrap();
-    let agent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let mut spec = GatewaySpec::new(Dialect::Letta, &db, agent);
-    spec.agent_url = letta_url();
-    spec.config_file = Some(path);
-    let gw = GatewayProcess::start(spec).await;
+    let edit = |base: String| {
+        let short = base.replace(
+            "  timeout_seconds: 150\n",
+            "  timeout_seconds: 5\n  max_processing_seconds: 5\n",
+        );
+        assert_ne!(
+            short, base,
+            "conf/letta-local.yaml changed: adapt this test"
+        );
+        short
+    };
+    let (gw, _dir) = gateway_edited(&db, edit).await;
     let user = fresh_user();
     let (status, body) = gw.chat(&user, "aquecer").await;
     assert_eq!(status, 200, "{body}");
