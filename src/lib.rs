@@ -39,11 +39,13 @@ mod error;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway;
 mod inflight;
 mod limits;
 mod metrics;
 mod metrics_http;
 mod middleware;
+mod path;
 mod proxy;
 mod reload;
 mod saturation;
@@ -51,6 +53,7 @@ pub mod server;
 pub mod settings;
 pub mod sim;
 mod tls;
+mod upstreams;
 
 pub use middleware::{EaiGateway, SetupError};
 

@@ -11,12 +11,12 @@ use pingora::services::background::background_service;
 
 use crate::chat::ChatService;
 use crate::error::GatewayResult;
+use crate::gateway::Gateway;
 use crate::ids::UserRules;
 use crate::inflight::InFlight;
 use crate::mapping::LazyStore;
 use crate::mapping::invalidation::Invalidations;
-use crate::proxy::Gateway;
-use crate::proxy::path::{self, Target};
+use crate::path::{self, Target};
 use crate::reload::{Live, Reloader};
 use crate::routes;
 use crate::settings::{ConfigError, Settings};

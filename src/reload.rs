@@ -20,9 +20,9 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::TokenSet;
+use crate::gateway::Gateway;
 use crate::inflight::InFlight;
 use crate::metrics;
-use crate::proxy::Gateway;
 use crate::settings::Settings;
 use crate::tls::Certificate;
 

@@ -13,6 +13,7 @@ mod gateway {
     pub mod embed;
     pub mod faults;
     pub mod fidelity;
+    pub mod h2_abuse;
     pub mod live_ops;
     pub mod monitoring;
     pub mod native_routes;

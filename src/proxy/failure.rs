@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use pingora::{Error, ErrorType};
 
-use super::Ctx;
+use super::passthrough::Ctx;
 
 /// What a failed pass-through ran into, for the 502's detail. When no
 /// backend was left for the retry, the cause is the failed attempt's, not

@@ -27,7 +27,9 @@ use pingora::protocols::http::v1::client::HttpSession as H1Client;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::Peer;
 
-use super::{Ctx, admit, choose_peer, connect_failed, edit_request, edit_response, fail, log};
+use super::passthrough::{
+    Ctx, admit, choose_peer, connect_failed, edit_request, edit_response, fail, log,
+};
 use crate::reload::Live;
 
 /// Headers that keep a request off this path: they frame a body, upgrade
@@ -113,7 +115,7 @@ impl Forwarder {
     /// connection may carry another request.
     pub async fn serve(&self, live: &Live, session: &mut ServerSession) -> bool {
         let mut ctx = Ctx::new(live);
-        let target = super::path::normalize(session.req_header().raw_path(), &ctx.gateway.paths);
+        let target = crate::path::normalize(session.req_header().raw_path(), &ctx.gateway.paths);
         let error = match admit(session, &mut ctx, target).await {
             Ok(true) => None,
             Ok(false) => self.exchange(live, session, &mut ctx).await.err(),

@@ -24,26 +24,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::server::HttpSession as H1Session;
-use pingora::protocols::http::v2;
-use pingora::protocols::http::v2::server::{H2Accept, HttpSession as H2Session};
-use pingora::protocols::{ALPN, Digest, Stream};
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::server::configuration::ServerConf;
 use tokio::io::AsyncReadExt;
 
 use super::idle::IdleBound;
-use super::{GatewayProxy, coalesce, forward, path};
+use super::{GatewayProxy, coalesce, forward, h2};
+use crate::path;
 use crate::reload::Live;
 
 /// How long an idle HTTP/1.1 connection is kept. Pingora alone keeps one
 /// without limit (and so without a timer); a bound keeps idle clients from
 /// holding connections and memory for good.
-const KEEPALIVE: Duration = Duration::from_secs(60);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Pingora's initial request-header buffer; most requests fit in one read.
 const FIRST_READ_BYTES: usize = 4096;
 
@@ -99,37 +98,46 @@ impl Front {
     }
 
     /// Serves a request in pingora-proxy, and the requests the client
-    /// pipelined behind it that Pingora read along with it: Pingora holds
-    /// their bytes, so it serves them too (native ones through the
-    /// middleware in `request_filter`).
+    /// pipelined behind it that Pingora read along with it.
+    ///
+    /// Pingora keeps the bytes it read past a request for the next session
+    /// it builds, and offers no way to ask whether it holds any (an
+    /// `HttpPersistentSettings` getter would be the upstream change). So a
+    /// connection comes back to the front only when it cannot hold such
+    /// bytes: its first read was its header and nothing more, and the
+    /// request read nothing else from the socket. Otherwise it stays in
+    /// Pingora's loop, as in Pingora's own accept loop, until it closes:
+    /// served the same, at pingora-proxy's cost per request.
     async fn serve_proxied(
         &self,
         stream: Stream,
         first: BytesMut,
         shutdown: &ShutdownWatch,
     ) -> Option<Reused> {
-        // Pingora can hold a next request only if this one came with more
-        // than its header or read the socket: when neither, there is no
-        // need to ask (which costs a formatting of its settings).
-        let mut quiet = QuietMark::new(&stream, &first);
-        let mut session = h1_session(stream, first, shutdown);
+        let quiet = QuietMark::new(&stream, &first);
+        let session = h1_session(stream, first, shutdown);
+        let (stream, settings) = self
+            .proxy
+            .process_new_http(session, shutdown)
+            .await?
+            .consume();
+        if quiet.is_some_and(|mark| mark.still(&stream)) {
+            return Some((stream, None));
+        }
+        let mut reused = (stream, settings);
         loop {
-            let (stream, settings) = self
+            let (stream, settings) = reused;
+            // Without settings Pingora has nowhere to keep a next request.
+            let Some(settings) = settings else {
+                return Some((stream, None));
+            };
+            let mut session = ServerSession::new_http1(stream);
+            settings.apply_to_session(&mut session);
+            reused = self
                 .proxy
                 .process_new_http(session, shutdown)
                 .await?
                 .consume();
-            if quiet.take().is_some_and(|mark| mark.still(&stream)) {
-                return Some((stream, None));
-            }
-            match settings {
-                Some(settings) if holds_pipelined_request(&settings) => {
-                    let mut next = ServerSession::new_http1(stream);
-                    settings.apply_to_session(&mut next);
-                    session = next;
-                }
-                _ => return Some((stream, None)),
-            }
         }
     }
 
@@ -254,8 +262,7 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            self.serve_h2(stream, shutdown).await;
-            return None;
+            return h2::serve(self.clone(), stream, shutdown).await;
         }
         let (stream, flusher) = coalesce::wrap(stream);
         let serve = self.serve_plain(stream, flusher.clone(), shutdown);
@@ -333,62 +340,10 @@ impl Front {
         Some(reusable.into_parts())
     }
 
-    /// An HTTP/2 connection (TLS with ALPN): every stream in a task of its
-    /// own, native ones on the lean path and the rest in pingora-proxy, as
-    /// for HTTP/1. Pingora's own accept loop would give every stream a
-    /// pingora-proxy session, which a waiting chat holds for minutes.
-    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let digest = Arc::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
-        });
-        // Pingora's bounded defaults (100 streams per connection).
-        let mut conn = match v2::server::handshake(stream, None).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP/2 handshake failed.");
-                return;
-            }
-        };
-        let mut shutdown = shutdown.clone();
-        let mut closing = *shutdown.borrow();
-        loop {
-            // Accepting also drives the connection's I/O for the streams
-            // being served, so it goes on until the client is done.
-            let accepted = if closing {
-                H2Session::from_h2_conn(&mut conn, digest.clone()).await
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => {
-                        // GOAWAY: streams in flight finish, no new ones.
-                        conn.graceful_shutdown();
-                        closing = true;
-                        continue;
-                    }
-                    accepted = H2Session::from_h2_conn(&mut conn, digest.clone()) => accepted,
-                }
-            };
-            match accepted {
-                Ok(Some(H2Accept::Session(session))) => {
-                    // Boxed before the task is made: a session captured by
-                    // value would be stored twice in the task's future.
-                    let session = Box::new(ServerSession::new_http2(session));
-                    tokio::spawn(self.clone().serve_h2_stream(session, shutdown.clone()));
-                }
-                Ok(Some(H2Accept::Rejected)) => continue,
-                // The client closed the connection, or broke it.
-                Ok(None) | Err(_) => return,
-            }
-        }
-    }
-
     /// One HTTP/2 stream, its request header already read. As on the
     /// HTTP/1 path, every step is boxed apart, so that a waiting chat holds
     /// only the step it is in.
-    async fn serve_h2_stream(
+    pub(super) async fn serve_h2_stream(
         self: Arc<Self>,
         mut session: Box<ServerSession>,
         shutdown: ShutdownWatch,
@@ -454,45 +409,6 @@ impl Front {
     }
 }
 
-/// Whether Pingora kept the bytes of a next, pipelined request for the
-/// connection's next session. `HttpPersistentSettings` has no getter for
-/// them, only its `Debug` form, which is read up to that field and no
-/// further (the bytes themselves are never formatted).
-fn holds_pipelined_request(settings: &HttpPersistentSettings) -> bool {
-    let mut probe = PrefixProbe::default();
-    // The probe stops the formatting with an error once it has its answer.
-    let _ = std::fmt::write(&mut probe, format_args!("{settings:?}"));
-    probe.found == Some(true)
-}
-
-/// Reads the derived `Debug` form token by token: a struct field's name is
-/// written as one piece, then `": "`, then its value, whose `Option` starts
-/// with `Some` or `None`. No searching, and nothing after the field.
-#[derive(Default)]
-struct PrefixProbe {
-    /// The field's name has just been written.
-    at_field: bool,
-    found: Option<bool>,
-}
-
-impl std::fmt::Write for PrefixProbe {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if !self.at_field {
-            self.at_field = s == "pipelined_prefix";
-            return Ok(());
-        }
-        if s.starts_with("Some") {
-            self.found = Some(true);
-        } else if s.starts_with("None") {
-            self.found = Some(false);
-        } else if s.trim() == ":" {
-            return Ok(());
-        }
-        // Answered, or not the shape expected (then `found` stays `None`).
-        Err(std::fmt::Error)
-    }
-}
-
 /// The target of the request line, if the first read holds a whole one.
 /// Only a routing hint: Pingora parses and validates the request either way.
 fn request_target(buf: &[u8]) -> Option<&[u8]> {
@@ -538,61 +454,6 @@ mod tests {
         );
         assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
         assert_eq!(header_end(b""), None);
-    }
-
-    #[test]
-    fn the_probe_reads_the_prefix_field_of_the_debug_form() {
-        use std::fmt::Write;
-        let probe = |chunks: &[&str]| {
-            let mut p = PrefixProbe::default();
-            for c in chunks {
-                if p.write_str(c).is_err() {
-                    break;
-                }
-            }
-            p.found
-        };
-        let head = [
-            "HttpPersistentSettings",
-            " { ",
-            "keepalive_timeout",
-            ": ",
-            "Some",
-            "(",
-            "60",
-            ")",
-            ", ",
-        ];
-        let with = |tail: &[&'static str]| [&head[..], tail].concat();
-        assert_eq!(
-            probe(&with(&["pipelined_prefix", ": ", "Some", "("])),
-            Some(true)
-        );
-        assert_eq!(
-            probe(&with(&["pipelined_prefix", ": ", "None", ", "])),
-            Some(false)
-        );
-        assert_eq!(probe(&with(&["other", ": ", "Some"])), None);
-    }
-
-    /// The probe against Pingora's own type, with and without a prefix.
-    #[test]
-    fn the_probe_finds_pingoras_pipelined_prefix() {
-        use pingora::protocols::l4::stream::Stream as L4Stream;
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let unix = tokio::net::UnixStream::from_std(a).unwrap();
-            let session = ServerSession::new_http1(Box::new(L4Stream::from(unix)));
-            let mut settings = HttpPersistentSettings::for_session(&session);
-            assert!(!holds_pipelined_request(&settings));
-            settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
-            assert!(holds_pipelined_request(&settings));
-        });
     }
 
     #[test]

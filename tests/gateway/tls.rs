@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use super::support::*;
 
 /// A CA and a leaf certificate it signed for `localhost`.
-struct Pki {
-    ca_pem: String,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
     cert_pem: String,
     key_pem: String,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(
@@ -48,7 +48,7 @@ impl Pki {
 }
 
 /// A client that trusts only `ca_pem`, reaching `localhost` at `addr`.
-fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
+pub(crate) fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
     let builder = reqwest::Client::builder()
         .tls_certs_only([ca])
@@ -62,12 +62,12 @@ fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-struct TlsFiles {
+pub(crate) struct TlsFiles {
     dir: tempfile::TempDir,
 }
 
 impl TlsFiles {
-    fn new(pki: &Pki) -> Self {
+    pub(crate) fn new(pki: &Pki) -> Self {
         let files = Self {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -84,7 +84,7 @@ impl TlsFiles {
 
 /// A gateway with an HTTPS listener (certificate of `files`) in front of
 /// `backend`; returns it with its HTTPS address.
-async fn tls_gateway(
+pub(crate) async fn tls_gateway(
     db: &TestDb,
     agent: SocketAddr,
     backend: SocketAddr,
@@ -104,7 +104,7 @@ async fn tls_gateway(
 }
 
 /// A backend answering with the protocol details it saw.
-async fn seeing_backend() -> SocketAddr {
+pub(crate) async fn seeing_backend() -> SocketAddr {
     let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
         let proto = req
             .headers()
