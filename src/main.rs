@@ -174,6 +174,11 @@ enum MappingsCommand {
     },
 }
 
+/// The exit status of a gateway that stopped but gave up work in progress
+/// (messages still processing at the end of the drain period). 1 and 2 are
+/// the operator commands' findings and errors.
+const EXIT_ABANDONED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The operator commands print their result on standard output.
@@ -312,7 +317,9 @@ fn serve(cfg: &Settings, source: Option<&Path>, start: server::Start) -> ExitCod
     let metrics = cfg.metrics_listen.map(|a| a.to_string());
     tracing::info!(listen = %cfg.listen, metrics, "Gateway starting.");
     match server::run(cfg, source, start) {
-        Ok(never) => match never {},
+        Ok(drained) if drained.is_clean() => ExitCode::SUCCESS,
+        // Stopped, but with work given up: a supervisor should know.
+        Ok(_) => ExitCode::from(EXIT_ABANDONED),
         Err(e) => fail(&e),
     }
 }

@@ -16,8 +16,8 @@ use crate::inflight::InFlight;
 use crate::middleware::{EaiGateway, SetupError};
 use crate::proxy::GatewayProxy;
 use crate::proxy::front::Front;
-use crate::proxy::upstreams::RouteTable;
 use crate::settings::Settings;
+use crate::upstreams::RouteTable;
 
 /// Seconds the runtimes get to stop after the drain period.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 2;
@@ -39,36 +39,77 @@ struct Drain {
     chat: crate::chat::ChatService,
 }
 
-/// Serves until a signal ends the process. On SIGTERM, Pingora stops
-/// accepting and then sleeps the whole grace period; the drain watcher ends
-/// the process as soon as the last request and chat have finished instead.
-pub fn run(
-    cfg: &Settings,
-    source: Option<&Path>,
-    start: Start,
-) -> Result<std::convert::Infallible, String> {
-    let Built { server, drain } = build_server(cfg, source, start)?;
-    let phases = server.watch_execution_phase();
-    std::thread::Builder::new()
-        .name("drain-watcher".into())
-        .spawn(move || watch_drain(phases, drain))
-        .map_err(|e| format!("drain watcher: {e}"))?;
-    server.run_forever()
+/// How a drain went: what it gave up when its period ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Chats whose message was still being processed (holding its user's
+    /// turn) when the process stopped; cancelled at the agent service.
+    pub abandoned_messages: usize,
 }
 
-fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, drain: Drain) {
-    loop {
-        match phases.blocking_recv() {
-            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        }
+impl Drained {
+    /// Nothing was given up.
+    pub fn is_clean(&self) -> bool {
+        self.abandoned_messages == 0
     }
-    let until = std::time::Instant::now() + drain.period;
-    while (drain.requests.count() > 0 || drain.chats.count() > 0)
-        && std::time::Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(20));
+}
+
+/// Serves until a signal ends the process, then reports how the drain went.
+///
+/// On SIGTERM, Pingora stops accepting and then sleeps the whole grace
+/// period on its main thread, with no way to end it early. So Pingora runs
+/// on a thread of its own, and this returns as soon as the drain watcher
+/// has seen the last request and chat finish (or the drain period end);
+/// the caller then returns from `main` with a status that says how it went.
+/// A fast shutdown (SIGINT), which has no grace period, returns when
+/// Pingora's run does.
+pub fn run(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<Drained, String> {
+    let Built { server, drain } = build_server(cfg, source, start)?;
+    let phases = server.watch_execution_phase();
+    let (done, finished) = std::sync::mpsc::channel();
+    let watcher_done = done.clone();
+    std::thread::Builder::new()
+        .name("drain-watcher".into())
+        .spawn(move || {
+            let _ = watcher_done.send(watch_drain(phases, drain));
+        })
+        .map_err(|e| format!("drain watcher: {e}"))?;
+    std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(pingora::server::RunArgs::default());
+            // The drain watcher has reported by now, unless Pingora's run
+            // ended without a grace period; then the watcher reports once
+            // the phases end, which this thread's exit brings about.
+            drop(done);
+        })
+        .map_err(|e| format!("pingora: {e}"))?;
+    finished
+        .recv()
+        .map_err(|_| "the drain watcher stopped without a report".to_owned())
+}
+
+/// Waits for shutdown, then for the in-flight work to finish within the
+/// drain period; cancels and counts what it gives up.
+fn watch_drain(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    drain: Drain,
+) -> Drained {
+    let grace = loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break true,
+            // A fast shutdown: no grace period, the runtimes stop now.
+            Ok(ExecutionPhase::ShutdownRuntimes) | Err(RecvError::Closed) => break false,
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+        }
+    };
+    if grace {
+        let until = std::time::Instant::now() + drain.period;
+        while (drain.requests.count() > 0 || drain.chats.count() > 0)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let abandoned = drain.chats.count();
     if abandoned > 0 {
@@ -82,7 +123,9 @@ fn watch_drain(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, dra
     } else {
         tracing::info!("Drained: no request or message in flight; exiting.");
     }
-    std::process::exit(0);
+    Drained {
+        abandoned_messages: abandoned,
+    }
 }
 
 /// Cancels the messages a drain gives up, within a bound of its own: the

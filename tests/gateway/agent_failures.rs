@@ -222,7 +222,7 @@ async fn a_shutdown_cancels_the_runs_it_gives_up() {
     let status = tokio::task::spawn_blocking(move || gw.terminate())
         .await
         .expect("terminate");
-    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(status.code(), Some(3), "abandoned work: {status:?}");
     assert_eq!(
         sim.stats().cancelled,
         1,
