@@ -12,6 +12,7 @@ mod humanize;
 mod limits;
 mod mapping;
 mod paths;
+mod renamed;
 mod restart;
 mod tls;
 mod units;
@@ -304,8 +305,18 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The file alone, parsed but neither overridden nor validated.
+    /// The file alone, parsed but neither overridden nor validated; warns
+    /// of each renamed key it uses by its old name.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let old_names = renamed::old_names_in(text)?;
+        let settings = Self::typed(text)?;
+        for (old, new) in old_names {
+            renamed::warn(old, new);
+        }
+        Ok(settings)
+    }
+
+    fn typed(text: &str) -> Result<Self, ConfigError> {
         // The path is tracked outside the YAML parser so that errors raised
         // while converting a value (a duration, a URL, a pattern) name
         // their key too, not just the section around it.

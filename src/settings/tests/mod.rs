@@ -4,6 +4,7 @@ mod deployed;
 mod messages;
 mod overrides;
 mod parse;
+mod renamed;
 mod restart;
 
 use super::*;
