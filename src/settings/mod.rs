@@ -135,6 +135,14 @@ pub struct Settings {
     /// buffer takes the first read, so another one only costs memory).
     #[serde(default)]
     pub read_buffer_bytes: usize,
+    /// Plain HTTP/1.1 GET/HEAD pass-through requests are forwarded on the
+    /// gateway's own lean path, without pingora-proxy's per-request
+    /// machinery, which costs more than the forwarding. False sends every
+    /// pass-through request through pingora-proxy: an escape hatch, should
+    /// the lean path serve some backend wrongly, that needs no new binary
+    /// and, being reloadable, no restart.
+    #[serde(default = "default_lean_passthrough")]
+    pub lean_passthrough: bool,
     /// The `shutdown:` section.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
@@ -182,6 +190,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_threads() -> usize {
     2
+}
+
+fn default_lean_passthrough() -> bool {
+    true
 }
 
 /// The `shutdown:` section: how a stopping process drains.
@@ -254,6 +266,7 @@ impl Settings {
             metrics_listen: None,
             threads: default_threads(),
             read_buffer_bytes: 0,
+            lean_passthrough: default_lean_passthrough(),
             shutdown: ShutdownSettings::default(),
             upgrade_sock: None,
             database: DatabaseSettings::default(),

@@ -157,3 +157,20 @@ fn health_check_is_validated_by_key() {
     let err = parse(&yaml("      path: health\n")).unwrap_err();
     assert_eq!(err.key, "upstreams.web.health_check.path");
 }
+
+#[test]
+fn lean_passthrough_is_on_unless_turned_off() {
+    assert!(parse(MINIMAL).unwrap().lean_passthrough);
+    assert!(
+        !parse(&format!("{MINIMAL}lean_passthrough: false\n"))
+            .unwrap()
+            .lean_passthrough
+    );
+    let err = parse(&format!("{MINIMAL}lean_passthrough: sometimes\n")).unwrap_err();
+    assert_eq!(err.key, "lean_passthrough");
+    assert!(
+        err.message
+            .starts_with("got the text \"sometimes\", expected true or false"),
+        "{err}"
+    );
+}
