@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::{ConfigError, units};
+use super::{ConfigError, secret, units};
 
 /// The `database:` section: where the user → agent mapping and the leases live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `postgres://…` or `sqlite://PATH` (the file is created when missing).
@@ -34,7 +34,7 @@ impl Default for DatabaseSettings {
 }
 
 /// The database URL with its kind decided once, from its scheme.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum DatabaseUrl {
     /// A `postgres://` or `postgresql://` URL.
     Postgres(String),
@@ -73,6 +73,20 @@ impl fmt::Debug for DatabaseUrl {
         f.write_str(&self.redacted())
     }
 }
+
+/// Compared as secrets: the URL may hold the database password.
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Postgres(a), Self::Postgres(b)) | (Self::Sqlite(a), Self::Sqlite(b)) => {
+                secret::same(a, b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DatabaseUrl {}
 
 impl DatabaseUrl {
     /// The URL without credentials, safe for logs and the demo banner.

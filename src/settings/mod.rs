@@ -14,6 +14,7 @@ mod mapping;
 mod paths;
 mod renamed;
 mod restart;
+mod secret;
 mod tls;
 mod units;
 mod upstreams;
@@ -37,7 +38,7 @@ pub(crate) use limits::limit;
 pub use limits::{LimitSettings, RedisFallback, RedisUrl};
 pub use mapping::{DuplicatePolicy, MappingSettings};
 pub use paths::{EncodedSeparators, PathSettings};
-pub use restart::RESTART_ONLY;
+pub use restart::{RESTART_ONLY, RestartOnly};
 pub use tls::TlsListenerSettings;
 pub use upstreams::{
     HeaderRules, HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings,

@@ -5,7 +5,7 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer, de};
 
-use super::ConfigError;
+use super::{ConfigError, secret};
 
 /// Optional `+`, then 8–15 digits: any E.164 number.
 pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
@@ -36,6 +36,18 @@ impl Default for UserSettings {
             pattern: UserPattern::default(),
             pseudonym_key: DEFAULT_PSEUDONYM_KEY.into(),
         }
+    }
+}
+
+impl PartialEq for UserSettings {
+    fn eq(&self, other: &Self) -> bool {
+        // Field by field: a new field is a compile error here until it is
+        // compared, as `RESTART_ONLY` compares the section whole.
+        let Self {
+            pattern,
+            pseudonym_key,
+        } = self;
+        *pattern == other.pattern && secret::same(pseudonym_key, &other.pseudonym_key)
     }
 }
 
@@ -136,6 +148,14 @@ impl Default for UserPattern {
     fn default() -> Self {
         #[expect(clippy::expect_used, reason = "a constant pattern, covered by tests")]
         Self::new(DEFAULT_USER_PATTERN).expect("the default pattern compiles")
+    }
+}
+
+/// Equal when written the same: a pattern rewritten to mean the same is
+/// still called a change, which only errs on the side of a restart.
+impl PartialEq for UserPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
     }
 }
 
