@@ -67,7 +67,8 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
     }
 }
 
-/// Shows the scheme and host only: a PostgreSQL URL may carry a password.
+/// Shows the scheme, host and database only: a PostgreSQL URL may carry a
+/// password, in its user part or as a `password=` parameter.
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
@@ -89,17 +90,26 @@ impl PartialEq for DatabaseUrl {
 impl Eq for DatabaseUrl {}
 
 impl DatabaseUrl {
-    /// The URL without credentials, safe for logs and the demo banner.
+    /// The URL without credentials or parameters, safe for logs and the
+    /// demo banner.
     pub fn redacted(&self) -> String {
         match self {
             Self::Sqlite(url) => url.clone(),
-            Self::Postgres(url) => match url.split_once("://") {
-                Some((scheme, rest)) => {
-                    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                    format!("{scheme}://{host}")
+            Self::Postgres(raw) => {
+                let scheme = raw.split_once("://").map_or("postgres", |(s, _)| s);
+                // Read as sqlx reads it. The parameters are left out whole
+                // (`password=` is one of them); an `@` left in the path means
+                // the user part was not where the parser looked, so it may
+                // hold the password, and nothing is shown.
+                match reqwest::Url::parse(raw) {
+                    Ok(url) if !url.path().contains('@') => {
+                        let host = url.host_str().unwrap_or_default();
+                        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                        format!("{scheme}://{host}{port}{}", url.path())
+                    }
+                    _ => format!("{scheme}://<redacted>"),
                 }
-                None => "postgres://".into(),
-            },
+            }
         }
     }
 }

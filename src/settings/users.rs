@@ -5,13 +5,14 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer, de};
 
-use super::{ConfigError, secret};
+use super::ConfigError;
+use super::secret::{self, Redacted};
 
 /// Optional `+`, then 8–15 digits: any E.164 number.
 pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
 
 /// The `users:` section: valid user numbers and how they are pseudonymised.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserSettings {
     /// Regular expression a `user_number` must match (anchored).
@@ -36,6 +37,21 @@ impl Default for UserSettings {
             pattern: UserPattern::default(),
             pseudonym_key: DEFAULT_PSEUDONYM_KEY.into(),
         }
+    }
+}
+
+/// Written out to leave the key out; naming every field makes a new one a
+/// compile error here rather than a field missing from the form.
+impl fmt::Debug for UserSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            pattern,
+            pseudonym_key: _,
+        } = self;
+        f.debug_struct("UserSettings")
+            .field("pattern", pattern)
+            .field("pseudonym_key", &Redacted)
+            .finish()
     }
 }
 

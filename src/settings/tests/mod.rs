@@ -6,6 +6,7 @@ mod overrides;
 mod parse;
 mod renamed;
 mod restart;
+mod secrets;
 
 use super::*;
 
