@@ -242,7 +242,7 @@ impl ChatService {
                 poll: settings.chat.poll.clone(),
                 budget: settings.chat.timeout,
                 max_processing: settings.chat.max_processing,
-                delete_upstream: settings.mapping.delete_upstream_on_delete,
+                delete_upstream: settings.mapping.delete_agent_on_delete,
                 duplicates: settings.mapping.duplicate_policy,
                 delete_wait: settings.mapping.delete_wait,
                 max_queued: limit(settings.limits.user_queue_max),

@@ -203,7 +203,7 @@ async fn delete_mapping_then_chat_creates_a_new_agent() {
 #[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
 async fn delete_with_upstream_option_deletes_the_agent_on_letta() {
     let db = TestDb::new(DbKind::Sqlite);
-    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_upstream_on_delete: true\n")).await;
+    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_agent_on_delete: true\n")).await;
     let user = fresh_user();
     let (status, first) = gw.chat(&user, "apague-me").await;
     assert_eq!(status, 200, "{first}");
@@ -365,7 +365,7 @@ async fn a_504_keeps_the_users_turn_until_the_letta_run_ends() {
 #[ignore = "needs the real Letta server: tests/run-all.sh runs it"]
 async fn a_delete_waits_for_the_letta_run_and_nothing_recreates_the_agent() {
     let db = TestDb::new(DbKind::Sqlite);
-    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_upstream_on_delete: true\n")).await;
+    let (gw, _dir) = gateway(&db, Some("agents:\n  delete_agent_on_delete: true\n")).await;
     let user = fresh_user();
     let (status, body) = gw.chat(&user, "primeira").await;
     assert_eq!(status, 200, "{body}");

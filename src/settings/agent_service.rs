@@ -1,14 +1,15 @@
 //! `agent_service:` the Letta or EAI service that hosts the users' agents.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ConfigError, units};
+use super::{ConfigError, secret, units};
 
 /// The `agent_service:` section: where each user's agent lives and how it is called.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentServiceSettings {
     /// Which API the agent service speaks (`letta` or `eai`).
@@ -38,6 +39,40 @@ pub struct AgentServiceSettings {
     pub letta: LettaSettings,
     /// EAI dialect only: extra fields of the agent-creation call.
     pub eai: EaiSettings,
+}
+
+/// Written out to leave out the token and a password in the URL; naming
+/// every field makes a new one a compile error here rather than a field
+/// missing from the form.
+impl fmt::Debug for AgentServiceSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            dialect,
+            url,
+            token,
+            connect_timeout,
+            request_timeout,
+            max_response_bytes,
+            max_idle_connections,
+            max_concurrent_calls,
+            retry,
+            letta,
+            eai,
+        } = self;
+        f.debug_struct("AgentServiceSettings")
+            .field("dialect", dialect)
+            .field("url", &secret::url_without_password(url))
+            .field("token", &secret::presence(token.as_ref()))
+            .field("connect_timeout", connect_timeout)
+            .field("request_timeout", request_timeout)
+            .field("max_response_bytes", max_response_bytes)
+            .field("max_idle_connections", max_idle_connections)
+            .field("max_concurrent_calls", max_concurrent_calls)
+            .field("retry", retry)
+            .field("letta", letta)
+            .field("eai", eai)
+            .finish()
+    }
 }
 
 /// `agent_service.retry`: how a call that provably never reached the agent

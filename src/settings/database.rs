@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::{ConfigError, units};
+use super::{ConfigError, secret, units};
 
 /// The `database:` section: where the user → agent mapping and the leases live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `postgres://…` or `sqlite://PATH` (the file is created when missing).
@@ -34,7 +34,7 @@ impl Default for DatabaseSettings {
 }
 
 /// The database URL with its kind decided once, from its scheme.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum DatabaseUrl {
     /// A `postgres://` or `postgresql://` URL.
     Postgres(String),
@@ -67,25 +67,49 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
     }
 }
 
-/// Shows the scheme and host only: a PostgreSQL URL may carry a password.
+/// Shows the scheme, host and database only: a PostgreSQL URL may carry a
+/// password, in its user part or as a `password=` parameter.
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
 }
 
+/// Compared as secrets: the URL may hold the database password.
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Postgres(a), Self::Postgres(b)) | (Self::Sqlite(a), Self::Sqlite(b)) => {
+                secret::same(a, b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DatabaseUrl {}
+
 impl DatabaseUrl {
-    /// The URL without credentials, safe for logs and the demo banner.
+    /// The URL without credentials or parameters, safe for logs and the
+    /// demo banner.
     pub fn redacted(&self) -> String {
         match self {
             Self::Sqlite(url) => url.clone(),
-            Self::Postgres(url) => match url.split_once("://") {
-                Some((scheme, rest)) => {
-                    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                    format!("{scheme}://{host}")
+            Self::Postgres(raw) => {
+                let scheme = raw.split_once("://").map_or("postgres", |(s, _)| s);
+                // Read as sqlx reads it. The parameters are left out whole
+                // (`password=` is one of them); an `@` left in the path means
+                // the user part was not where the parser looked, so it may
+                // hold the password, and nothing is shown.
+                match reqwest::Url::parse(raw) {
+                    Ok(url) if !url.path().contains('@') => {
+                        let host = url.host_str().unwrap_or_default();
+                        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                        format!("{scheme}://{host}{port}{}", url.path())
+                    }
+                    _ => format!("{scheme}://<redacted>"),
                 }
-                None => "postgres://".into(),
-            },
+            }
         }
     }
 }

@@ -10,8 +10,11 @@ use super::{ConfigError, units};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MappingSettings {
-    /// `DELETE /eai-gateway/agent/{n}` also deletes the agent upstream.
-    pub delete_upstream_on_delete: bool,
+    /// `DELETE /eai-gateway/agent/{n}` also deletes the user's agent on the
+    /// agent service. Formerly `delete_upstream_on_delete`, still read (see
+    /// `settings::renamed`) though "upstream" means a pass-through backend.
+    #[serde(alias = "delete_upstream_on_delete")]
+    pub delete_agent_on_delete: bool,
     /// How long a replica may serve a mapping from memory; also the longest
     /// another replica may keep using a mapping deleted elsewhere. 0 = off.
     #[serde(rename = "cache_ttl_seconds", with = "units::seconds")]
@@ -66,7 +69,7 @@ impl DuplicatePolicy {
 impl Default for MappingSettings {
     fn default() -> Self {
         Self {
-            delete_upstream_on_delete: false,
+            delete_agent_on_delete: false,
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             delete_wait: Duration::from_secs(10),

@@ -12,7 +12,9 @@ mod humanize;
 mod limits;
 mod mapping;
 mod paths;
+mod renamed;
 mod restart;
+mod secret;
 mod tls;
 mod units;
 mod upstreams;
@@ -36,7 +38,7 @@ pub(crate) use limits::limit;
 pub use limits::{LimitSettings, RedisFallback, RedisUrl};
 pub use mapping::{DuplicatePolicy, MappingSettings};
 pub use paths::{EncodedSeparators, PathSettings};
-pub use restart::RESTART_ONLY;
+pub use restart::{RESTART_ONLY, RestartOnly};
 pub use tls::TlsListenerSettings;
 pub use upstreams::{
     HeaderRules, HealthCheckKind, HealthCheckSettings, RouteSettings, UpstreamSettings,
@@ -134,6 +136,14 @@ pub struct Settings {
     /// buffer takes the first read, so another one only costs memory).
     #[serde(default)]
     pub read_buffer_bytes: usize,
+    /// Plain HTTP/1.1 GET/HEAD pass-through requests are forwarded on the
+    /// gateway's own lean path, without pingora-proxy's per-request
+    /// machinery, which costs more than the forwarding. False sends every
+    /// pass-through request through pingora-proxy: an escape hatch, should
+    /// the lean path serve some backend wrongly, that needs no new binary
+    /// and, being reloadable, no restart.
+    #[serde(default = "default_lean_passthrough")]
+    pub lean_passthrough: bool,
     /// The `shutdown:` section.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
@@ -181,6 +191,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_threads() -> usize {
     2
+}
+
+fn default_lean_passthrough() -> bool {
+    true
 }
 
 /// The `shutdown:` section: how a stopping process drains.
@@ -253,6 +267,7 @@ impl Settings {
             metrics_listen: None,
             threads: default_threads(),
             read_buffer_bytes: 0,
+            lean_passthrough: default_lean_passthrough(),
             shutdown: ShutdownSettings::default(),
             upgrade_sock: None,
             database: DatabaseSettings::default(),
@@ -304,8 +319,18 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The file alone, parsed but neither overridden nor validated.
+    /// The file alone, parsed but neither overridden nor validated; warns
+    /// of each renamed key it uses by its old name.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let old_names = renamed::old_names_in(text)?;
+        let settings = Self::typed(text)?;
+        for (old, new) in old_names {
+            renamed::warn(old, new);
+        }
+        Ok(settings)
+    }
+
+    fn typed(text: &str) -> Result<Self, ConfigError> {
         // The path is tracked outside the YAML parser so that errors raised
         // while converting a value (a duration, a URL, a pattern) name
         // their key too, not just the section around it.

@@ -1,10 +1,12 @@
 //! `upstreams:`, `routes:` and `default_upstream:` the pass-through table.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::secret::Redacted;
 use super::{ConfigError, units};
 
 /// `upstreams.NAME`: one pass-through upstream and its backends.
@@ -218,13 +220,30 @@ fn root_prefix() -> String {
 }
 
 /// `request_headers` / `response_headers` of a route.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeaderRules {
     /// Header name → value, replacing any value already there.
     pub set: BTreeMap<String, String>,
     /// Header names to remove.
     pub remove: Vec<String>,
+}
+
+/// Names without values: a route may set the credentials its backend
+/// takes (`Authorization`, an API key).
+impl fmt::Debug for HeaderRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { set, remove } = self;
+        let set = fmt::from_fn(|f| {
+            f.debug_map()
+                .entries(set.keys().map(|k| (k, Redacted)))
+                .finish()
+        });
+        f.debug_struct("HeaderRules")
+            .field("set", &set)
+            .field("remove", remove)
+            .finish()
+    }
 }
 
 /// Headers that frame the message or the connection: a route that set or

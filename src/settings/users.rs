@@ -6,12 +6,13 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, de};
 
 use super::ConfigError;
+use super::secret::{self, Redacted};
 
 /// Optional `+`, then 8–15 digits: any E.164 number.
 pub const DEFAULT_USER_PATTERN: &str = r"^\+?[0-9]{8,15}$";
 
 /// The `users:` section: valid user numbers and how they are pseudonymised.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserSettings {
     /// Regular expression a `user_number` must match (anchored).
@@ -36,6 +37,33 @@ impl Default for UserSettings {
             pattern: UserPattern::default(),
             pseudonym_key: DEFAULT_PSEUDONYM_KEY.into(),
         }
+    }
+}
+
+/// Written out to leave the key out; naming every field makes a new one a
+/// compile error here rather than a field missing from the form.
+impl fmt::Debug for UserSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            pattern,
+            pseudonym_key: _,
+        } = self;
+        f.debug_struct("UserSettings")
+            .field("pattern", pattern)
+            .field("pseudonym_key", &Redacted)
+            .finish()
+    }
+}
+
+impl PartialEq for UserSettings {
+    fn eq(&self, other: &Self) -> bool {
+        // Field by field: a new field is a compile error here until it is
+        // compared, as `RESTART_ONLY` compares the section whole.
+        let Self {
+            pattern,
+            pseudonym_key,
+        } = self;
+        *pattern == other.pattern && secret::same(pseudonym_key, &other.pseudonym_key)
     }
 }
 
@@ -136,6 +164,14 @@ impl Default for UserPattern {
     fn default() -> Self {
         #[expect(clippy::expect_used, reason = "a constant pattern, covered by tests")]
         Self::new(DEFAULT_USER_PATTERN).expect("the default pattern compiles")
+    }
+}
+
+/// Equal when written the same: a pattern rewritten to mean the same is
+/// still called a change, which only errs on the side of a restart.
+impl PartialEq for UserPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
     }
 }
 

@@ -47,7 +47,7 @@ async fn reconcile_finds_and_deletes_only_unmapped_gateway_agents() {
     let (code, body) = gw.chat("5521944440002", "hi").await;
     assert_eq!(code, 200, "{body}");
     let forgotten = answering_agent(&body);
-    // Forgotten without its agent (agents.delete_upstream_on_delete off).
+    // Forgotten without its agent (agents.delete_agent_on_delete off).
     assert_eq!(gw.forget("5521944440002").await, 204);
     // More than one page of crash leftovers, and another application's agent.
     let mut leftovers = Vec::new();

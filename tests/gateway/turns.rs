@@ -128,7 +128,7 @@ async fn delete_waits_for_the_message(dialect: Dialect, two_replicas: bool) {
     } else {
         DbKind::Sqlite
     });
-    let extra = "agents:\n  delete_upstream_on_delete: true\n";
+    let extra = "agents:\n  delete_agent_on_delete: true\n";
     let a = GatewayProcess::start(replica(dialect, &db, sim_addr, extra)).await;
     let b = if two_replicas {
         Some(GatewayProcess::start(replica(dialect, &db, sim_addr, extra)).await)
@@ -196,7 +196,7 @@ async fn delete_on_another_replica_waits_for_the_message_in_progress() {
 async fn delete_behind_a_long_message_is_503_with_retry_after() {
     let (sim, sim_addr) = simulator(10).await;
     let db = TestDb::new(DbKind::Sqlite);
-    let extra = "agents:\n  delete_upstream_on_delete: true\n  delete_wait_seconds: 1\n";
+    let extra = "agents:\n  delete_agent_on_delete: true\n  delete_wait_seconds: 1\n";
     let gw = GatewayProcess::start(replica(Dialect::Eai, &db, sim_addr, extra)).await;
     let url = gw.url("/eai-gateway/chat");
     let in_flight = tokio::spawn(async move {
