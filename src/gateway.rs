@@ -26,6 +26,8 @@ pub struct Gateway {
     pub chat_rules: ChatRules,
     pub body_timeout: Duration,
     pub paths: PathSettings,
+    /// Plain GET and HEAD pass through on the lean path (`proxy::forward`).
+    pub lean_passthrough: bool,
 }
 
 impl Gateway {
@@ -77,6 +79,7 @@ impl Gateway {
             },
             body_timeout: cfg.chat.body_timeout,
             paths: cfg.paths.clone(),
+            lean_passthrough: cfg.lean_passthrough,
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::metrics;
 
 /// What the access line adds for a proxied request.
 pub(super) struct Proxied<'a> {
+    /// Served on the lean path (`forward`), not by pingora-proxy.
+    pub lean: bool,
     pub upstream: &'a str,
     /// The request duration histogram of its route label.
     pub duration: &'a prometheus::Histogram,
@@ -50,6 +52,12 @@ pub(super) fn record(
         request_id = request_id_str,
         trace_id = request_id.map(|id| id.trace().trace_id()),
         route,
+        // Which path served it, so that an operator (and a test) can tell.
+        via = match &proxied {
+            None => "native",
+            Some(p) if p.lean => "lean",
+            Some(_) => "pingora-proxy",
+        },
         method,
         status,
         ms = millis(elapsed),

@@ -115,6 +115,7 @@ impl Forwarder {
     /// connection may carry another request.
     pub async fn serve(&self, live: &Live, session: &mut ServerSession) -> bool {
         let mut ctx = Ctx::new(live);
+        ctx.lean = true;
         let target = crate::path::normalize(session.req_header().raw_path(), &ctx.gateway.paths);
         let error = match admit(session, &mut ctx, target).await {
             Ok(true) => None,
@@ -251,8 +252,14 @@ async fn attempt(
                         .into_up(),
                 );
             }
-            // Informational answers go on to the client; the final one follows.
+            // Informational answers go on to the client, edited as
+            // pingora-proxy's `response_filter` edits them; the final one
+            // follows.
             100..=199 => {
+                let mut header = header;
+                if let Err(e) = edit_response(live, session, &mut header, ctx) {
+                    return Attempt::Failed(e);
+                }
                 if let Err(e) = session.write_response_header(header).await {
                     return Attempt::Failed(e.into_down());
                 }

@@ -308,7 +308,7 @@ impl Front {
                 tokio::spawn(coalesce::drain_each_poll(serve, flusher));
                 return;
             }
-            let served = if forward::eligible(&first) {
+            let served = if forward::eligible(&first) && self.live.peek().lean_passthrough {
                 self.serve_forwarded(stream, first, shutdown).await
             } else {
                 // Served by pingora-proxy; a pipelined request behind it is

@@ -51,6 +51,8 @@ pub struct Ctx {
     pub(super) upstream_status: Option<StatusCode>,
     /// What the gateway itself answered, when it answered.
     pub(super) status: Option<StatusCode>,
+    /// Served on the lean path (`forward`), not by pingora-proxy.
+    pub(super) lean: bool,
     /// Answered by the middleware, which recorded the request itself.
     pub(super) native: bool,
 }
@@ -69,6 +71,7 @@ impl Ctx {
             backend: None,
             upstream_status: None,
             status: None,
+            lean: false,
             native: false,
         }
     }
@@ -397,6 +400,7 @@ pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
             upstream.metrics.response.observe(t.as_secs_f64());
         }
         Proxied {
+            lean: ctx.lean,
             upstream: upstream.name(),
             duration: &upstream.metrics.request_duration,
             backend: ctx.backend.map(|(addr, _)| addr),
