@@ -30,6 +30,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+pub use crate::agent_service::ChatEvent;
 use crate::agent_service::{AgentService, Deleted, Poll, Sent, poll};
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -50,17 +51,6 @@ pub struct ChatRequest {
     pub metadata: Option<Value>,
     /// Where a streamed chat's progress goes as it happens.
     pub events: Option<ChatEvents>,
-}
-
-/// What a streamed chat reports while it runs (`routes::chat` turns these
-/// into server-sent events).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatEvent {
-    /// Delivered to the agent under this message id.
-    Sent(String),
-    /// One of the agent's messages, or a piece of one (the agent service
-    /// streams long messages in pieces that share their `id`).
-    Message(Value),
 }
 
 /// The sending side of a streamed chat's events. Unbounded: a chat produces

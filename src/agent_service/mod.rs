@@ -14,7 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::chat::ChatEvent;
 use crate::context::RequestContext;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
@@ -32,6 +31,17 @@ pub enum Sent {
     /// Delivered and already answered (synchronous delivery): `id` is the
     /// message id for the caller, `outcome` what a poll would have returned.
     Answered { id: String, outcome: Poll },
+}
+
+/// What a streamed send reports while it runs (the chat passes these on;
+/// `routes::chat` turns them into server-sent events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// Delivered to the agent under this message id.
+    Sent(String),
+    /// One of the agent's messages, or a piece of one (the agent service
+    /// streams long messages in pieces that share their `id`).
+    Message(Value),
 }
 
 /// What one poll saw.
