@@ -14,10 +14,10 @@ use async_trait::async_trait;
 
 use super::{ChatService, Inner};
 use crate::agent_service::{AgentService, Cancel, Poll};
-use crate::context::RequestId;
-use crate::mapping::lease::SentProbe;
 use crate::context::RequestContext;
+use crate::context::RequestId;
 use crate::ids::{AgentId, UserNumber};
+use crate::mapping::lease::SentProbe;
 use crate::metrics;
 
 impl Inner {

@@ -16,7 +16,11 @@ impl Inner {
     }
 
     /// The user's agent: cache, then store, then created and claimed.
-    pub(super) async fn agent_for(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
+    pub(super) async fn agent_for(
+        &self,
+        ctx: &RequestContext,
+        user: &UserNumber,
+    ) -> GatewayResult<AgentId> {
         if let Some(agent) = self.cache.get(user) {
             return Ok(agent);
         }
