@@ -23,7 +23,7 @@ use crate::settings::{AgentServiceSettings, Dialect};
 pub enum Sent {
     /// Accepted; poll with this id (EAI message id or Letta run id).
     Accepted(String),
-    /// The agent does not exist upstream; nothing was delivered.
+    /// The agent does not exist at the agent service; nothing was delivered.
     AgentGone,
     /// Delivered, and its messages already streamed to the chat's events;
     /// poll with this id for the outcome.
@@ -85,8 +85,8 @@ pub trait AgentService: Send + Sync {
     async fn create_agent(&self, ctx: &RequestContext, user: &UserNumber)
     -> GatewayResult<AgentId>;
     async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted>;
-    /// Never retried: each call may create a message upstream. `budget` is
-    /// what is left of the chat's polling budget.
+    /// Never retried: each call may create a message at the agent service.
+    /// `budget` is what is left of the chat's polling budget.
     async fn send(
         &self,
         ctx: &RequestContext,

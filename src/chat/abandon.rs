@@ -22,8 +22,9 @@ use crate::metrics;
 
 impl Inner {
     /// `chat.max_processing_seconds` passed after the send (or a run stayed
-    /// `created`/`running` that long): counted, logged, cancelled upstream.
-    /// `id` is `None` for a synchronous send, whose run id never came back.
+    /// `created`/`running` that long): counted, logged, cancelled at the
+    /// agent service. `id` is `None` for a synchronous send, whose run id
+    /// never came back.
     pub(super) async fn abandon(
         &self,
         ctx: &RequestContext,

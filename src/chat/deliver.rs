@@ -49,7 +49,7 @@ impl Inner {
         {
             return Ok(v);
         }
-        tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone upstream; replacing it.");
+        tracing::info!(user = %req.user.masked(), agent = %agent, "Stored agent is gone from the agent service; replacing it.");
         let agent = self.heal(ctx, &req.user, &agent).await?;
         match self
             .attempt(ctx, &agent, req, lease, deadline, progress)

@@ -10,11 +10,11 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserNumber;
 
 impl ChatService {
-    /// Removes the mapping (and the agent upstream when configured). Takes
-    /// the user's turn like a message does, so it never runs under a
-    /// message in progress on any replica, and a message queued behind it
-    /// starts fresh; answers 503 with `Retry-After` when the turn does not
-    /// come within `agents.delete_wait_seconds`.
+    /// Removes the mapping (and the agent at the agent service when
+    /// configured). Takes the user's turn like a message does, so it never
+    /// runs under a message in progress on any replica, and a message
+    /// queued behind it starts fresh; answers 503 with `Retry-After` when
+    /// the turn does not come within `agents.delete_wait_seconds`.
     pub async fn forget(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<()> {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.delete_wait;
@@ -60,7 +60,7 @@ impl Inner {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; leave a trace for cleanup.
                 Err(e) => {
-                    tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted upstream.")
+                    tracing::error!(agent = %agent, error = %e, "Unmapped agent could not be deleted at the agent service.")
                 }
             }
         }
