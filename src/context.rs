@@ -189,7 +189,7 @@ pub struct RequestContext {
     started: Instant,
     /// Time spent waiting on the agent service: its calls and the sleeps
     /// between polls.
-    upstream_wait: Arc<AtomicU64>,
+    agent_wait: Arc<AtomicU64>,
     /// When the caller stops waiting, once a chat knows it: the bound on
     /// trying a refused call again.
     deadline: Arc<std::sync::OnceLock<Instant>>,
@@ -200,7 +200,7 @@ impl RequestContext {
         Self {
             id,
             started: Instant::now(),
-            upstream_wait: Arc::default(),
+            agent_wait: Arc::default(),
             deadline: Arc::default(),
         }
     }
@@ -221,13 +221,13 @@ impl RequestContext {
         self.id.trace()
     }
 
-    pub fn add_upstream_wait(&self, d: Duration) {
+    pub fn add_agent_wait(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.upstream_wait.fetch_add(nanos, Ordering::Relaxed);
+        self.agent_wait.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    pub fn upstream_wait(&self) -> Duration {
-        Duration::from_nanos(self.upstream_wait.load(Ordering::Relaxed))
+    pub fn agent_wait(&self) -> Duration {
+        Duration::from_nanos(self.agent_wait.load(Ordering::Relaxed))
     }
 
     /// Time since the request started (its body in).
@@ -238,7 +238,7 @@ impl RequestContext {
     /// Time since the request started that was not spent waiting on the
     /// agent service: the gateway's own cost.
     pub fn own_time(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.upstream_wait())
+        self.started.elapsed().saturating_sub(self.agent_wait())
     }
 }
 

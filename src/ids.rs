@@ -37,7 +37,8 @@ impl UserRules {
     /// characters, spaces, non-ASCII or unbounded length.
     ///
     /// `+5521999999999` and `5521999999999` are the same user: the canonical
-    /// form (what is stored, hashed and sent upstream) drops one leading `+`.
+    /// form (what is stored, hashed and sent to the agent service) drops one
+    /// leading `+`.
     pub fn parse(self: &Arc<Self>, raw: &str) -> Result<UserNumber, String> {
         let plain = !raw.is_empty()
             && raw.len() <= MAX_USER_LEN
@@ -101,7 +102,7 @@ impl UserNumber {
         format!("***{tail}#{}", &self.pseudonym()[..8])
     }
 
-    /// A stable pseudonym for naming things outside the gateway (upstream agent
+    /// A stable pseudonym for naming things outside the gateway (agent
     /// names and tags) without handing out the raw number.
     pub fn pseudonym(&self) -> String {
         let mut hasher = Sha256::new();

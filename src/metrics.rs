@@ -79,7 +79,7 @@ pub static AGENT_SERVICE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static AGENTS_CREATED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "eai_gateway_agents_created_total",
-        "Agents created upstream for users."
+        "Agents created at the agent service for users."
     )
     .expect("metric definition")
 });

@@ -35,7 +35,8 @@ struct Drain {
     requests: InFlight,
     chats: InFlight,
     period: Duration,
-    /// Whose messages still in progress at the end are cancelled upstream.
+    /// Whose messages still in progress at the end are cancelled at the
+    /// agent service.
     chat: crate::chat::ChatService,
 }
 

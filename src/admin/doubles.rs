@@ -129,7 +129,8 @@ pub struct Resolve {
 const TURN_WAIT: Duration = Duration::from_secs(10);
 
 /// Keeps one row per user (the one named, or the policy's) and removes the
-/// others; deletes their agents upstream only with `delete_agents`.
+/// others; deletes their agents at the agent service only with
+/// `delete_agents`.
 pub fn resolve(cfg: &Settings, what: &Resolve, out: &mut dyn Write) -> Result<Outcome, String> {
     let policy = cfg.mapping.duplicate_policy;
     let agents = if what.delete_agents {
@@ -217,7 +218,7 @@ pub fn resolve(cfg: &Settings, what: &Resolve, out: &mut dyn Write) -> Result<Ou
             )
             .map_err(io)?;
             for row in others {
-                let upstream = match &agents {
+                let agent_fate = match &agents {
                     None => "agent left at the agent service (--delete-agents deletes it)".into(),
                     Some(service) => {
                         let ctx = RequestContext::new(RequestId::generate());
@@ -232,7 +233,7 @@ pub fn resolve(cfg: &Settings, what: &Resolve, out: &mut dyn Write) -> Result<Ou
                 };
                 writeln!(
                     out,
-                    "  removed {} ({}): {upstream}",
+                    "  removed {} ({}): {agent_fate}",
                     row.agent,
                     masked_spelling(&d.user, &row.spelling)
                 )

@@ -1,7 +1,7 @@
 //! Orphaned agents: agents the gateway created (Letta's `eai-gateway` tag)
 //! that no mapping references: a crash between creating an agent and
 //! storing its mapping, a lost claim race whose clean-up failed, a forgotten
-//! user whose upstream delete failed, rows deleted by hand. `eai-gateway
+//! user whose agent's delete failed, rows deleted by hand. `eai-gateway
 //! agents reconcile` lists them (and deletes them with `--delete`); `run`
 //! can look periodically (`agents.reconcile_interval_seconds`), one replica
 //! at a time.

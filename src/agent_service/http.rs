@@ -471,7 +471,7 @@ fn record_call(
     status: Result<StatusCode, &GatewayError>,
 ) {
     let elapsed = started.elapsed();
-    ctx.add_upstream_wait(elapsed);
+    ctx.add_agent_wait(elapsed);
     metrics::AGENT_SERVICE_DURATION
         .with_label_values(&[operation])
         .observe(elapsed.as_secs_f64());

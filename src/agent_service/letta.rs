@@ -6,10 +6,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::http::AgentHttp;
-use super::{AgentService, Cancel, Deleted, ListedAgent, Poll, Sent, safe_id};
+use super::{AgentService, Cancel, ChatEvent, Deleted, ListedAgent, Poll, Sent, safe_id};
 use std::time::Duration;
 
-use crate::chat::ChatEvent;
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::chat::ChatEvent;
 use crate::context::RequestContext;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
@@ -24,7 +23,7 @@ use crate::settings::{AgentServiceSettings, Dialect};
 pub enum Sent {
     /// Accepted; poll with this id (EAI message id or Letta run id).
     Accepted(String),
-    /// The agent does not exist upstream; nothing was delivered.
+    /// The agent does not exist at the agent service; nothing was delivered.
     AgentGone,
     /// Delivered, and its messages already streamed to the chat's events;
     /// poll with this id for the outcome.
@@ -32,6 +31,17 @@ pub enum Sent {
     /// Delivered and already answered (synchronous delivery): `id` is the
     /// message id for the caller, `outcome` what a poll would have returned.
     Answered { id: String, outcome: Poll },
+}
+
+/// What a streamed send reports while it runs (the chat passes these on;
+/// `routes::chat` turns them into server-sent events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// Delivered to the agent under this message id.
+    Sent(String),
+    /// One of the agent's messages, or a piece of one (the agent service
+    /// streams long messages in pieces that share their `id`).
+    Message(Value),
 }
 
 /// What one poll saw.
@@ -75,8 +85,8 @@ pub trait AgentService: Send + Sync {
     async fn create_agent(&self, ctx: &RequestContext, user: &UserNumber)
     -> GatewayResult<AgentId>;
     async fn delete_agent(&self, ctx: &RequestContext, agent: &AgentId) -> GatewayResult<Deleted>;
-    /// Never retried: each call may create a message upstream. `budget` is
-    /// what is left of the chat's polling budget.
+    /// Never retried: each call may create a message at the agent service.
+    /// `budget` is what is left of the chat's polling budget.
     async fn send(
         &self,
         ctx: &RequestContext,

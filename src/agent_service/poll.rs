@@ -105,7 +105,7 @@ pub async fn until_done(
         let slept = Instant::now();
         tokio::time::sleep_until(wake).await;
         // Waiting between polls is waiting on the agent, not gateway overhead.
-        ctx.add_upstream_wait(slept.elapsed());
+        ctx.add_agent_wait(slept.elapsed());
         polls += 1;
         match service.poll(ctx, agent, id).await {
             Ok(Poll::Pending) => {}

@@ -14,16 +14,17 @@ use async_trait::async_trait;
 
 use super::{ChatService, Inner};
 use crate::agent_service::{AgentService, Cancel, Poll};
-use crate::context::RequestId;
-use crate::mapping::lease::SentProbe;
 use crate::context::RequestContext;
+use crate::context::RequestId;
 use crate::ids::{AgentId, UserNumber};
+use crate::mapping::lease::SentProbe;
 use crate::metrics;
 
 impl Inner {
     /// `chat.max_processing_seconds` passed after the send (or a run stayed
-    /// `created`/`running` that long): counted, logged, cancelled upstream.
-    /// `id` is `None` for a synchronous send, whose run id never came back.
+    /// `created`/`running` that long): counted, logged, cancelled at the
+    /// agent service. `id` is `None` for a synchronous send, whose run id
+    /// never came back.
     pub(super) async fn abandon(
         &self,
         ctx: &RequestContext,

@@ -1,7 +1,7 @@
 //! Which agent is the user's: the cache, then the store (by the duplicate
 //! policy), then a new agent created and claimed; and its replacement when
-//! it turns out to be gone upstream. An agent created but not mapped is
-//! deleted again, so no agent is left behind.
+//! it turns out to be gone from the agent service. An agent created but not
+//! mapped is deleted again, so no agent is left behind.
 
 use super::Inner;
 use crate::context::RequestContext;
@@ -16,7 +16,11 @@ impl Inner {
     }
 
     /// The user's agent: cache, then store, then created and claimed.
-    pub(super) async fn agent_for(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
+    pub(super) async fn agent_for(
+        &self,
+        ctx: &RequestContext,
+        user: &UserNumber,
+    ) -> GatewayResult<AgentId> {
         if let Some(agent) = self.cache.get(user) {
             return Ok(agent);
         }
@@ -31,8 +35,8 @@ impl Inner {
         Ok(winner)
     }
 
-    /// Replaces `stale` (gone upstream) with a new agent, unless another
-    /// replica already did.
+    /// Replaces `stale` (gone from the agent service) with a new agent,
+    /// unless another replica already did.
     pub(super) async fn heal(
         &self,
         ctx: &RequestContext,
@@ -64,7 +68,8 @@ impl Inner {
     }
 
     /// After creating `created`, keeps it if it became the mapping and
-    /// deletes it upstream otherwise, so no agent is left unmapped.
+    /// deletes it at the agent service otherwise, so no agent is left
+    /// unmapped.
     fn settle(
         &self,
         ctx: &RequestContext,
@@ -97,9 +102,11 @@ impl Inner {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match agents.delete_agent(&ctx, &agent).await {
-                Ok(_) => tracing::info!(agent = %agent, "Surplus agent deleted upstream."),
+                Ok(_) => {
+                    tracing::info!(agent = %agent, "Surplus agent deleted at the agent service.")
+                }
                 Err(e) => {
-                    tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted upstream.")
+                    tracing::error!(agent = %agent, error = %e, "Surplus agent could not be deleted at the agent service.")
                 }
             }
         });
