@@ -34,6 +34,9 @@ internal_modules!(chat, ids, mapping, routes);
 pub mod admin;
 mod agent_service;
 mod auth;
+#[cfg(any(test, feature = "internals"))]
+#[doc(hidden)]
+pub mod catalog;
 mod context;
 mod error;
 #[cfg(feature = "internals")]

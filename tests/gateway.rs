@@ -11,6 +11,7 @@ mod gateway {
     pub mod cli;
     pub mod concurrency;
     pub mod differential;
+    pub mod docs;
     pub mod embed;
     pub mod faults;
     pub mod fidelity;
