@@ -271,14 +271,19 @@ async fn a_reload_rotates_the_certificate_and_a_bad_one_is_refused() {
     // the certificate served stays.
     std::fs::write(files.key(), &old.key_pem).unwrap();
     gw.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let page = gw.metrics_text().await;
-    let metrics = Metrics::parse(&page);
-    assert_eq!(
-        metrics.value("eai_gateway_config_reloads_total", &[("result", "failure")]),
-        Some(1.0),
-        "{page}"
-    );
+    // The refusal is awaited, not slept for: the certificate checked before
+    // the reload ran would be the same whatever the reload did.
+    let failures =
+        |m: &Metrics| m.value("eai_gateway_config_reloads_total", &[("result", "failure")]);
+    let mut metrics = gw.metrics().await;
+    for _ in 0..100 {
+        if failures(&metrics) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = gw.metrics().await;
+    }
+    assert_eq!(failures(&metrics), Some(1.0), "{}", metrics.page);
     assert_eq!(handshake(&new).await.unwrap().status(), 200);
 }
 
