@@ -86,6 +86,12 @@ impl Tally {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Waits (up to `within`) until `more` requests beyond `since`
+    /// succeeded; whether they did.
+    async fn passed(&self, since: u64, more: u64, within: Duration) -> bool {
+        eventually(within, || self.ok() >= since + more).await
+    }
+
     fn report(&self) -> String {
         format!(
             "{} ok, {} failed; first failure: {:?}",
@@ -229,7 +235,11 @@ async fn sighup_adds_a_route_under_traffic_and_refuses_bad_files() {
     let chats = Arc::new(Tally::default());
     let load = pass_through_load(gw.url(""), "/x", 100, stop.clone(), proxied.clone());
     let chatting = chat_load(gw.url(""), 20, stop.clone(), chats.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both loads answered before the first reload, so the reloads happen
+    // under traffic that works.
+    let warm = Duration::from_secs(10);
+    assert!(proxied.passed(0, 20, warm).await, "{}", proxied.report());
+    assert!(chats.passed(0, 5, warm).await, "{}", chats.report());
 
     // Before: /b goes to the default upstream.
     let client = reqwest::Client::new();
@@ -314,7 +324,20 @@ async fn sighup_adds_a_route_under_traffic_and_refuses_bad_files() {
     assert_eq!(get_ok(&client, &gw.url("/b/x")).await.unwrap(), "B");
     assert_eq!(get_ok(&client, &gw.url("/c/x")).await.unwrap(), "A");
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // "No failure" means something only once traffic ran on the reloaded
+    // gateway: a second's worth of each load after the last reload.
+    let (proxied_then, chats_then) = (proxied.ok(), chats.ok());
+    let after_reloads = Duration::from_secs(15);
+    assert!(
+        proxied.passed(proxied_then, 100, after_reloads).await,
+        "pass-through stalled after the reloads: {}",
+        proxied.report()
+    );
+    assert!(
+        chats.passed(chats_then, 20, after_reloads).await,
+        "chats stalled after the reloads: {}",
+        chats.report()
+    );
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let sent_chats = chatting.await.unwrap();
@@ -450,11 +473,23 @@ async fn unhealthy_backend_leaves_rotation_and_returns() {
     let stop = Arc::new(AtomicBool::new(false));
     let before = Arc::new(Tally::default());
     let load = pass_through_load(gw.url(""), "/x", 100, stop.clone(), before.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load reaches every backend before one dies, so "no request
+    // failed" below covers the death.
+    assert!(
+        before.passed(0, 30, Duration::from_secs(10)).await,
+        "{}",
+        before.report()
+    );
     backends[1].kill();
-    // Out of rotation within two intervals. No request may fail meanwhile:
-    // a refused connection is retried on another backend.
-    tokio::time::sleep(Duration::from_millis(2 * interval_ms)).await;
+    // No request may fail meanwhile: a refused connection is retried on
+    // another backend. Out of rotation is awaited, not slept for: on a
+    // loaded machine a check may run late, and the assertions after it
+    // would then blame the gateway for the test's haste.
+    let gone = eventually_async(Duration::from_secs(10), || async {
+        up(&gw.metrics().await, addrs[1]) == Some(0.0)
+    })
+    .await;
+    assert!(gone, "the dead backend never failed its health check");
     let client = reqwest::Client::new();
     // Out of rotation means never tried: connect failures stop growing
     // (with the backend still in rotation, round robin would try it for a
@@ -480,12 +515,6 @@ async fn unhealthy_backend_leaves_rotation_and_returns() {
         failures().await,
         failed_before,
         "the dead backend was still tried"
-    );
-    assert!(
-        eventually_async(Duration::from_secs(3), || async {
-            up(&gw.metrics().await, addrs[1]) == Some(0.0)
-        })
-        .await
     );
 
     backends[1].restart().await;
