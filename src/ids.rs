@@ -172,7 +172,10 @@ mod tests {
             pattern: crate::settings::UserPattern::new("^[0-9]{8,15}$").unwrap(),
             ..UserSettings::default()
         });
-        assert_eq!(no_plus.parse("5521999999999").unwrap().plus_spelling(), None);
+        assert_eq!(
+            no_plus.parse("5521999999999").unwrap().plus_spelling(),
+            None
+        );
     }
 
     #[test]

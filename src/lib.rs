@@ -1,6 +1,6 @@
 //! EAI Gateway: a Pingora reverse proxy that gives every chat user one
 //! long-lived agent and turns the agent service's send-then-poll protocol
-//! into one synchronous call. See README.md for the architecture.
+//! into one synchronous call. See docs/architecture.md for the request path and the module map.
 
 #![warn(missing_docs)]
 
@@ -15,21 +15,30 @@
 //! modules, hidden and unstable, for this crate's own tests, benches and
 //! fuzz targets.
 
-/// Modules private to the crate, public (hidden, unstable) with the
-/// feature `internals` for the crate's own tests, benches and fuzz targets.
-macro_rules! internal_modules {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[cfg(feature = "internals")]
-            #[doc(hidden)]
-            pub mod $name;
-            #[cfg(not(feature = "internals"))]
-            mod $name;
-        )*
-    };
-}
-
-internal_modules!(chat, ids, mapping, routes);
+// Modules private to the crate, public (hidden, unstable) with the feature
+// `internals` for the crate's own tests, benches and fuzz targets. Spelled
+// out rather than made by a macro: rustfmt only follows `mod` items it can
+// see, and would leave these files unformatted.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod chat;
+#[cfg(not(feature = "internals"))]
+mod chat;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod ids;
+#[cfg(not(feature = "internals"))]
+mod ids;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod mapping;
+#[cfg(not(feature = "internals"))]
+mod mapping;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod routes;
+#[cfg(not(feature = "internals"))]
+mod routes;
 
 pub mod admin;
 mod agent_service;

@@ -10,7 +10,7 @@ mod demo;
 
 /// jemalloc, as Pingora runs in production: with thousands of connections
 /// each holding a few small buffers for minutes, glibc's malloc fragments
-/// far more (measured in the README's benchmark notes).
+/// far more (measured in bench/README.md).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -55,7 +55,7 @@ impl Inner {
         }
         // A user stored under two spellings had two agents: forgetting
         // them forgets both.
-        for agent in agents.iter().filter(|_| self.delete_upstream) {
+        for agent in agents.iter().filter(|_| self.delete_agents) {
             match self.agents.delete_agent(ctx, agent).await {
                 Ok(Deleted::Deleted | Deleted::NotFound) => {}
                 // The mapping is already gone; leave a trace for cleanup.

@@ -76,7 +76,10 @@ mod tests {
     }
 
     fn pick(policy: DuplicatePolicy, rows: &[MappedRow]) -> &str {
-        choose(policy, "5521911110003", rows).unwrap().agent.as_str()
+        choose(policy, "5521911110003", rows)
+            .unwrap()
+            .agent
+            .as_str()
     }
 
     #[test]

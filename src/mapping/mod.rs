@@ -190,12 +190,16 @@ impl LeaseStore for LazyStore {
         holder: &str,
         agent: &AgentId,
     ) -> GatewayResult<bool> {
-        self.run("lease_message", async |s| s.sending(user, holder, agent).await)
-            .await
+        self.run("lease_message", async |s| {
+            s.sending(user, holder, agent).await
+        })
+        .await
     }
     async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()> {
-        self.run("lease_message", async |s| s.sent(user, holder, message_id).await)
-            .await
+        self.run("lease_message", async |s| {
+            s.sent(user, holder, message_id).await
+        })
+        .await
     }
     async fn sent_message(&self, user: &UserNumber) -> GatewayResult<Option<SentMessage>> {
         self.run("lease_message", async |s| s.sent_message(user).await)
@@ -208,8 +212,10 @@ impl LeaseStore for LazyStore {
         holder: &str,
         ttl: Duration,
     ) -> GatewayResult<bool> {
-        self.run("try_lease", async |s| s.take_over(user, seen, holder, ttl).await)
-            .await
+        self.run("try_lease", async |s| {
+            s.take_over(user, seen, holder, ttl).await
+        })
+        .await
     }
 }
 
@@ -257,8 +263,10 @@ impl RecordStore for LazyStore {
         .await
     }
     async fn renew_records(&self, owner: &str, lease: Duration) -> GatewayResult<u64> {
-        self.run("renew_records", async |s| s.renew_records(owner, lease).await)
-            .await
+        self.run("renew_records", async |s| {
+            s.renew_records(owner, lease).await
+        })
+        .await
     }
     async fn purge_records(&self) -> GatewayResult<u64> {
         self.run("purge_records", async |s| s.purge_records().await)

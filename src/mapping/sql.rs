@@ -358,7 +358,10 @@ fn db_error(e: sqlx::Error) -> GatewayError {
 /// the `+` one where the pattern takes it (else the canonical again).
 fn spellings(user: &UserNumber) -> (&str, String) {
     let plus = user.plus_spelling();
-    (user.as_str(), plus.unwrap_or_else(|| user.as_str().to_owned()))
+    (
+        user.as_str(),
+        plus.unwrap_or_else(|| user.as_str().to_owned()),
+    )
 }
 
 #[async_trait]
@@ -397,7 +400,12 @@ impl MappingStore for SqlStore {
         parse_stored(row)
     }
 
-    async fn replace(&self, user: &UserNumber, old: &AgentId, new: &AgentId) -> GatewayResult<bool> {
+    async fn replace(
+        &self,
+        user: &UserNumber,
+        old: &AgentId,
+        new: &AgentId,
+    ) -> GatewayResult<bool> {
         let (canonical, plus) = spellings(user);
         Ok(match (&self.pool, &self.channel) {
             (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_REPLACE_NOTIFY)

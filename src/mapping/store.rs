@@ -78,8 +78,12 @@ pub trait LeaseStore: Send + Sync {
     /// Records on the lease that `holder` is about to send a message to
     /// `agent`. True while `holder` still has the lease (the send may go
     /// out); false when the turn has passed to another replica (it must not).
-    async fn sending(&self, user: &UserNumber, holder: &str, agent: &AgentId)
-    -> GatewayResult<bool>;
+    async fn sending(
+        &self,
+        user: &UserNumber,
+        holder: &str,
+        agent: &AgentId,
+    ) -> GatewayResult<bool>;
 
     /// Records the id the agent service gave the message being sent.
     async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()>;

@@ -11,8 +11,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::sse::{self, EventStream};
 use super::Reply;
+use super::sse::{self, EventStream};
 use crate::chat::records::{self, Begun, IdempotencyKey, OpenRecord, Outcome, Seen, Windows};
 use crate::chat::{ChatEvent, ChatRequest, ChatService};
 use crate::context::RequestContext;
@@ -237,12 +237,7 @@ async fn recorded(
     };
     let begun = chat
         .records()
-        .begin(
-            &request.user,
-            delivery.key.as_ref(),
-            &fingerprint,
-            &windows,
-        )
+        .begin(&request.user, delivery.key.as_ref(), &fingerprint, &windows)
         .await?;
     match begun {
         Begun::Fresh(record) => carry(chat, ctx, request, slot, record, delivery.mode).await,
@@ -519,15 +514,24 @@ mod tests {
         let mode = |pairs: &[(&'static str, &str)]| delivery(pairs).unwrap().mode;
         assert_eq!(mode(&[]), Mode::Blocking);
         assert_eq!(mode(&[("prefer", "wait=10, Respond-Async")]), Mode::Async);
-        assert_eq!(mode(&[("accept", "application/json, text/event-stream;q=0.9")]), Mode::Stream);
+        assert_eq!(
+            mode(&[("accept", "application/json, text/event-stream;q=0.9")]),
+            Mode::Stream
+        );
         assert_eq!(
             mode(&[("accept", "text/event-stream"), ("prefer", "respond-async")]),
             Mode::Async
         );
-        assert_eq!(mode(&[("prefer", "respond-asynchronously")]), Mode::Blocking);
+        assert_eq!(
+            mode(&[("prefer", "respond-asynchronously")]),
+            Mode::Blocking
+        );
         let key = delivery(&[("idempotency-key", "order-1")]).unwrap().key;
         assert_eq!(key.unwrap().as_str(), "order-1");
-        assert_eq!(delivery(&[("idempotency-key", "")]).unwrap_err().status(), 422);
+        assert_eq!(
+            delivery(&[("idempotency-key", "")]).unwrap_err().status(),
+            422
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ const fn key(key: &'static str, unchanged: fn(&Settings, &Settings) -> bool) -> 
 }
 
 /// Keys that apply only at start-up; a reload that changes one is refused.
-/// The README's configuration reference marks the same keys. Sections are
+/// docs/configuration.md marks the same keys. Sections are
 /// compared with `PartialEq`, which compares their secrets (the database
 /// URL, the pseudonym key) by digest and never formats them.
 pub const RESTART_ONLY: &[RestartOnly] = &[

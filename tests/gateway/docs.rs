@@ -137,7 +137,7 @@ fn docs_configuration_lists_every_setting_key() {
         documented.insert(key.to_owned());
         let restart = RESTART_ONLY
             .iter()
-            .any(|r| key == *r || key.starts_with(&format!("{r}.")));
+            .any(|r| key == r.key || key.starts_with(&format!("{}.", r.key)));
         let expected = if restart { "restart" } else { "yes" };
         let reload = row.cells.get(1).map_or("", String::as_str);
         if reload != expected {

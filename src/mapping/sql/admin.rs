@@ -26,9 +26,8 @@ impl Sql {
             "user_number, agent_id, {}, {}, {}",
             d.created_text, d.updated_text, d.created_ms
         );
-        let groups = format!(
-            "SELECT {CANONICAL} FROM user_agents GROUP BY {CANONICAL} HAVING count(*) > 1"
-        );
+        let groups =
+            format!("SELECT {CANONICAL} FROM user_agents GROUP BY {CANONICAL} HAVING count(*) > 1");
         Self {
             all: format!("SELECT {columns} FROM user_agents ORDER BY user_number"),
             doubles: format!(

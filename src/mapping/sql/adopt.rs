@@ -60,7 +60,9 @@ pub(super) async fn conform_postgres(pool: &PgPool) -> Result<(), Box<dyn std::e
     for needed in NEEDED {
         match columns.iter().find(|(name, _)| name == needed) {
             None => return Err(not_adoptable(format!("it has no column {needed}"))),
-            Some((_, kind)) if !matches!(kind.as_str(), "text" | "character varying" | "character") => {
+            Some((_, kind))
+                if !matches!(kind.as_str(), "text" | "character varying" | "character") =>
+            {
                 return Err(not_adoptable(format!(
                     "its column {needed} is of type {kind}, not text"
                 )));
@@ -75,7 +77,9 @@ pub(super) async fn conform_postgres(pool: &PgPool) -> Result<(), Box<dyn std::e
                 "ALTER TABLE user_agents ADD COLUMN IF NOT EXISTS {column} \
                  TIMESTAMPTZ NOT NULL DEFAULT now()"
             );
-            sqlx::query(sqlx::AssertSqlSafe(add)).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(add))
+                .execute(&mut *tx)
+                .await?;
             changes.push(format!(
                 "added column {column} TIMESTAMPTZ NOT NULL DEFAULT now() \
                  (existing rows carry the time of adoption)"
@@ -107,9 +111,10 @@ pub(super) async fn conform_postgres(pool: &PgPool) -> Result<(), Box<dyn std::e
 
 pub(super) async fn conform_sqlite(pool: &SqlitePool) -> Result<(), Box<dyn std::error::Error>> {
     let mut tx = pool.begin().await?;
-    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('user_agents')")
-        .fetch_all(&mut *tx)
-        .await?;
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info('user_agents')")
+            .fetch_all(&mut *tx)
+            .await?;
     for needed in NEEDED {
         if !columns.iter().any(|name| name == needed) {
             return Err(not_adoptable(format!("it has no column {needed}")));
@@ -122,9 +127,13 @@ pub(super) async fn conform_sqlite(pool: &SqlitePool) -> Result<(), Box<dyn std:
             // SQLite adds no column with a non-constant default: the column
             // is filled now, and a trigger stamps rows inserted without it.
             let add = format!("ALTER TABLE user_agents ADD COLUMN {column} TEXT");
-            sqlx::query(sqlx::AssertSqlSafe(add)).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(add))
+                .execute(&mut *tx)
+                .await?;
             let fill = format!("UPDATE user_agents SET {column} = CURRENT_TIMESTAMP");
-            sqlx::query(sqlx::AssertSqlSafe(fill)).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(fill))
+                .execute(&mut *tx)
+                .await?;
             changes.push(format!(
                 "added column {column} TEXT (existing rows carry the time of adoption)"
             ));

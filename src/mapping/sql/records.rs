@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use super::{Pool, SqlStore, db_error, ttl_ms};
 use crate::error::GatewayResult;
 use crate::mapping::store::{NewRecord, RecordState, RecordStore, StoredRecord};
+use async_trait::async_trait;
 
 /// The statements with the dialect's clock written in.
 pub(super) struct Sql {
@@ -107,7 +107,12 @@ impl SqlStore {
         &self.sql.records
     }
 
-    async fn record_by(&self, sql: &str, a: &str, b: Option<&str>) -> GatewayResult<Option<StoredRecord>> {
+    async fn record_by(
+        &self,
+        sql: &str,
+        a: &str,
+        b: Option<&str>,
+    ) -> GatewayResult<Option<StoredRecord>> {
         let sql = sqlx::AssertSqlSafe(sql);
         let row: Option<Columns> = on_pool!(&self.pool, |p| {
             let mut q = sqlx::query_as(sql).bind(a);
