@@ -263,7 +263,7 @@ impl EaiGateway {
             return Ok(false);
         }
         gateway
-            .serve_native_request(session, &self.inner.live)
+            .serve_native_request_in_proxy(session, &self.inner.live)
             .await?;
         Ok(true)
     }

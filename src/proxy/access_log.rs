@@ -8,10 +8,20 @@ use http::StatusCode;
 use crate::context::RequestId;
 use crate::metrics;
 
+/// A finished request, as every access line names it.
+pub(super) struct Served<'a> {
+    /// A template or `upstream:<name>`, never the raw path.
+    pub route: &'a str,
+    pub method: &'a http::Method,
+    pub started: Instant,
+    pub request_id: Option<&'a RequestId>,
+    /// Served on the front's own session (native routes and the lean
+    /// pass-through), not inside pingora-proxy.
+    pub lean: bool,
+}
+
 /// What the access line adds for a proxied request.
 pub(super) struct Proxied<'a> {
-    /// Served on the lean path (`forward`), not by pingora-proxy.
-    pub lean: bool,
     pub upstream: &'a str,
     /// The request duration histogram of its route label.
     pub duration: &'a prometheus::Histogram,
@@ -24,14 +34,18 @@ pub(super) struct Proxied<'a> {
 /// a template or `upstream:<name>`, never the raw path; no status means the
 /// client went away before any response.
 pub(super) fn record(
-    route: &str,
-    method: &http::Method,
+    served: Served<'_>,
     status: Option<StatusCode>,
-    started: Instant,
-    request_id: Option<&RequestId>,
     proxied: Option<Proxied<'_>>,
     error: Option<&'static str>,
 ) {
+    let Served {
+        route,
+        method,
+        started,
+        request_id,
+        lean,
+    } = served;
     let method = metrics::method_label(method);
     let elapsed = started.elapsed();
     let status_label = status.as_ref().map_or("0", StatusCode::as_str);
@@ -53,11 +67,7 @@ pub(super) fn record(
         trace_id = request_id.map(|id| id.trace().trace_id()),
         route,
         // Which path served it, so that an operator (and a test) can tell.
-        via = match &proxied {
-            None => "native",
-            Some(p) if p.lean => "lean",
-            Some(_) => "pingora-proxy",
-        },
+        via = if lean { "lean" } else { "pingora-proxy" },
         method,
         status,
         ms = millis(elapsed),

@@ -7,7 +7,7 @@ use http::StatusCode;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 
-use super::access_log::record;
+use super::access_log::{Served, record};
 use super::{failure, request_id};
 use crate::context::{RequestContext, RequestId};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -26,6 +26,25 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         live: &Live,
+    ) -> Result<()> {
+        self.serve_native_on(session, live, true).await
+    }
+
+    /// `serve_native_request` for a request inside pingora-proxy (the
+    /// middleware's `request_filter`): the same, named so in the access line.
+    pub async fn serve_native_request_in_proxy(
+        &self,
+        session: &mut ServerSession,
+        live: &Live,
+    ) -> Result<()> {
+        self.serve_native_on(session, live, false).await
+    }
+
+    async fn serve_native_on(
+        &self,
+        session: &mut ServerSession,
+        live: &Live,
+        lean: bool,
     ) -> Result<()> {
         let _inflight = live.inflight.enter_scoped();
         let started = Instant::now();
@@ -52,11 +71,14 @@ impl Gateway {
             Err(_) => session.response_written().map(|h| h.status),
         };
         record(
-            route,
-            &method,
+            Served {
+                route,
+                method: &method,
+                started,
+                request_id: Some(&request_id),
+                lean,
+            },
             status,
-            started,
-            Some(&request_id),
             None,
             result.as_ref().err().map(|e| failure::describe(e.etype())),
         );

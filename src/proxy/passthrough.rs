@@ -13,7 +13,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use super::access_log::{Proxied, record};
+use super::access_log::{Proxied, Served, record};
 use super::{TRACEPARENT, X_REQUEST_ID, failure, header_edits, request_id};
 use crate::context::RequestId;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
@@ -400,7 +400,6 @@ pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
             upstream.metrics.response.observe(t.as_secs_f64());
         }
         Proxied {
-            lean: ctx.lean,
             upstream: upstream.name(),
             duration: &upstream.metrics.request_duration,
             backend: ctx.backend.map(|(addr, _)| addr),
@@ -408,11 +407,14 @@ pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
         }
     });
     record(
-        ctx.label(),
-        &session.req_header().method,
+        Served {
+            route: ctx.label(),
+            method: &session.req_header().method,
+            started: ctx.started,
+            request_id: ctx.request_id.as_ref(),
+            lean: ctx.lean,
+        },
         status,
-        ctx.started,
-        ctx.request_id.as_ref(),
         proxied,
         e.map(|e| failure::for_log(e, ctx)),
     );

@@ -608,12 +608,20 @@ async fn one_connection_alternates_native_and_proxied_requests() {
 }
 
 /// A request line split across reads is routed by pingora-proxy, which
-/// serves native routes too: the chat is answered all the same.
+/// serves native routes too: the chat is answered all the same, and the
+/// access line says which path served it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_line_in_pieces_is_still_served() {
     use tokio::io::AsyncWriteExt;
     let db = TestDb::new(DbKind::Sqlite);
-    let (_sim, gw) = chatting_gateway(&db).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("gw.log");
+    let up = backend("main").await;
+    let (_sim, sim_addr) = simulator(10).await;
+    let mut spec = GatewaySpec::new(Dialect::Eai, &db, sim_addr);
+    spec.default_upstream = Some(up.to_string());
+    spec.log_file = Some(log.clone());
+    let gw = GatewayProcess::start(spec).await;
     let chat = r#"{"user_number":"5521987650002","message":"oi"}"#;
     let req = format!(
         "POST /eai-gateway/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{chat}",
@@ -637,6 +645,20 @@ async fn a_request_line_in_pieces_is_still_served() {
         answer_text(&serde_json::from_slice(&body).expect("json")),
         "echo: oi"
     );
+    // The same request in one piece takes the front's lean native path.
+    let mut whole = raw_connection(&gw).await;
+    whole
+        .get_mut()
+        .write_all(req.as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut whole).await.0, 200);
+    let chats: Vec<String> = access_lines(&log)
+        .into_iter()
+        .filter(|(route, _)| route == "/eai-gateway/chat")
+        .map(|(_, via)| via)
+        .collect();
+    assert_eq!(chats, ["pingora-proxy", "lean"]);
 }
 
 /// A backend that answers the first request on each connection and closes

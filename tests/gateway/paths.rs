@@ -66,6 +66,9 @@ async fn gateway(
     spec.env.push(("EAI_GATEWAY_TOKENS", TOKEN.into()));
     spec.env.push(("EAI_GATEWAY_USER_RATE_PER_MIN", "0".into()));
     spec.extra_yaml = extra_yaml.to_owned();
+    // Access lines, to see which path served a request.
+    spec.env.push(("RUST_LOG", "info".into()));
+    spec.env.push(("EAI_GATEWAY_LOG_FORMAT", "json".into()));
     GatewayProcess::start(spec).await
 }
 
@@ -94,10 +97,19 @@ async fn raw(gw: &GatewayProcess, method: &str, target: &str, token: bool) -> (u
             })
         })
         .unwrap_or_else(|| "gw".to_owned());
+    // A request without a body says nothing of one: a plain GET is what
+    // takes the front's lean pass-through, so every spelling must be
+    // recognised as native before that path, not only in pingora-proxy.
+    let framing = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        )
+    };
     let request = format!(
-        "{method} {target} HTTP/1.1\r\nhost: {host}\r\n{auth}content-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "{method} {target} HTTP/1.1\r\nhost: {host}\r\n{auth}{framing}connection: close\r\n\r\n{body}"
     );
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -253,6 +265,13 @@ async fn no_spelling_of_a_native_route_reaches_the_backend() {
         (200, "backend".into())
     );
     assert_eq!(recorder.seen(), ["/api/v1/abc?q=%2F"]);
+    // That GET took the lean pass-through: so did every GET spelling of a
+    // native route that the front had not recognised.
+    let passed: Vec<_> = access_lines(&gw.log)
+        .into_iter()
+        .filter(|(route, _)| route.starts_with("upstream:"))
+        .collect();
+    assert_eq!(passed, [("upstream:default".to_owned(), "lean".to_owned())]);
     let metrics = gw.metrics().await;
     assert!(
         metrics

@@ -778,3 +778,21 @@ pub async fn read_events(mut resp: reqwest::Response, stop: impl Fn(&Event) -> b
 pub fn names(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| e.name.as_str()).collect()
 }
+
+/// `(route, via)` of every access line in a gateway's JSON log
+/// (`GatewaySpec::log_file`): which path served each request.
+pub fn access_lines(log: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let fields = v.get("fields")?;
+            if fields.get("message")?.as_str()? != "Request." {
+                return None;
+            }
+            let text = |k: &str| fields.get(k)?.as_str().map(str::to_owned);
+            Some((text("route")?, text("via")?))
+        })
+        .collect()
+}
