@@ -639,9 +639,16 @@ impl Drop for DbLink {
 /// A plain HTTP backend answering `backend ok` on every path.
 pub async fn plain_backend() -> SocketAddr {
     let app = axum::Router::new().fallback(|| async { "backend ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // The kernel's own bound (somaxconn) rather than tokio's 1,024: when a
+    // successor takes over under load it opens hundreds of backend
+    // connections at once, and a SYN dropped from a full queue is resent
+    // only after 1 s, which a test's 1 s connect timeout reads as a failure
+    // of the gateway.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
