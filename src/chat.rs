@@ -29,8 +29,6 @@ mod forget;
 pub mod records;
 mod run;
 
-pub use run::{ChatRun, ChatWatch};
-
 use std::sync::Arc;
 use std::time::Duration;
 
