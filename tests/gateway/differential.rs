@@ -260,19 +260,20 @@ async fn lean_path_and_pingora_proxy_give_client_and_backend_the_same_bytes() {
 
     // Not vacuous: the plain requests did take the lean path on the one
     // gateway, and none did on the other.
-    let passed = |log| -> Vec<String> {
-        access_lines(log)
+    let n = corpus().len();
+    let passed = |log| async move {
+        access_lines_settled(log, n, |(route, _)| route.starts_with("upstream:"))
+            .await
             .into_iter()
-            .filter(|(route, _)| route.starts_with("upstream:"))
             .map(|(_, via)| via)
-            .collect()
+            .collect::<Vec<String>>()
     };
-    let lean_vias = passed(&lean_log);
+    let lean_vias = passed(&lean_log).await;
     assert!(
         lean_vias.iter().filter(|v| *v == "lean").count() == 8,
         "{lean_vias:?}"
     );
-    let proxy_vias = passed(&proxy_log);
+    let proxy_vias = passed(&proxy_log).await;
     assert!(
         proxy_vias.len() == corpus().len() && proxy_vias.iter().all(|v| v == "pingora-proxy"),
         "{proxy_vias:?}"

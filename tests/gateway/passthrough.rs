@@ -653,11 +653,12 @@ async fn a_request_line_in_pieces_is_still_served() {
         .await
         .expect("write");
     assert_eq!(read_response(&mut whole).await.0, 200);
-    let chats: Vec<String> = access_lines(&log)
-        .into_iter()
-        .filter(|(route, _)| route == "/eai-gateway/chat")
-        .map(|(_, via)| via)
-        .collect();
+    let chats: Vec<String> =
+        access_lines_settled(&log, 2, |(route, _)| route == "/eai-gateway/chat")
+            .await
+            .into_iter()
+            .map(|(_, via)| via)
+            .collect();
     assert_eq!(chats, ["pingora-proxy", "lean"]);
 }
 

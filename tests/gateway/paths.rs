@@ -267,10 +267,8 @@ async fn no_spelling_of_a_native_route_reaches_the_backend() {
     assert_eq!(recorder.seen(), ["/api/v1/abc?q=%2F"]);
     // That GET took the lean pass-through: so did every GET spelling of a
     // native route that the front had not recognised.
-    let passed: Vec<_> = access_lines(&gw.log)
-        .into_iter()
-        .filter(|(route, _)| route.starts_with("upstream:"))
-        .collect();
+    let passed =
+        access_lines_settled(&gw.log, 1, |(route, _)| route.starts_with("upstream:")).await;
     assert_eq!(passed, [("upstream:default".to_owned(), "lean".to_owned())]);
     let metrics = gw.metrics().await;
     assert!(

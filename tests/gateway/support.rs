@@ -786,6 +786,21 @@ pub fn names(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| e.name.as_str()).collect()
 }
 
+/// `(route, via)` of the access lines that `keep` selects, once there are
+/// `n` of them (or after 5 s): a request's line is written after its
+/// response has gone out, so a client can read the answer before the line
+/// exists.
+pub async fn access_lines_settled(
+    log: &std::path::Path,
+    n: usize,
+    keep: impl Fn(&(String, String)) -> bool,
+) -> Vec<(String, String)> {
+    let read =
+        || -> Vec<(String, String)> { access_lines(log).into_iter().filter(&keep).collect() };
+    eventually(Duration::from_secs(5), || read().len() >= n).await;
+    read()
+}
+
 /// `(route, via)` of every access line in a gateway's JSON log
 /// (`GatewaySpec::log_file`): which path served each request.
 pub fn access_lines(log: &std::path::Path) -> Vec<(String, String)> {
