@@ -182,8 +182,36 @@ impl GatewayError {
     }
 
     pub fn database(err: &sqlx::Error) -> Self {
-        tracing::warn!(error = %err, "Database call failed.");
+        if let Some(hint) = database_hint(err) {
+            tracing::error!(error = %err, hint, "Database call failed.");
+        } else {
+            tracing::warn!(error = %err, "Database call failed.");
+        }
         Self::new(ErrorKind::DatabaseUnavailable, "database unavailable")
+    }
+}
+
+/// What to change when an error says the gateway's statements meet a
+/// transaction pooler it was not told of: named prepared statements
+/// (42P05 "already exists", 26000 "does not exist") or a startup parameter
+/// the pooler refuses.
+fn database_hint(err: &sqlx::Error) -> Option<&'static str> {
+    let db = err.as_database_error()?;
+    let pooler = match db.code().as_deref() {
+        Some("42P05" | "26000") => db.message().contains("prepared statement"),
+        _ => db.message().contains("unsupported startup parameter"),
+    };
+    pooler.then_some(
+        "a transaction pooler (PgBouncer pool_mode = transaction) is in front of the database: \
+         set database.statement_cache: 0, and database.direct_url to a direct connection",
+    )
+}
+
+/// Lets store code use `?` on sqlx's errors: every one is the database
+/// being unavailable to the route.
+impl From<sqlx::Error> for GatewayError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::database(&err)
     }
 }
 

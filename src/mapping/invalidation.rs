@@ -52,14 +52,27 @@ pub struct Invalidations {
 }
 
 impl Invalidations {
-    /// `None` when the database has no notification channel (SQLite).
+    /// `None` when the database has no notification channel (SQLite), or
+    /// only a transaction pooler to listen through, which cannot: PgBouncer
+    /// in transaction mode runs a LISTEN on whichever server connection the
+    /// statement got, and the notifications go to no one.
     pub fn new(
         db: &DatabaseSettings,
         cache: Arc<MappingCache>,
         users: Arc<UserRules>,
     ) -> Option<Self> {
+        let channel = channel(db)?;
+        if db.session_url().is_none() {
+            tracing::warn!(
+                "database.statement_cache is 0 (a transaction pooler) and database.direct_url is \
+                 not set: no LISTEN for other replicas' mapping changes, which are seen within \
+                 agents.cache_ttl_seconds instead. Set database.direct_url \
+                 (DATABASE_DIRECT_URL) to a direct connection to hear of them at once."
+            );
+            return None;
+        }
         Some(Self {
-            channel: channel(db)?,
+            channel,
             db: db.clone(),
             cache,
             users,
@@ -73,7 +86,7 @@ impl Invalidations {
         connected_before: &mut bool,
         backoff: &mut Duration,
     ) -> Result<(), sqlx::Error> {
-        let DatabaseUrl::Postgres(url) = &self.db.url else {
+        let Some(DatabaseUrl::Postgres(url)) = self.db.session_url() else {
             return Ok(());
         };
         let options: sqlx::postgres::PgConnectOptions = url.parse()?;

@@ -9,96 +9,43 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::database::HasStatementCache;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Database, FromRow, Row, SqlSafeStr};
 
 use super::store::{MappedRow, MappingStore};
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::settings::{DatabaseSettings, DatabaseUrl};
 
-/// One embedded migration file: version, description, SQL.
-type Embedded = (i64, &'static str, &'static str);
-
-/// The files under `migrations/`, embedded as `sqlx::migrate!` would embed
-/// them (same versions, descriptions and checksums, so databases migrated
-/// before keep validating), without its proc-macro crate in the build.
-const PG_MIGRATIONS: &[Embedded] = &[
-    (
-        20261125000001,
-        "user agents",
-        include_str!("../../migrations/postgres/20261125000001_user_agents.sql"),
-    ),
-    (
-        20261125000002,
-        "chat leases",
-        include_str!("../../migrations/postgres/20261125000002_chat_leases.sql"),
-    ),
-    (
-        20261127000001,
-        "chat records",
-        include_str!("../../migrations/postgres/20261127000001_chat_records.sql"),
-    ),
-    (
-        20261207000001,
-        "lease messages",
-        include_str!("../../migrations/postgres/20261207000001_lease_messages.sql"),
-    ),
-];
-const SQLITE_MIGRATIONS: &[Embedded] = &[
-    (
-        20261125000001,
-        "user agents",
-        include_str!("../../migrations/sqlite/20261125000001_user_agents.sql"),
-    ),
-    (
-        20261125000002,
-        "chat leases",
-        include_str!("../../migrations/sqlite/20261125000002_chat_leases.sql"),
-    ),
-    (
-        20261127000001,
-        "chat records",
-        include_str!("../../migrations/sqlite/20261127000001_chat_records.sql"),
-    ),
-    (
-        20261207000001,
-        "lease messages",
-        include_str!("../../migrations/sqlite/20261207000001_lease_messages.sql"),
-    ),
-];
-
-fn migrator(files: &[Embedded]) -> Migrator {
-    Migrator::with_migrations(
-        files
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    description.into(),
-                    MigrationType::Simple,
-                    sqlx::SqlStr::from_static(sql),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
-
 enum Pool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
 
-/// Runs the same sqlx expression on whichever pool this is: the statements
-/// are written once, and sqlx's types differ per database.
+/// Runs the same sqlx expression on whichever pool a store has: the
+/// statements are written once, and sqlx's types differ per database.
+///
+/// Through a transaction pooler (`statement_cache: 0`) the expression runs
+/// in a transaction of its own. sqlx parses a statement and executes it in
+/// two exchanges, each ending in a Sync; between them, outside a
+/// transaction, PgBouncer may hand the next exchange to another server
+/// connection, where the unnamed statement does not exist (or is another
+/// client's). Inside a transaction it keeps the server connection.
 macro_rules! on_pool {
-    ($pool:expr, |$p:ident| $body:expr) => {
-        match $pool {
-            Pool::Postgres($p) => $body,
-            Pool::Sqlite($p) => $body,
+    ($store:expr, |$p:ident| $body:expr) => {
+        match (&$store.pool, &$store.pooler_begin) {
+            (Pool::Postgres(pool), Some(begin)) => {
+                let mut tx = pool.begin_with(sqlx::AssertSqlSafe(begin.as_str())).await?;
+                let $p = &mut *tx;
+                let out = $body;
+                tx.commit().await?;
+                out
+            }
+            (Pool::Postgres($p), None) => $body,
+            (Pool::Sqlite($p), _) => $body,
         }
     };
 }
@@ -106,6 +53,7 @@ macro_rules! on_pool {
 pub(crate) mod admin;
 mod adopt;
 mod leases;
+mod migrate;
 mod records;
 
 /// What differs between the dialects: the clock, and a row's creation time.
@@ -212,7 +160,8 @@ const CLAIM: &str = "INSERT INTO user_agents (user_number, agent_id, created_at,
      ON CONFLICT (user_number) DO UPDATE SET user_number = EXCLUDED.user_number \
      RETURNING agent_id";
 const REPLACE: &str = "UPDATE user_agents SET agent_id = $3, updated_at = CURRENT_TIMESTAMP \
-     WHERE user_number IN ($1, $4) AND agent_id = $2";
+     WHERE user_number IN ($1, $4) AND agent_id = $2 RETURNING agent_id";
+const PING: &str = "SELECT 1 FROM user_agents WHERE user_number = $1";
 const DELETE: &str = "DELETE FROM user_agents WHERE user_number IN ($1, $2) RETURNING agent_id";
 
 pub struct SqlStore {
@@ -221,6 +170,14 @@ pub struct SqlStore {
     /// PostgreSQL: the channel told of every deleted or replaced mapping
     /// (see `invalidation.rs`).
     channel: Option<String>,
+    /// Through a transaction pooler: what begins each call's transaction
+    /// (`BEGIN`, and the schema as `SET LOCAL search_path`, which a pooler
+    /// cannot carry as a connection option). See `on_pool!`.
+    pooler_begin: Option<String>,
+    /// Whether statements are named and cached per connection: not through
+    /// a transaction pooler, where a name prepared on one server connection
+    /// is found (or missed) by another client on the next.
+    persistent: bool,
 }
 
 // PostgreSQL: the change and its notification in one statement, so other
@@ -231,6 +188,7 @@ const PG_REPLACE_NOTIFY: &str = "WITH swapped AS (UPDATE user_agents SET agent_i
      WHERE user_number IN ($1, $4) AND agent_id = $2 RETURNING agent_id) \
      SELECT agent_id, pg_notify($5, $1)::text AS notified FROM swapped";
 
+/// A session's options: the schema as the connection's `search_path`.
 fn pg_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let mut opts = PgConnectOptions::from_str(url)?;
     if let Some(schema) = &cfg.schema {
@@ -240,6 +198,28 @@ fn pg_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sql
     Ok(opts)
 }
 
+/// The pool's options. Through a transaction pooler the connection carries
+/// no startup parameter PgBouncer refuses by default (`options`,
+/// `extra_float_digits`: "unsupported startup parameter"); the schema is
+/// set per transaction instead (`pooler_begin`).
+fn pg_pool_options(cfg: &DatabaseSettings, url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    if !cfg.through_transaction_pooler() {
+        return Ok(pg_options(cfg, url)?.statement_cache_capacity(cfg.statement_cache));
+    }
+    Ok(PgConnectOptions::from_str(url)?
+        .statement_cache_capacity(0)
+        .extra_float_digits(None))
+}
+
+/// The statement that begins each call's transaction through a pooler.
+fn pooler_begin(cfg: &DatabaseSettings) -> Option<String> {
+    cfg.through_transaction_pooler().then(|| match &cfg.schema {
+        // Validated at start-up to [a-z0-9_], so it needs no quoting.
+        Some(schema) => format!("BEGIN; SET LOCAL search_path TO {schema}"),
+        None => "BEGIN".to_owned(),
+    })
+}
+
 fn sqlite_options(cfg: &DatabaseSettings, url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
     Ok(SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
@@ -247,10 +227,40 @@ fn sqlite_options(cfg: &DatabaseSettings, url: &str) -> Result<SqliteConnectOpti
         .busy_timeout(cfg.acquire_timeout))
 }
 
+/// Statements as this store runs them: named and cached per connection, or
+/// unnamed through a transaction pooler (`persistent`).
+impl SqlStore {
+    fn query<'q, DB>(&self, sql: impl SqlSafeStr) -> Query<'q, DB, DB::Arguments>
+    where
+        DB: Database + HasStatementCache,
+    {
+        sqlx::query(sql).persistent(self.persistent)
+    }
+
+    fn query_as<'q, DB, O>(&self, sql: impl SqlSafeStr) -> QueryAs<'q, DB, O, DB::Arguments>
+    where
+        DB: Database + HasStatementCache,
+        O: for<'r> FromRow<'r, DB::Row>,
+    {
+        sqlx::query_as(sql).persistent(self.persistent)
+    }
+
+    fn query_scalar<'q, DB, O>(&self, sql: impl SqlSafeStr) -> QueryScalar<'q, DB, O, DB::Arguments>
+    where
+        DB: Database + HasStatementCache,
+        (O,): for<'r> FromRow<'r, DB::Row>,
+    {
+        sqlx::query_scalar(sql).persistent(self.persistent)
+    }
+}
+
 impl SqlStore {
     /// The pool's connections now.
     pub fn pool_stats(&self, max: u32) -> super::PoolStats {
-        let (size, idle) = on_pool!(&self.pool, |p| (p.size(), p.num_idle()));
+        let (size, idle) = match &self.pool {
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+        };
         let idle = u32::try_from(idle).unwrap_or(u32::MAX);
         super::PoolStats {
             in_use: size.saturating_sub(idle),
@@ -268,10 +278,12 @@ impl SqlStore {
                     PgPoolOptions::new()
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(cfg.acquire_timeout)
-                        .connect_lazy_with(pg_options(cfg, url)?),
+                        .connect_lazy_with(pg_pool_options(cfg, url)?),
                 ),
                 sql: Statements::new(&POSTGRES),
                 channel: super::invalidation::channel(cfg),
+                pooler_begin: pooler_begin(cfg),
+                persistent: !cfg.through_transaction_pooler(),
             },
             DatabaseUrl::Sqlite(url) => Self {
                 pool: Pool::Sqlite(
@@ -282,61 +294,11 @@ impl SqlStore {
                 ),
                 sql: Statements::new(&SQLITE),
                 channel: None,
+                pooler_begin: None,
+                persistent: true,
             },
         })
     }
-
-    /// Creates the PostgreSQL schema when configured, applies the
-    /// migrations of the configured database, and brings a `user_agents`
-    /// table the gateway did not create to its schema (`adopt.rs`).
-    pub async fn migrate(cfg: &DatabaseSettings) -> Result<(), Box<dyn std::error::Error>> {
-        match &cfg.url {
-            DatabaseUrl::Postgres(url) => {
-                if let Some(schema) = &cfg.schema {
-                    create_schema(url, schema).await?;
-                }
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(pg_options(cfg, url)?)
-                    .await?;
-                migrator(PG_MIGRATIONS).run(&pool).await?;
-                let adopted = adopt::conform_postgres(&pool).await;
-                pool.close().await;
-                adopted?;
-            }
-            DatabaseUrl::Sqlite(url) => {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(sqlite_options(cfg, url)?)
-                    .await?;
-                migrator(SQLITE_MIGRATIONS).run(&pool).await?;
-                let adopted = adopt::conform_sqlite(&pool).await;
-                pool.close().await;
-                adopted?;
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn create_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(PgConnectOptions::from_str(url)?)
-        .await?;
-    // Concurrent starters may race on CREATE SCHEMA; the loser's unique
-    // violation means the schema exists, which is the goal.
-    let create = sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-    if let Err(e) = sqlx::query(create).execute(&admin).await {
-        let exists = e
-            .as_database_error()
-            .is_some_and(|d| d.is_unique_violation());
-        if !exists {
-            return Err(e);
-        }
-    }
-    admin.close().await;
-    Ok(())
 }
 
 fn parse_stored(raw: String) -> GatewayResult<AgentId> {
@@ -369,7 +331,8 @@ impl MappingStore for SqlStore {
     async fn get(&self, user: &UserNumber) -> GatewayResult<Vec<MappedRow>> {
         let (canonical, plus) = spellings(user);
         let sql = sqlx::AssertSqlSafe(self.sql.get.as_str());
-        let rows: Vec<(String, String, Option<i64>)> = on_pool!(&self.pool, |p| sqlx::query(sql)
+        let rows: Vec<(String, String, Option<i64>)> = on_pool!(self, |p| self
+            .query(sql)
             .bind(canonical)
             .bind(&plus)
             .fetch_all(p)
@@ -390,7 +353,8 @@ impl MappingStore for SqlStore {
     }
 
     async fn claim(&self, user: &UserNumber, agent: &AgentId) -> GatewayResult<AgentId> {
-        let row: String = on_pool!(&self.pool, |p| sqlx::query(CLAIM)
+        let row: String = on_pool!(self, |p| self
+            .query(CLAIM)
             .bind(user.as_str())
             .bind(agent.as_str())
             .fetch_one(p)
@@ -407,87 +371,55 @@ impl MappingStore for SqlStore {
         new: &AgentId,
     ) -> GatewayResult<bool> {
         let (canonical, plus) = spellings(user);
-        Ok(match (&self.pool, &self.channel) {
-            (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_REPLACE_NOTIFY)
+        let (sql, channel) = match &self.channel {
+            Some(channel) => (PG_REPLACE_NOTIFY, Some(channel.as_str())),
+            None => (REPLACE, None),
+        };
+        Ok(on_pool!(self, |p| {
+            let mut q = self
+                .query(sql)
                 .bind(canonical)
                 .bind(old.as_str())
                 .bind(new.as_str())
-                .bind(&plus)
-                .bind(channel.as_str())
-                .fetch_optional(p)
-                .await
-                .map_err(db_error)?
-                .is_some(),
-            (pool, _) => on_pool!(pool, |p| sqlx::query(REPLACE)
-                .bind(canonical)
-                .bind(old.as_str())
-                .bind(new.as_str())
-                .bind(&plus)
-                .execute(p)
-                .await
-                .map_err(db_error)?
-                .rows_affected()
-                == 1),
-        })
+                .bind(&plus);
+            if let Some(channel) = channel {
+                q = q.bind(channel);
+            }
+            q.fetch_optional(p).await.map_err(db_error)?.is_some()
+        }))
     }
 
     async fn delete(&self, user: &UserNumber) -> GatewayResult<Vec<AgentId>> {
         let (canonical, plus) = spellings(user);
-        let rows: Vec<String> = match (&self.pool, &self.channel) {
-            (Pool::Postgres(p), Some(channel)) => sqlx::query(PG_DELETE_NOTIFY)
-                .bind(canonical)
-                .bind(&plus)
-                .bind(channel.as_str())
-                .fetch_all(p)
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            (pool, _) => on_pool!(pool, |p| sqlx::query(DELETE)
-                .bind(canonical)
-                .bind(&plus)
-                .fetch_all(p)
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()),
+        let (sql, channel) = match &self.channel {
+            Some(channel) => (PG_DELETE_NOTIFY, Some(channel.as_str())),
+            None => (DELETE, None),
         };
+        let rows: Vec<String> = on_pool!(self, |p| {
+            let mut q = self.query(sql).bind(canonical).bind(&plus);
+            if let Some(channel) = channel {
+                q = q.bind(channel);
+            }
+            q.fetch_all(p)
+                .await
+                .map_err(db_error)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        });
         rows.into_iter().map(parse_stored).collect()
     }
 
+    /// Readiness: a statement on the gateway's own table, run as every
+    /// other statement is (so a missing table, a wrong schema or a pooler
+    /// that refuses the statements makes the gateway unready).
     async fn ping(&self) -> GatewayResult<()> {
-        on_pool!(&self.pool, |p| sqlx::query("SELECT 1")
-            .execute(p)
+        on_pool!(self, |p| self
+            .query(PING)
+            .bind("")
+            .fetch_optional(p)
             .await
             .map(|_| ())
             .map_err(db_error))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A migration file added under `migrations/` but not embedded would
-    /// never run: the embedded lists must be exactly the directories.
-    #[test]
-    fn every_migration_file_is_embedded() {
-        for (dir, embedded) in [("postgres", PG_MIGRATIONS), ("sqlite", SQLITE_MIGRATIONS)] {
-            let mut files: Vec<_> = std::fs::read_dir(format!("migrations/{dir}"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            assert_eq!(files.len(), embedded.len(), "{dir}");
-            for (path, &(version, description, sql)) in files.iter().zip(embedded) {
-                let name = path.file_stem().unwrap().to_str().unwrap();
-                let (v, d) = name.split_once('_').unwrap();
-                assert_eq!(v.parse::<i64>().unwrap(), version, "{name}");
-                assert_eq!(d.replace('_', " "), description, "{name}");
-                assert_eq!(std::fs::read_to_string(path).unwrap(), sql, "{name}");
-            }
-        }
     }
 }

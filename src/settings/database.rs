@@ -20,6 +20,13 @@ pub struct DatabaseSettings {
     /// How long a query may wait for a connection before the route answers 503.
     #[serde(rename = "acquire_timeout_ms", with = "units::millis")]
     pub acquire_timeout: Duration,
+    /// PostgreSQL: prepared statements kept per connection. `0` is for a
+    /// transaction pooler (PgBouncer `pool_mode = transaction`): unnamed
+    /// statements only, each store call in a transaction of its own.
+    pub statement_cache: usize,
+    /// PostgreSQL: a direct connection (not through a transaction pooler)
+    /// for what needs a session: LISTEN and migrations.
+    pub direct_url: Option<DatabaseUrl>,
 }
 
 impl Default for DatabaseSettings {
@@ -29,6 +36,9 @@ impl Default for DatabaseSettings {
             schema: None,
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
+            // sqlx's own default: what the gateway used before the key existed.
+            statement_cache: 100,
+            direct_url: None,
         }
     }
 }
@@ -115,6 +125,23 @@ impl DatabaseUrl {
 }
 
 impl DatabaseSettings {
+    /// Whether the pool goes through a transaction pooler
+    /// (`statement_cache: 0`): no session state may outlive a transaction.
+    pub fn through_transaction_pooler(&self) -> bool {
+        matches!(self.url, DatabaseUrl::Postgres(_)) && self.statement_cache == 0
+    }
+
+    /// The URL of what needs a session (LISTEN, migrations): `direct_url`
+    /// when set, else `url`; `None` when only a transaction pooler is
+    /// configured, which cannot hold a session.
+    pub fn session_url(&self) -> Option<&DatabaseUrl> {
+        match &self.direct_url {
+            Some(direct) => Some(direct),
+            None if self.through_transaction_pooler() => None,
+            None => Some(&self.url),
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(schema) = &self.schema {
             let ok = schema.len() <= 63
@@ -138,6 +165,22 @@ impl DatabaseSettings {
                 0,
                 "must be at least 1",
             ));
+        }
+        match (&self.url, &self.direct_url) {
+            (DatabaseUrl::Postgres(_), Some(DatabaseUrl::Sqlite(_))) => {
+                return Err(ConfigError::new(
+                    "database.direct_url",
+                    "must be a postgres:// URL: it reaches the database of database.url \
+                     without the pooler",
+                ));
+            }
+            (DatabaseUrl::Sqlite(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "database.direct_url",
+                    "applies to PostgreSQL only: database.url is SQLite",
+                ));
+            }
+            _ => {}
         }
         if self.acquire_timeout.is_zero() {
             return Err(ConfigError::out_of_range(

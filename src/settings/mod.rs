@@ -222,6 +222,8 @@ pub mod env {
     pub const METRICS_LISTEN: &str = "EAI_GATEWAY_METRICS_LISTEN";
     /// Overrides `database.url`.
     pub const DATABASE_URL: &str = "DATABASE_URL";
+    /// Overrides `database.direct_url`.
+    pub const DATABASE_DIRECT_URL: &str = "DATABASE_DIRECT_URL";
     /// Overrides `agent_service.dialect`.
     pub const DIALECT: &str = "AGENT_SERVICE_DIALECT";
     /// Overrides `agent_service.url`.
@@ -373,6 +375,12 @@ impl Settings {
         if let Some(v) = set(env::DATABASE_URL) {
             self.database.url =
                 DatabaseUrl::parse(&v).map_err(|e| ConfigError::env(env::DATABASE_URL, e))?;
+        }
+        if let Some(v) = set(env::DATABASE_DIRECT_URL) {
+            self.database.direct_url = Some(
+                DatabaseUrl::parse(&v)
+                    .map_err(|e| ConfigError::env(env::DATABASE_DIRECT_URL, e))?,
+            );
         }
         if let Some(v) = set(env::DIALECT) {
             self.agent_service.dialect = Dialect::parse(&v).ok_or_else(|| {

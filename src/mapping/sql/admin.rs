@@ -4,7 +4,9 @@
 //! other replicas on PostgreSQL, as the request path's changes do.
 
 use futures_util::TryStreamExt;
-use sqlx::Row;
+// `begin` on a connection too: through a transaction pooler these run in
+// the transaction `on_pool!` opened, as a savepoint.
+use sqlx::{Acquire, Row};
 
 use super::{Dialect, Pool, SqlStore};
 use crate::ids::{AgentId, UserNumber};
@@ -103,8 +105,8 @@ impl SqlStore {
     ) -> Result<u64> {
         let sql = sqlx::AssertSqlSafe(self.sql.admin.all.as_str());
         let mut count = 0;
-        on_pool!(&self.pool, |p| {
-            let mut rows = sqlx::query(sql).fetch(p);
+        on_pool!(self, |p| {
+            let mut rows = self.query(sql).fetch(p);
             while let Some(row) = rows.try_next().await? {
                 each(stored!(row)).map_err(sqlx::Error::Io)?;
                 count += 1;
@@ -117,7 +119,8 @@ impl SqlStore {
     /// by the canonical number.
     pub(crate) async fn double_rows(&self) -> Result<Vec<StoredMapping>> {
         let sql = sqlx::AssertSqlSafe(self.sql.admin.doubles.as_str());
-        Ok(on_pool!(&self.pool, |p| sqlx::query(sql)
+        Ok(on_pool!(self, |p| self
+            .query(sql)
             .fetch_all(p)
             .await?
             .iter()
@@ -128,7 +131,7 @@ impl SqlStore {
     /// How many numbers are stored under more than one spelling.
     pub(crate) async fn count_doubles(&self) -> Result<i64> {
         let sql = sqlx::AssertSqlSafe(self.sql.admin.count_doubles.as_str());
-        on_pool!(&self.pool, |p| sqlx::query_scalar(sql).fetch_one(p).await)
+        on_pool!(self, |p| self.query_scalar(sql).fetch_one(p).await)
     }
 
     /// Removes exactly these rows (spelling, agent) of one user in one
@@ -139,11 +142,12 @@ impl SqlStore {
         rows: &[(String, String)],
     ) -> Result<u64> {
         let channel = self.channel.as_deref();
-        on_pool!(&self.pool, |p| {
+        on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let mut removed = 0;
             for (spelling, agent) in rows {
-                removed += sqlx::query(REMOVE_ROW)
+                removed += self
+                    .query(REMOVE_ROW)
                     .bind(spelling)
                     .bind(agent)
                     .execute(&mut *tx)
@@ -151,7 +155,7 @@ impl SqlStore {
                     .rows_affected();
             }
             if let Some(channel) = channel {
-                sqlx::query(NOTIFY)
+                self.query(NOTIFY)
                     .bind(channel)
                     .bind(user.as_str())
                     .execute(&mut *tx)
@@ -167,12 +171,13 @@ impl SqlStore {
     pub(crate) async fn import(&self, rows: &[ImportRow], replace: bool) -> Result<Vec<Imported>> {
         let (get, insert) = (self.sql.get.as_str(), self.sql.admin.insert.as_str());
         let channel = self.channel.as_deref();
-        on_pool!(&self.pool, |p| {
+        on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let mut outcomes = Vec::with_capacity(rows.len());
             for row in rows {
                 let (canonical, plus) = super::spellings(&row.user);
-                let existing: Vec<(String, String)> = sqlx::query(sqlx::AssertSqlSafe(get))
+                let existing: Vec<(String, String)> = self
+                    .query(sqlx::AssertSqlSafe(get))
                     .bind(canonical)
                     .bind(&plus)
                     .fetch_all(&mut *tx)
@@ -192,7 +197,8 @@ impl SqlStore {
                     )));
                     continue;
                 }
-                let owner: Option<String> = sqlx::query_scalar(OWNER_OF)
+                let owner: Option<String> = self
+                    .query_scalar(OWNER_OF)
                     .bind(row.agent.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -203,13 +209,13 @@ impl SqlStore {
                     continue;
                 }
                 for (spelling, agent) in &existing {
-                    sqlx::query(REMOVE_ROW)
+                    self.query(REMOVE_ROW)
                         .bind(spelling)
                         .bind(agent)
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query(sqlx::AssertSqlSafe(insert))
+                self.query(sqlx::AssertSqlSafe(insert))
                     .bind(canonical)
                     .bind(row.agent.as_str())
                     .bind(row.created_at.as_deref())
@@ -220,7 +226,7 @@ impl SqlStore {
                     outcomes.push(Imported::Inserted);
                 } else {
                     if let Some(channel) = channel {
-                        sqlx::query(NOTIFY)
+                        self.query(NOTIFY)
                             .bind(channel)
                             .bind(canonical)
                             .execute(&mut *tx)
@@ -250,8 +256,8 @@ impl SqlStore {
                 "SELECT agent_id FROM user_agents WHERE agent_id IN ({})",
                 marks.join(", ")
             );
-            let found: Vec<String> = on_pool!(&self.pool, |p| {
-                let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+            let found: Vec<String> = on_pool!(self, |p| {
+                let mut query = self.query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
                 for id in chunk {
                     query = query.bind(*id);
                 }
@@ -264,6 +270,9 @@ impl SqlStore {
 
     /// Closes the pool: a command's connections end before it exits.
     pub(crate) async fn close(&self) {
-        on_pool!(&self.pool, |p| p.close().await);
+        match &self.pool {
+            Pool::Postgres(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
     }
 }

@@ -28,7 +28,8 @@ impl LeaseStore for SqlStore {
 
     async fn renew_leases(&self, holder_prefix: &str, ttl: Duration) -> GatewayResult<u64> {
         let sql = sqlx::AssertSqlSafe(self.sql.renew_leases.as_str());
-        on_pool!(&self.pool, |p| sqlx::query(sql)
+        on_pool!(self, |p| self
+            .query(sql)
             .bind(format!("{holder_prefix}%"))
             .bind(ttl_ms(ttl))
             .execute(p)
@@ -48,7 +49,8 @@ impl LeaseStore for SqlStore {
         agent: &AgentId,
     ) -> GatewayResult<bool> {
         let sql = sqlx::AssertSqlSafe(self.sql.sending.as_str());
-        on_pool!(&self.pool, |p| sqlx::query(sql)
+        on_pool!(self, |p| self
+            .query(sql)
             .bind(user.as_str())
             .bind(holder)
             .bind(agent.as_str())
@@ -59,7 +61,8 @@ impl LeaseStore for SqlStore {
     }
 
     async fn sent(&self, user: &UserNumber, holder: &str, message_id: &str) -> GatewayResult<()> {
-        on_pool!(&self.pool, |p| sqlx::query(RECORD_SENT)
+        on_pool!(self, |p| self
+            .query(RECORD_SENT)
             .bind(user.as_str())
             .bind(holder)
             .bind(message_id)
@@ -71,13 +74,13 @@ impl LeaseStore for SqlStore {
 
     async fn sent_message(&self, user: &UserNumber) -> GatewayResult<Option<SentMessage>> {
         let sql = sqlx::AssertSqlSafe(self.sql.sent_message.as_str());
-        let row: Option<(String, Option<String>, String, Option<i64>)> =
-            on_pool!(&self.pool, |p| sqlx::query(sql)
-                .bind(user.as_str())
-                .fetch_optional(p)
-                .await
-                .map_err(db_error)?
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))));
+        let row: Option<(String, Option<String>, String, Option<i64>)> = on_pool!(self, |p| self
+            .query(sql)
+            .bind(user.as_str())
+            .fetch_optional(p)
+            .await
+            .map_err(db_error)?
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))));
         Ok(row.map(|(holder, agent, id, age_ms)| SentMessage {
             holder,
             agent: agent.and_then(|a| AgentId::parse(&a).ok()),
@@ -94,7 +97,8 @@ impl LeaseStore for SqlStore {
         ttl: Duration,
     ) -> GatewayResult<bool> {
         let sql = sqlx::AssertSqlSafe(self.sql.take_over.as_str());
-        on_pool!(&self.pool, |p| sqlx::query(sql)
+        on_pool!(self, |p| self
+            .query(sql)
             .bind(user.as_str())
             .bind(seen.holder.as_str())
             .bind(holder)
@@ -117,7 +121,8 @@ impl SqlStore {
         ttl: Duration,
     ) -> GatewayResult<bool> {
         let sql = sqlx::AssertSqlSafe(self.sql.try_lease.as_str());
-        let winner: Option<String> = on_pool!(&self.pool, |p| sqlx::query(sql)
+        let winner: Option<String> = on_pool!(self, |p| self
+            .query(sql)
             .bind(key)
             .bind(holder)
             .bind(ttl_ms(ttl))
@@ -129,7 +134,8 @@ impl SqlStore {
     }
 
     pub(crate) async fn release_lease_key(&self, key: &str, holder: &str) -> GatewayResult<()> {
-        on_pool!(&self.pool, |p| sqlx::query(RELEASE)
+        on_pool!(self, |p| self
+            .query(RELEASE)
             .bind(key)
             .bind(holder)
             .execute(p)

@@ -114,8 +114,8 @@ impl SqlStore {
         b: Option<&str>,
     ) -> GatewayResult<Option<StoredRecord>> {
         let sql = sqlx::AssertSqlSafe(sql);
-        let row: Option<Columns> = on_pool!(&self.pool, |p| {
-            let mut q = sqlx::query_as(sql).bind(a);
+        let row: Option<Columns> = on_pool!(self, |p| {
+            let mut q = self.query_as(sql).bind(a);
             if let Some(b) = b {
                 q = q.bind(b);
             }
@@ -131,7 +131,8 @@ impl RecordStore for SqlStore {
         let sql = self.records_sql();
         if let Some(key) = record.key {
             let release = sqlx::AssertSqlSafe(sql.release_expired_key.as_str());
-            on_pool!(&self.pool, |p| sqlx::query(release)
+            on_pool!(self, |p| self
+                .query(release)
                 .bind(record.user.as_str())
                 .bind(key)
                 .execute(p)
@@ -143,7 +144,8 @@ impl RecordStore for SqlStore {
         // a second round then finds it free.
         for _ in 0..3 {
             let insert = sqlx::AssertSqlSafe(sql.insert.as_str());
-            let inserted = on_pool!(&self.pool, |p| sqlx::query(insert)
+            let inserted = on_pool!(self, |p| self
+                .query(insert)
                 .bind(record.id)
                 .bind(record.user.as_str())
                 .bind(record.key)
@@ -185,7 +187,8 @@ impl RecordStore for SqlStore {
 
     async fn expose_record(&self, id: &str) -> GatewayResult<()> {
         let sql = sqlx::AssertSqlSafe(self.records_sql().expose.as_str());
-        on_pool!(&self.pool, |p| sqlx::query(sql)
+        on_pool!(self, |p| self
+            .query(sql)
             .bind(id)
             .execute(p)
             .await
@@ -203,7 +206,8 @@ impl RecordStore for SqlStore {
         release_key: bool,
     ) -> GatewayResult<bool> {
         let sql = sqlx::AssertSqlSafe(self.records_sql().finish.as_str());
-        Ok(on_pool!(&self.pool, |p| sqlx::query(sql)
+        Ok(on_pool!(self, |p| self
+            .query(sql)
             .bind(id)
             .bind(i64::from(status))
             .bind(body)
@@ -224,7 +228,8 @@ impl RecordStore for SqlStore {
         visible_for: Duration,
     ) -> GatewayResult<bool> {
         let sql = sqlx::AssertSqlSafe(self.records_sql().fail_orphan.as_str());
-        Ok(on_pool!(&self.pool, |p| sqlx::query(sql)
+        Ok(on_pool!(self, |p| self
+            .query(sql)
             .bind(id)
             .bind(i64::from(status))
             .bind(body)
@@ -238,7 +243,8 @@ impl RecordStore for SqlStore {
 
     async fn renew_records(&self, owner: &str, lease: Duration) -> GatewayResult<u64> {
         let sql = sqlx::AssertSqlSafe(self.records_sql().renew.as_str());
-        Ok(on_pool!(&self.pool, |p| sqlx::query(sql)
+        Ok(on_pool!(self, |p| self
+            .query(sql)
             .bind(owner)
             .bind(ms(lease))
             .execute(p)
@@ -249,7 +255,8 @@ impl RecordStore for SqlStore {
 
     async fn purge_records(&self) -> GatewayResult<u64> {
         let sql = sqlx::AssertSqlSafe(self.records_sql().purge.as_str());
-        Ok(on_pool!(&self.pool, |p| sqlx::query(sql)
+        Ok(on_pool!(self, |p| self
+            .query(sql)
             .execute(p)
             .await
             .map_err(db_error)?

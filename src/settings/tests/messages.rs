@@ -284,6 +284,14 @@ fn validation_errors_show_the_bad_value_in_the_unit_of_the_key() {
             "database.url: the scheme \"mysql\" is not known",
         ),
         (
+            "database: {direct_url: 'postgres://h/db'}\n",
+            "database.direct_url: applies to PostgreSQL only: database.url is SQLite",
+        ),
+        (
+            "database: {url: 'postgres://h/db', direct_url: 'sqlite://x.db'}\n",
+            "database.direct_url: must be a postgres:// URL",
+        ),
+        (
             "read_buffer_bytes: 10\n",
             "read_buffer_bytes: 10 is out of range",
         ),

@@ -7,7 +7,8 @@ fn debug_of_settings_shows_no_secret() {
     const FILE: &str = "agent_service:\n  dialect: eai\n  url: 'http://agent-user:AGENT-URL-PW@127.0.0.1:9/base'\n  \
          token: AGENT-TOKEN-SECRET\n\
          users: {pseudonym_key: PSEUDONYM-KEY-SECRET}\n\
-         database: {url: 'postgres://db-user:DB-URL-PW@db:5432/x?sslmode=require&password=DB-PARAM-PW'}\n\
+         database: {url: 'postgres://db-user:DB-URL-PW@db:5432/x?sslmode=require&password=DB-PARAM-PW', \
+         direct_url: 'postgres://db-user:DIRECT-URL-PW@db-direct:5432/x'}\n\
          limits: {redis_url: 'redis://redis-user:REDIS-URL-PW@redis:6379/0'}\n\
          upstreams: {a: {backends: ['127.0.0.1:1']}}\n\
          routes: [{upstream: a, request_headers: {set: {Authorization: 'Bearer HEADER-SECRET'}}}]\n";
@@ -24,6 +25,7 @@ fn debug_of_settings_shows_no_secret() {
             "PSEUDONYM-KEY-SECRET",
             "DB-URL-PW",
             "DB-PARAM-PW",
+            "DIRECT-URL-PW",
             "REDIS-URL-PW",
             "HEADER-SECRET",
             "BEARER-TOKEN-SECRET",
@@ -35,6 +37,7 @@ fn debug_of_settings_shows_no_secret() {
         for kept in [
             "agent-user@127.0.0.1:9/base",
             "postgres://db:5432/x",
+            "postgres://db-direct:5432/x",
             "redis:6379",
         ] {
             assert!(shown.contains(kept), "{kept} missing from {shown}");
