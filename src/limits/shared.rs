@@ -90,7 +90,11 @@ impl SharedRate {
                 );
                 let call = self
                     .script
-                    .key(format!("eai-gateway:user-rate:{}", user.pseudonym()))
+                    // The braces are a hash tag: a Redis Cluster places
+                    // the key by the pseudonym alone, so any key the script
+                    // comes to need for this user, tagged the same, shares
+                    // its slot (a script whose keys span slots is refused).
+                    .key(format!("eai-gateway:user-rate:{{{}}}", user.pseudonym()))
                     .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
                     .arg(limit)
                     .arg(member)

@@ -31,13 +31,14 @@ async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
     (r.status().as_u16(), r.headers().contains_key("retry-after"))
 }
 
-/// Entries Redis holds for the user (the key names the pseudonym).
+/// Entries Redis holds for the user (the key names the pseudonym, in braces:
+/// the hash tag that matters in a cluster is the same key here).
 async fn counted_in_redis(user: &str) -> i64 {
     let pseudonym = test_user_rules().parse(user).unwrap().pseudonym();
     let client = redis::Client::open(format!("redis://{REDIS}")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ZCARD")
-        .arg(format!("eai-gateway:user-rate:{pseudonym}"))
+        .arg(format!("eai-gateway:user-rate:{{{pseudonym}}}"))
         .query_async(&mut conn)
         .await
         .unwrap()
