@@ -24,6 +24,7 @@ mod gateway {
     pub mod passthrough;
     pub mod paths;
     pub mod pg_server;
+    pub mod redis_cluster;
     pub mod replica_death;
     pub mod security;
     pub mod shared_limits;

@@ -11,7 +11,7 @@ use super::support::*;
 const REDIS: &str = "127.0.0.1:6379";
 
 /// A user no earlier run has counted (Redis keeps keys for a minute).
-fn fresh_user() -> String {
+pub fn fresh_user() -> String {
     format!("5521{:09}", fastrand::u32(..1_000_000_000))
 }
 
@@ -21,7 +21,8 @@ fn spec<'a>(db: &'a TestDb, sim: std::net::SocketAddr, limits: &str) -> GatewayS
     spec
 }
 
-async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
+/// A chat's status, and whether it came with `Retry-After`.
+pub async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
     let r = reqwest::Client::new()
         .post(gw.url("/eai-gateway/chat"))
         .json(&json!({"user_number": user, "message": "oi"}))
