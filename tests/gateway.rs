@@ -25,6 +25,7 @@ mod gateway {
     pub mod paths;
     pub mod pg_server;
     pub mod pgbouncer;
+    pub mod redis_cluster;
     pub mod replica_death;
     pub mod security;
     pub mod shared_limits;

@@ -14,7 +14,7 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::UserNumber;
 use crate::inflight::{InFlight, InflightGuard};
 use crate::settings::{LimitSettings, RedisFallback, limit};
-use shared::{Decision, SharedRate};
+use shared::{Decision, SharedRate, Store};
 
 const WINDOW: Duration = Duration::from_secs(60);
 // Count-min sketch size: wide enough that unrelated users rarely share all
@@ -27,8 +27,8 @@ pub struct ChatLimits {
     /// user a fresh minute.
     rate: Arc<Rate>,
     user_rate: Option<u32>,
-    /// With `limits.redis_url`: the cluster-wide count, and what to do
-    /// while Redis cannot answer.
+    /// With `limits.redis_url` or `limits.redis_cluster_urls`: the count
+    /// shared by every replica, and what to do while Redis cannot answer.
     shared: Option<(SharedRate, RedisFallback)>,
     max_inflight: Option<usize>,
     inflight: InFlight,
@@ -50,10 +50,7 @@ impl ChatLimits {
         Self {
             rate,
             user_rate: limit(cfg.user_rate_per_min),
-            shared: cfg
-                .redis_url
-                .as_ref()
-                .map(|url| (SharedRate::new(url.client()), cfg.redis_fallback)),
+            shared: shared_store(cfg).map(|store| (SharedRate::new(store), cfg.redis_fallback)),
             max_inflight: limit(cfg.max_inflight_chats),
             inflight,
         }
@@ -127,6 +124,17 @@ impl ChatLimits {
         rate.observe(user, 1);
         Ok(())
     }
+}
+
+/// Where the per-user rate is shared, if anywhere (validation lets at
+/// most one of the two keys be set).
+fn shared_store(cfg: &LimitSettings) -> Option<Store> {
+    if let Some(urls) = &cfg.redis_cluster_urls {
+        return Some(Store::Cluster(urls.nodes()));
+    }
+    cfg.redis_url
+        .as_ref()
+        .map(|url| Store::Single(url.client()))
 }
 
 fn over_limit(limit: u32, wait_secs: u64) -> GatewayError {

@@ -1,6 +1,8 @@
 //! The per-user rate counted cluster-wide in Redis: every replica asks the
 //! same sorted set, so a user gets `limits.user_rate_per_min` chats a minute
-//! however many replicas there are.
+//! however many replicas there are. The set lives in one Redis
+//! (`limits.redis_url`) or in a Redis Cluster (`limits.redis_cluster_urls`);
+//! the check is the same script call on either connection.
 //!
 //! One script call per check (atomic, one round trip): drop entries older
 //! than the window, count, and add this chat when under the limit. Redis's
@@ -12,7 +14,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use crate::ids::UserNumber;
@@ -20,6 +25,13 @@ use crate::metrics;
 
 /// How long a Redis call may take before the check falls back.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// Retries of a cluster call (after a MOVED, a dropped node, a TRYAGAIN):
+/// one, so that a resharding is followed but an outage falls back within
+/// `REDIS_TIMEOUT`.
+const CLUSTER_RETRIES: u32 = 1;
+/// The bounds of the pause before that retry, in milliseconds: the crate's
+/// own (from 1.28 s) would outlast `REDIS_TIMEOUT` and make the retry moot.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 100);
 /// After a failed connection attempt, checks fall back without trying again
 /// for this long: an outage must not add a connect timeout to every chat.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -48,9 +60,91 @@ pub enum Decision {
     Deny(Duration),
 }
 
+/// Where the counts live.
+pub enum Store {
+    /// One Redis (`limits.redis_url`).
+    Single(redis::Client),
+    /// A Redis Cluster, by its seed nodes (`limits.redis_cluster_urls`).
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
+/// A connection to either store: both reconnect by themselves once made,
+/// and the script runs on either, so the check has one code path.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Store {
+    async fn connect(&self) -> RedisResult<Connection> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(Connection::Single)
+            }
+            Self::Cluster(nodes) => ClusterClientBuilder::new(nodes.clone())
+                .connection_timeout(REDIS_TIMEOUT)
+                // Also the bound of a whole call, retries and redirections
+                // included.
+                .response_timeout(REDIS_TIMEOUT)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+                .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+                .build()?
+                .get_async_connection()
+                .await
+                .map(Connection::Cluster),
+        }
+    }
+}
+
+/// The sorted set of one user's counted chats. The braces are a hash tag:
+/// a cluster places the key by the pseudonym alone. The script touches this
+/// one key today; any other key it comes to need for the same user, named
+/// `…{pseudonym}` too, then lies in the same slot, where a cluster runs the
+/// script (keys across slots are refused with CROSSSLOT). One Redis uses
+/// the same key, so both modes share one key format.
+fn user_key(user: &UserNumber) -> String {
+    format!("eai-gateway:user-rate:{{{}}}", user.pseudonym())
+}
+
 pub struct SharedRate {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    store: Store,
+    connection: OnceCell<Connection>,
     last_failure: Mutex<Option<Instant>>,
     script: redis::Script,
     /// Unique chat ids within this process, for the sorted set's members.
@@ -61,9 +155,9 @@ pub struct SharedRate {
 }
 
 impl SharedRate {
-    pub fn new(client: redis::Client) -> Self {
+    pub fn new(store: Store) -> Self {
         Self {
-            client,
+            store,
             connection: OnceCell::new(),
             last_failure: Mutex::new(None),
             script: redis::Script::new(SLIDING_LOG),
@@ -90,7 +184,7 @@ impl SharedRate {
                 );
                 let call = self
                     .script
-                    .key(format!("eai-gateway:user-rate:{}", user.pseudonym()))
+                    .key(user_key(user))
                     .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
                     .arg(limit)
                     .arg(member)
@@ -125,7 +219,7 @@ impl SharedRate {
 
     /// The shared connection (it reconnects by itself once made); `None`
     /// while Redis cannot be reached.
-    async fn connection(&self) -> Option<ConnectionManager> {
+    async fn connection(&self) -> Option<Connection> {
         if let Some(conn) = self.connection.get() {
             return Some(conn.clone());
         }
@@ -135,13 +229,9 @@ impl SharedRate {
                 return None;
             }
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
         let made = self
             .connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get_or_try_init(|| self.store.connect())
             .await;
         match made {
             Ok(conn) => Some(conn.clone()),

@@ -35,7 +35,7 @@ pub use auth::AuthSettings;
 pub use chat::{ChatSettings, PollSettings};
 pub use database::{DatabaseSettings, DatabaseUrl};
 pub(crate) use limits::limit;
-pub use limits::{LimitSettings, RedisFallback, RedisUrl};
+pub use limits::{LimitSettings, RedisClusterUrls, RedisFallback, RedisUrl};
 pub use mapping::{DuplicatePolicy, MappingSettings};
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::{RESTART_ONLY, RestartOnly};
@@ -244,6 +244,8 @@ pub mod env {
     pub const MAX_INFLIGHT_CHATS: &str = "EAI_GATEWAY_MAX_INFLIGHT_CHATS";
     /// Overrides `limits.redis_url`.
     pub const REDIS_URL: &str = "EAI_GATEWAY_REDIS_URL";
+    /// Overrides `limits.redis_cluster_urls` (comma-separated seed nodes).
+    pub const REDIS_CLUSTER_URLS: &str = "EAI_GATEWAY_REDIS_CLUSTER_URLS";
     /// Overrides `upgrade_sock`.
     pub const UPGRADE_SOCK: &str = "EAI_GATEWAY_UPGRADE_SOCK";
     /// Overrides `users.pseudonym_key`.
@@ -406,6 +408,12 @@ impl Settings {
         if let Some(v) = set(env::REDIS_URL) {
             self.limits.redis_url =
                 Some(RedisUrl::parse(&v).map_err(|e| ConfigError::env(env::REDIS_URL, e))?);
+        }
+        if let Some(v) = set(env::REDIS_CLUSTER_URLS) {
+            self.limits.redis_cluster_urls = Some(
+                RedisClusterUrls::parse(&v)
+                    .map_err(|e| ConfigError::env(env::REDIS_CLUSTER_URLS, e))?,
+            );
         }
         if let Some(v) = set(env::PSEUDONYM_KEY) {
             users::check_key_length(&v).map_err(|e| ConfigError::env(env::PSEUDONYM_KEY, e))?;

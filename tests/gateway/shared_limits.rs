@@ -11,7 +11,7 @@ use super::support::*;
 const REDIS: &str = "127.0.0.1:6379";
 
 /// A user no earlier run has counted (Redis keeps keys for a minute).
-fn fresh_user() -> String {
+pub fn fresh_user() -> String {
     format!("5521{:09}", fastrand::u32(..1_000_000_000))
 }
 
@@ -21,7 +21,8 @@ fn spec<'a>(db: &'a TestDb, sim: std::net::SocketAddr, limits: &str) -> GatewayS
     spec
 }
 
-async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
+/// A chat's status, and whether it came with `Retry-After`.
+pub async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
     let r = reqwest::Client::new()
         .post(gw.url("/eai-gateway/chat"))
         .json(&json!({"user_number": user, "message": "oi"}))
@@ -31,13 +32,14 @@ async fn chat_status(gw: &GatewayProcess, user: &str) -> (u16, bool) {
     (r.status().as_u16(), r.headers().contains_key("retry-after"))
 }
 
-/// Entries Redis holds for the user (the key names the pseudonym).
+/// Entries Redis holds for the user (the key names the pseudonym, in braces:
+/// the hash tag that matters in a cluster is the same key here).
 async fn counted_in_redis(user: &str) -> i64 {
     let pseudonym = test_user_rules().parse(user).unwrap().pseudonym();
     let client = redis::Client::open(format!("redis://{REDIS}")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ZCARD")
-        .arg(format!("eai-gateway:user-rate:{pseudonym}"))
+        .arg(format!("eai-gateway:user-rate:{{{pseudonym}}}"))
         .query_async(&mut conn)
         .await
         .unwrap()

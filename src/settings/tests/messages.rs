@@ -395,3 +395,73 @@ fn errors_name_the_file_or_the_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn redis_cluster_urls_errors_name_the_key_and_hide_passwords() {
+    let cases = [
+        (
+            "limits: {redis_cluster_urls: ['redis://127.0.0.1:7000', 'http://r:1']}\n",
+            "limits.redis_cluster_urls: seed node 2: the scheme \"http\" is not known: \
+             expected redis:// or rediss://",
+        ),
+        (
+            "limits: {redis_cluster_urls: []}\n",
+            "limits.redis_cluster_urls: no seed node: expected redis:// URLs",
+        ),
+        (
+            "limits: {redis_cluster_urls: ' , '}\n",
+            "limits.redis_cluster_urls: no seed node: expected redis:// URLs",
+        ),
+        (
+            "limits: {redis_cluster_urls: {a: 1}}\n",
+            "limits.redis_cluster_urls: got a section of `key: value` lines, expected a list",
+        ),
+        (
+            "limits:\n  redis_url: 'redis://127.0.0.1:6379'\n  \
+             redis_cluster_urls: ['redis://127.0.0.1:7000']\n",
+            "limits.redis_cluster_urls: is set together with limits.redis_url",
+        ),
+        (
+            "limits: {user_rate_per_min: 0, redis_cluster_urls: ['redis://127.0.0.1:7000']}\n",
+            "limits.redis_cluster_urls: shares limits.user_rate_per_min, which is 0 (off)",
+        ),
+        (
+            "limits: {user_rate_per_min: 0, redis_url: 'redis://127.0.0.1:6379'}\n",
+            "limits.redis_url: shares limits.user_rate_per_min, which is 0 (off)",
+        ),
+    ];
+    assert_errors_start_with(&cases);
+    for (extra, want) in [
+        (
+            "limits: {redis_cluster_urls: ['redis://:PW-ONE@a:1', 'redis://:PW-TWO@b:2']}\n",
+            "not a usable set of seed nodes: Cannot use different password among initial nodes",
+        ),
+        (
+            "limits: {redis_cluster_urls: 'redis://:PW-ONE@a:1,redis://:PW-ONE@b:bad'}\n",
+            "seed node 2: not a valid Redis URL",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+        assert_eq!(err.key, "limits.redis_cluster_urls", "{err}");
+        assert!(err.message.starts_with(want), "{extra:?}: {err}");
+        assert!(!err.to_string().contains("PW-"), "password shown: {err}");
+    }
+    let env = |k: &str| {
+        (k == env::REDIS_CLUSTER_URLS).then(|| "redis://a:1, redis://:PW-ONE@b:bad".to_owned())
+    };
+    let err = Settings::parse(MINIMAL, env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "environment variable {}: {}",
+            env::REDIS_CLUSTER_URLS,
+            err.message
+        )
+    );
+    assert!(
+        err.message
+            .starts_with("seed node 2: not a valid Redis URL"),
+        "{err}"
+    );
+    assert!(!err.message.contains("PW-"), "password shown: {err}");
+}

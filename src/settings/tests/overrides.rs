@@ -34,3 +34,28 @@ fn env_overrides_and_names_bad_variable() {
         assert!(err.key.starts_with(var), "{var}: {err}");
     }
 }
+
+#[test]
+fn redis_cluster_urls_come_as_a_list_a_string_or_the_variable() {
+    let nodes = |s: &Settings| {
+        s.limits
+            .redis_cluster_urls
+            .as_ref()
+            .map(|urls| format!("{urls:?}"))
+    };
+    let want = Some("[redis://127.0.0.1:7000, redis://127.0.0.1:7001]".to_owned());
+    for extra in [
+        "limits: {redis_cluster_urls: ['redis://127.0.0.1:7000', 'redis://127.0.0.1:7001']}\n",
+        "limits: {redis_cluster_urls: 'redis://127.0.0.1:7000, redis://127.0.0.1:7001'}\n",
+    ] {
+        let s = parse(&format!("{MINIMAL}{extra}")).unwrap();
+        assert_eq!(nodes(&s), want, "{extra:?}");
+    }
+    let var = |k: &str| {
+        (k == env::REDIS_CLUSTER_URLS)
+            .then(|| "redis://127.0.0.1:7000,redis://127.0.0.1:7001,".to_owned())
+    };
+    let s = Settings::parse(MINIMAL, var).unwrap();
+    assert_eq!(nodes(&s), want);
+    assert!(s.limits.redis_url.is_none());
+}

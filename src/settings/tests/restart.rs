@@ -120,6 +120,7 @@ fn a_change_of_a_reloadable_key_is_taken() {
         "agents: {delete_wait_seconds: 3, duplicate_policy: newest}\n",
         "chat: {timeout_seconds: 9, poll: {jitter: 0.5}}\n",
         "limits: {user_rate_per_min: 3, redis_url: 'redis://127.0.0.1:6379'}\n",
+        "limits: {redis_cluster_urls: ['redis://127.0.0.1:7000', 'redis://127.0.0.1:7001']}\n",
         "paths: {merge_slashes: false}\n",
         "upstreams: {a: {backends: ['127.0.0.1:1']}}\nroutes: [{prefix: /a, upstream: a}]\n",
         "upstreams: {a: {backends: ['127.0.0.1:1']}}\ndefault_upstream: a\n",

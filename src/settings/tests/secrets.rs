@@ -71,3 +71,20 @@ fn a_database_url_shows_its_host_and_database_only() {
         assert_eq!(format!("{url:?}"), shown);
     }
 }
+
+#[test]
+fn debug_of_redis_cluster_urls_shows_the_addresses_only() {
+    let file = format!(
+        "{MINIMAL}limits: {{redis_cluster_urls: \
+         ['redis://u:CLUSTER-PW@10.0.0.1:7000/0', 'redis://u:CLUSTER-PW@10.0.0.2:7000']}}\n"
+    );
+    let settings = parse(&file).unwrap();
+    for shown in [format!("{settings:?}"), format!("{settings:#?}")] {
+        assert!(!shown.contains("CLUSTER-PW"), "{shown}");
+    }
+    let shown = format!("{settings:?}");
+    assert!(
+        shown.contains("redis_cluster_urls: Some([redis://10.0.0.1:7000, redis://10.0.0.2:7000])"),
+        "{shown}"
+    );
+}
