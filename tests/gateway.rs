@@ -10,6 +10,7 @@ mod gateway {
     pub mod chat_modes;
     pub mod cli;
     pub mod concurrency;
+    pub mod deploy;
     pub mod differential;
     pub mod docs;
     pub mod embed;

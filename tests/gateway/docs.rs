@@ -248,7 +248,11 @@ fn links(text: &str) -> Vec<(usize, String)> {
 #[test]
 fn docs_links_point_at_existing_files() {
     let root = repo();
-    let mut files = vec![root.join("README.md"), root.join("bench/README.md")];
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("bench/README.md"),
+        root.join("deploy/kubernetes/README.md"),
+    ];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
         .expect("docs/")
         .map(|e| e.expect("docs/ entry").path())
