@@ -31,7 +31,7 @@ const EXIT_SECONDS: u64 = 3;
 /// Variables the Deployment sets that the settings are about to read
 /// (issue 32: PgBouncer, Redis Cluster). Once docs/configuration.md lists
 /// one, the test asks for its removal from here.
-const PENDING_ENV: &[&str] = &["DATABASE_DIRECT_URL", "EAI_GATEWAY_REDIS_CLUSTER_URLS"];
+const PENDING_ENV: &[&str] = &[];
 
 #[test]
 fn kubernetes_probes_are_gateway_routes_on_its_listen_port() {
