@@ -28,6 +28,7 @@ mod gateway {
     pub mod pgbouncer;
     pub mod redis_cluster;
     pub mod replica_death;
+    pub mod scale_out;
     pub mod security;
     pub mod shared_limits;
     pub mod support;

@@ -16,14 +16,15 @@ use super::support::*;
 
 /// A PgBouncer of this test's own: `live` reaches the test PostgreSQL,
 /// `dead` a port where nothing listens.
-struct PgBouncer {
+pub(super) struct PgBouncer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl PgBouncer {
-    async fn start() -> Self {
+    /// With `servers` server connections to the test PostgreSQL.
+    pub(super) async fn start(servers: u32) -> Self {
         let pg = reqwest::Url::parse(&pg_url()).expect("test PostgreSQL URL");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -44,7 +45,7 @@ impl PgBouncer {
             "[databases]\nlive = {}\ndead = {}\n\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
-             default_pool_size = 4\nmax_client_conn = 1000\n\
+             default_pool_size = {servers}\nmax_client_conn = 1000\n\
              admin_users = {}\n\
              logfile = {}\npidfile = {}\n",
             server(pg.port().unwrap_or(5432)),
@@ -98,7 +99,7 @@ impl PgBouncer {
         Self { child, port, dir }
     }
 
-    fn url(&self, database: &str) -> String {
+    pub(super) fn url(&self, database: &str) -> String {
         let pg = reqwest::Url::parse(&pg_url()).expect("test PostgreSQL URL");
         format!(
             "postgres://{}@127.0.0.1:{}/{database}",
@@ -160,7 +161,7 @@ fn running_as_root() -> bool {
 
 /// A replica whose pool goes through `bouncer` and whose session needs
 /// (LISTEN, migrations) use `direct` (when given).
-fn through<'a>(
+pub(super) fn through<'a>(
     db: &'a TestDb,
     sim: SocketAddr,
     bouncer: &PgBouncer,
@@ -181,7 +182,7 @@ fn through<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_through_pgbouncer_keep_every_guarantee() {
-    let bouncer = PgBouncer::start().await;
+    let bouncer = PgBouncer::start(4).await;
     let (sim, sim_addr) = simulator(5).await;
     let db = TestDb::new(DbKind::Postgres);
     let dir = tempfile::tempdir().unwrap();
@@ -294,7 +295,7 @@ async fn eventually_metric(gw: &GatewayProcess, name: &str, count: f64) -> bool 
 /// strand; `run` starts on a migrated database and says what it gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_need_the_direct_url() {
-    let bouncer = PgBouncer::start().await;
+    let bouncer = PgBouncer::start(4).await;
     let db = TestDb::new(DbKind::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gw.yaml");
@@ -366,7 +367,7 @@ async fn migrations_need_the_direct_url() {
 /// the routes say the database is unavailable, in JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_tells_the_truth_when_every_statement_fails() {
-    let bouncer = PgBouncer::start().await;
+    let bouncer = PgBouncer::start(4).await;
     let (_sim, sim_addr) = simulator(5).await;
     let db = TestDb::new(DbKind::Postgres);
     // The tables exist (migrated directly); the pool's database is dead.

@@ -24,13 +24,13 @@ struct Node {
 
 /// Three primaries, no replicas, on free ports; their files in a
 /// temporary directory. Every process is killed on drop.
-struct RedisCluster {
+pub(super) struct RedisCluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
 }
 
 impl RedisCluster {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let mut ports = Vec::new();
         while ports.len() < 6 {
             let port = free_port();
@@ -136,7 +136,7 @@ impl RedisCluster {
     }
 
     /// `redis://` URLs of every node, comma-separated.
-    fn urls(&self) -> String {
+    pub(super) fn urls(&self) -> String {
         self.nodes
             .iter()
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
@@ -182,7 +182,7 @@ impl RedisCluster {
 
     /// Entries the cluster holds under the user's rate key (`redis-cli -c`
     /// follows the cluster to the node that holds it).
-    async fn counted(&self, user: &str) -> i64 {
+    pub(super) async fn counted(&self, user: &str) -> i64 {
         let key = rate_key(user);
         let out = cli_args(self.nodes[0].port, &["-c"], &["ZCARD", &key]).await;
         out.parse().unwrap_or_else(|_| panic!("ZCARD {key}: {out}"))
