@@ -127,6 +127,29 @@ pub async fn closed_loop(
     (all.len() as f64 / duration.as_secs_f64(), all)
 }
 
+/// Chat added latency of `gw` at `rate` chats/s of 300 ± 100 ms
+/// processing, spread over `users` users of `phase` whose agents exist
+/// before the clock starts.
+pub async fn steady_latency(
+    cx: &crate::Ctx<'_>,
+    gw: &Gateway,
+    phase: u32,
+    users: usize,
+    rate: f64,
+) -> Added {
+    let users: Vec<String> = (0..users).map(|i| user(phase, i)).collect();
+    warm_up(cx.client, gw, &users).await;
+    let samples = open_loop(
+        cx.client,
+        &gw.chat_url(),
+        rate,
+        Duration::from_secs(cx.phase_secs),
+        |i| varied_chat(&users[i % users.len()]),
+    )
+    .await;
+    added_latency(&samples)
+}
+
 /// Creates each user's agent and mapping, so measured chats are steady-state.
 pub async fn warm_up(client: &reqwest::Client, gw: &Gateway, users: &[String]) {
     let url = gw.chat_url();

@@ -21,6 +21,7 @@ mod phases {
     pub mod memory;
     pub mod modes;
     pub mod passthrough;
+    pub mod pooled;
     pub mod shared;
     pub mod simulator;
 }
@@ -81,7 +82,7 @@ fn machine() -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only PHASE` runs one phase: latency, letta, shared, capacity, passthrough, calls, modes, memory.
+    // `--only PHASE` runs one phase: latency, letta, shared, pooled, capacity, passthrough, calls, modes, memory.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -123,9 +124,12 @@ async fn main() {
     if run("memory") {
         phases::memory::run(&cx, &mut rows).await;
     }
-    // Last: its two extra gateways must not disturb the phases above.
+    // Last: their extra gateways must not disturb the phases above.
     if run("shared") {
         phases::shared::run(&cx, &mut rows).await;
+    }
+    if run("pooled") {
+        phases::pooled::run(&cx, &mut rows).await;
     }
     drop(gw);
     drop(sim);

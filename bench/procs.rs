@@ -224,6 +224,30 @@ pub async fn start_gateway_extra(name: &'static str, sim: SocketAddr, extra: &st
     launch_gateway(name, run, config).await
 }
 
+/// `start_gateway_with`, its pool through the transaction pooler at
+/// `pooled` (`statement_cache: 0`), LISTEN and migrations direct.
+pub async fn start_gateway_pooled(
+    name: &'static str,
+    sim: SocketAddr,
+    limits: &str,
+    pooled: &str,
+) -> Gateway {
+    let config = gateway_config(name, "eai", "poll", sim, limits, "");
+    let direct = format!("url: '{PG_URL}',");
+    let yaml = std::fs::read_to_string(&config.1).unwrap().replacen(
+        &direct,
+        &format!("url: '{pooled}', direct_url: '{PG_URL}', statement_cache: 0,"),
+        1,
+    );
+    std::fs::write(&config.1, yaml).unwrap();
+    let mut run = Command::new(gateway_bin());
+    run.args(["run", "--config"])
+        .arg(&config.1)
+        .env_remove("EAI_GATEWAY_LISTEN")
+        .env_remove("DATABASE_DIRECT_URL");
+    launch_gateway(name, run, config).await
+}
+
 /// The gateway embedded in a host proxy of its own (`examples/embed.rs`,
 /// built beside this binary by bench/run.sh), with the config of
 /// `start_gateway`; the host proxies everything else to the simulator.

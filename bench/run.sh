@@ -17,6 +17,12 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
 fi
 
+# The pooled phase puts Debian's PgBouncer in front of PostgreSQL.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+fi
+
 # The shared-limits phase counts in the machine's Redis.
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   command -v redis-server >/dev/null 2>&1 || {

@@ -1,8 +1,6 @@
 //! Letta dialect: polling (default) vs synchronous delivery.
 
-use std::time::Duration;
-
-use crate::load::{added_latency, open_loop, user, varied_chat, warm_up};
+use crate::load::steady_latency;
 use crate::procs::start_gateway;
 use crate::{Ctx, Rows};
 
@@ -19,18 +17,7 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
             cx.sim,
         )
         .await;
-        let users: Vec<String> = (0..300).map(|i| user(phase, i)).collect();
-        warm_up(cx.client, &lg, &users).await;
-        let url = lg.chat_url();
-        let samples = open_loop(
-            cx.client,
-            &url,
-            200.0,
-            Duration::from_secs(cx.phase_secs),
-            |i| varied_chat(&users[i % users.len()]),
-        )
-        .await;
-        let a = added_latency(&samples);
+        let a = steady_latency(cx, &lg, phase, 300, 200.0).await;
         rows.add(
             &format!("chat added latency, letta/{delivery}, 200 chats/s (ms)"),
             a.summary(),

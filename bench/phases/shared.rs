@@ -3,9 +3,7 @@
 //! Redis (one script call per chat). Both gateways run on PostgreSQL, so
 //! both also listen for mapping-cache invalidations (NOTIFY).
 
-use std::time::Duration;
-
-use crate::load::{added_latency, open_loop, user, varied_chat, warm_up};
+use crate::load::steady_latency;
 use crate::procs::start_gateway_with;
 use crate::{Ctx, Rows};
 
@@ -21,19 +19,10 @@ pub async fn run(cx: &Ctx<'_>, rows: &mut Rows) {
         (9, "limits-redis", "per-user rate in Redis", redis),
     ] {
         let gw = start_gateway_with(name, "eai", "poll", cx.sim, &limits).await;
-        let users: Vec<String> = (0..300).map(|i| user(phase, i)).collect();
-        warm_up(cx.client, &gw, &users).await;
-        let samples = open_loop(
-            cx.client,
-            &gw.chat_url(),
-            200.0,
-            Duration::from_secs(cx.phase_secs),
-            |i| varied_chat(&users[i % users.len()]),
-        )
-        .await;
+        let latency = steady_latency(cx, &gw, phase, 300, 200.0).await;
         rows.add(
             &format!("chat added latency, eai/poll, 200 chats/s, {what} (ms)"),
-            added_latency(&samples).summary(),
+            latency.summary(),
             "—",
             "—",
         );
