@@ -385,4 +385,22 @@ async fn health_tells_the_truth_when_every_statement_fails() {
     let ok = GatewayProcess::start(through(&db, sim_addr, &bouncer, "live", Some(&db.url))).await;
     let ready = client.get(ok.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+
+    // One not told of the pooler (statements named and cached, the schema
+    // as a connection option): unready, 503, and a log line naming the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("untold.log");
+    let mut spec = through(&db, sim_addr, &bouncer, "live", Some(&db.url));
+    spec.database_extra = String::new();
+    spec.log_file = Some(log.clone());
+    let untold = GatewayProcess::start(spec).await;
+    let ready = client.get(untold.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let (status, body) = untold.chat("5521977770005", "oi").await;
+    assert_eq!(status, 503, "{body}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("hint") && text.contains("database.statement_cache: 0"),
+        "{text}"
+    );
 }
