@@ -159,7 +159,11 @@ impl TraceContext {
     }
 
     fn child_bytes(&self) -> [u8; 55] {
-        traceparent(&self.trace_id, &fastrand::u64(1..).to_be_bytes(), self.flags)
+        traceparent(
+            &self.trace_id,
+            &fastrand::u64(1..).to_be_bytes(),
+            self.flags,
+        )
     }
 
     pub fn trace_id_bytes(&self) -> [u8; 16] {

@@ -12,7 +12,12 @@ use crate::spans::{Kind, Span};
 
 /// A span of a chat's phase, naming the user by its masked form (never the
 /// number).
-pub(super) fn phase(ctx: &RequestContext, name: &'static str, kind: Kind, user: &UserNumber) -> Span {
+pub(super) fn phase(
+    ctx: &RequestContext,
+    name: &'static str,
+    kind: Kind,
+    user: &UserNumber,
+) -> Span {
     let mut span = ctx.span(name, kind);
     if span.is_recording() {
         span.set("eai.user", user.masked());

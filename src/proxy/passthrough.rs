@@ -451,8 +451,7 @@ pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &mut Ctx) {
     if ctx.attempt.is_recording() {
         let method = session.req_header().method.as_str();
         ctx.attempt.rename(format!("{method} {}", ctx.label()));
-        ctx.attempt
-            .set("http.request.method", method.to_owned());
+        ctx.attempt.set("http.request.method", method.to_owned());
         if e.is_some() {
             ctx.attempt.fail();
         }

@@ -118,9 +118,10 @@ impl TracingSettings {
             })?;
         }
         if let Some(v) = set(ENV_SAMPLER_ARG) {
-            self.sampler_arg = v.trim().parse().map_err(|_| {
-                ConfigError::env(ENV_SAMPLER_ARG, format!("{v:?} is not a number"))
-            })?;
+            self.sampler_arg = v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::env(ENV_SAMPLER_ARG, format!("{v:?} is not a number")))?;
         }
         Ok(())
     }
@@ -134,7 +135,10 @@ impl TracingSettings {
             ));
         }
         if self.service_name.trim().is_empty() {
-            return Err(ConfigError::new("tracing.service_name", "must not be empty"));
+            return Err(ConfigError::new(
+                "tracing.service_name",
+                "must not be empty",
+            ));
         }
         if !(16..=1_000_000).contains(&self.queue_spans) {
             return Err(ConfigError::out_of_range(

@@ -216,9 +216,9 @@ impl Span {
 
     /// The `traceparent` of a call this span makes, when recorded.
     pub fn traceparent(&self) -> Option<[u8; 55]> {
-        self.0.as_ref().map(|open| {
-            crate::context::traceparent(&open.span.trace_id, &open.span.span_id, 1)
-        })
+        self.0
+            .as_ref()
+            .map(|open| crate::context::traceparent(&open.span.trace_id, &open.span.span_id, 1))
     }
 
     pub fn end(self) {}

@@ -35,7 +35,12 @@ type FlushRequest = std::sync::mpsc::Sender<()>;
 /// Drains the span queue to the collector.
 pub struct Exporter {
     /// Taken by the service's one `start`.
-    received: Mutex<Option<(mpsc::Receiver<Finished>, mpsc::UnboundedReceiver<FlushRequest>)>>,
+    received: Mutex<
+        Option<(
+            mpsc::Receiver<Finished>,
+            mpsc::UnboundedReceiver<FlushRequest>,
+        )>,
+    >,
     flush: mpsc::UnboundedSender<FlushRequest>,
     url: reqwest::Url,
     resource: Resource,
@@ -165,10 +170,7 @@ fn traces_url(endpoint: &reqwest::Url) -> reqwest::Url {
     url
 }
 
-fn encode(
-    resource: &Resource,
-    spans: impl Iterator<Item = Finished>,
-) -> ExportTraceServiceRequest {
+fn encode(resource: &Resource, spans: impl Iterator<Item = Finished>) -> ExportTraceServiceRequest {
     let spans = spans.map(proto_span).collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
