@@ -18,10 +18,13 @@ use super::support::*;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-/// What the receiver has decoded: each span with its resource's attributes.
+/// Each span received, with its resource's attributes.
+type Received = Vec<(Span, Vec<KeyValue>)>;
+
+/// What the receiver has decoded.
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(Span, Vec<KeyValue>)>>>,
+    spans: Arc<Mutex<Received>>,
 }
 
 impl Collector {
