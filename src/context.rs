@@ -98,10 +98,12 @@ impl TraceContext {
         value.and_then(Self::parse).unwrap_or_else(Self::start)
     }
 
-    /// A new trace, sampled.
+    /// A new trace, sampled. All 128 bits random (not a v4 UUID, whose
+    /// fixed variant bits would skew the `traceidratio` samplers, which
+    /// read the id's last 8 bytes as a random number).
     pub fn start() -> Self {
         Self {
-            trace_id: uuid::Uuid::new_v4().into_bytes(),
+            trace_id: fastrand::u128(1..).to_be_bytes(),
             parent: [0; 8],
             flags: 1,
         }
