@@ -397,7 +397,8 @@ async fn a_dead_collector_changes_no_answer_and_the_drops_are_counted() {
             })
             .sum::<f64>()
     };
-    assert_eq!(dropped(&gw.metrics().await), 0.0);
+    // The start-up health checks' spans may be counted already.
+    let before = dropped(&gw.metrics().await);
 
     let (status, body) = gw.chat("5521933332222", "olá").await;
     assert_eq!(status, 200, "{body}");
@@ -417,11 +418,71 @@ async fn a_dead_collector_changes_no_answer_and_the_drops_are_counted() {
     );
     let mut counted = 0.0;
     for _ in 0..50 {
-        counted = dropped(&gw.metrics().await);
+        counted = dropped(&gw.metrics().await) - before;
         if counted >= 100.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(counted >= 100.0, "spans dropped: {counted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_504_leaves_a_background_span_and_shutdown_flushes_the_queue() {
+    let (collector, endpoint) = Collector::start().await;
+    let (_sim, sim_addr) = simulator(1500).await;
+    let db = TestDb::new(DbKind::Sqlite);
+    let mut spec = GatewaySpec::new(Dialect::Eai, &db, sim_addr);
+    spec.env = tracing_env(endpoint);
+    let mut gw = GatewayProcess::start(spec).await;
+
+    // The caller waits 0.5 s for a 1.5 s answer: a 504, and the message is
+    // followed to its end in the background, under the same server span.
+    let trace = "33333333333333333333333333333333";
+    let r = reqwest::Client::new()
+        .post(gw.url("/eai-gateway/chat"))
+        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({"user_number": "5521944443333", "message": "demora", "timeout": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let spans = collector.wait_for(trace, "chat.background").await;
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("server span");
+    assert_eq!(
+        attr(server, "http.response.status_code").as_deref(),
+        Some("504")
+    );
+    let background = spans.iter().find(|s| s.name == "chat.background").unwrap();
+    assert_eq!(background.parent_span_id, server.span_id);
+    assert_eq!(attr(background, "eai.outcome").as_deref(), Some("answered"));
+    // It began when the caller had its answer and ended with the message.
+    assert!(background.start_time_unix_nano >= server.end_time_unix_nano - 50_000_000);
+    assert!(background.end_time_unix_nano > server.end_time_unix_nano + 500_000_000);
+
+    // Spans of a request answered just before SIGTERM are posted before the
+    // process exits, not left in the queue (exports otherwise go every
+    // 0.5 s, so without the flush this trace is almost always lost).
+    let last = "44444444444444444444444444444444";
+    let r = reqwest::Client::new()
+        .get(gw.url("/healthz"))
+        .header("traceparent", format!("00-{last}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Off this runtime's workers: the collector must answer meanwhile.
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let names: Vec<String> = collector
+        .of_trace(last)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["GET /healthz"]);
 }
