@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::spans::{Kind, Parent, Span};
+
 /// A request id: the client's `X-Request-Id` when it is short and plain,
 /// else a new UUID. Safe in headers and logs as it is. It carries the
 /// request's trace context too: one pointer for both, which every future
@@ -85,6 +87,9 @@ impl fmt::Debug for RequestId {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: [u8; 16],
+    /// The caller's span (the incoming `traceparent`'s parent id); zero
+    /// when the trace starts here.
+    parent: [u8; 8],
     flags: u8,
 }
 
@@ -93,10 +98,13 @@ impl TraceContext {
         value.and_then(Self::parse).unwrap_or_else(Self::start)
     }
 
-    /// A new trace, sampled.
+    /// A new trace, sampled. All 128 bits random (not a v4 UUID, whose
+    /// fixed variant bits would skew the `traceidratio` samplers, which
+    /// read the id's last 8 bytes as a random number).
     pub fn start() -> Self {
         Self {
-            trace_id: uuid::Uuid::new_v4().into_bytes(),
+            trace_id: fastrand::u128(1..).to_be_bytes(),
+            parent: [0; 8],
             flags: 1,
         }
     }
@@ -121,11 +129,14 @@ impl TraceContext {
         }
         let mut trace_id = [0u8; 16];
         hex::decode_to_slice(trace, &mut trace_id).ok()?;
-        if trace_id == [0; 16] || parent.bytes().all(|b| b == b'0') {
+        let mut parent_id = [0u8; 8];
+        hex::decode_to_slice(parent, &mut parent_id).ok()?;
+        if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
         Some(Self {
             trace_id,
+            parent: parent_id,
             flags: u8::from_str_radix(flags, 16).ok()?,
         })
     }
@@ -150,13 +161,35 @@ impl TraceContext {
     }
 
     fn child_bytes(&self) -> [u8; 55] {
-        let span: [u8; 8] = fastrand::u64(1..).to_be_bytes();
-        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex_into(&self.trace_id, &mut buf[3..35]);
-        hex_into(&span, &mut buf[36..52]);
-        hex_into(&[self.flags], &mut buf[53..55]);
-        buf
+        traceparent(
+            &self.trace_id,
+            &fastrand::u64(1..).to_be_bytes(),
+            self.flags,
+        )
     }
+
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The caller's span, when the trace came with the request.
+    pub fn remote_parent(&self) -> Option<[u8; 8]> {
+        (self.parent != [0; 8]).then_some(self.parent)
+    }
+
+    /// The `sampled` flag of the trace.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// A `traceparent` value: version 00, these ids and flags.
+pub(crate) fn traceparent(trace_id: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(trace_id, &mut buf[3..35]);
+    hex_into(span, &mut buf[36..52]);
+    hex_into(&[flags], &mut buf[53..55]);
+    buf
 }
 
 /// Lower-case hex of `bytes` into `out` (twice as long); returns `out`.
@@ -170,7 +203,7 @@ fn hex_into<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a [u8] {
 }
 
 /// A `String` of bytes known to be ASCII.
-fn ascii(bytes: &[u8]) -> String {
+pub(crate) fn ascii(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap_or_default()
 }
 
@@ -193,6 +226,9 @@ pub struct RequestContext {
     /// When the caller stops waiting, once a chat knows it: the bound on
     /// trying a refused call again.
     deadline: Arc<std::sync::OnceLock<Instant>>,
+    /// The exported span that work of this request is a child of; `None`
+    /// when span export is off or the trace is not sampled.
+    span: Option<Parent>,
 }
 
 impl RequestContext {
@@ -202,6 +238,52 @@ impl RequestContext {
             started: Instant::now(),
             agent_wait: Arc::default(),
             deadline: Arc::default(),
+            span: None,
+        }
+    }
+
+    /// This context with its work recorded under `span` (the request's
+    /// server span).
+    pub fn within(mut self, span: Option<Parent>) -> Self {
+        self.span = span;
+        self
+    }
+
+    /// A span of this request's work, child of its current span; records
+    /// nothing when the request has none.
+    pub fn span(&self, name: &'static str, kind: Kind) -> Span {
+        self.span
+            .as_ref()
+            .map_or_else(Span::none, |p| p.child(name, kind))
+    }
+
+    /// The span this context records under, for work that outlives it.
+    pub fn span_parent(&self) -> Option<&Parent> {
+        self.span.as_ref()
+    }
+
+    /// A clone of this context whose calls are children of `span`: what
+    /// the agent-service client is given so that the `traceparent` it
+    /// sends names that span.
+    /// Borrowed as it is when `span` records nothing: no clone then.
+    pub fn under(&self, span: &Span) -> std::borrow::Cow<'_, Self> {
+        match span.parent() {
+            Some(parent) => {
+                let mut ctx = self.clone();
+                ctx.span = Some(parent);
+                std::borrow::Cow::Owned(ctx)
+            }
+            None => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
+    /// The `traceparent` of one outgoing call: the current span's id when
+    /// spans are exported (so the callee's spans join the exported tree),
+    /// else a new span id of the trace.
+    pub fn traceparent(&self) -> String {
+        match &self.span {
+            Some(parent) => ascii(&parent.traceparent()),
+            None => self.trace().child_header(),
         }
     }
 

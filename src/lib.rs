@@ -64,6 +64,7 @@ mod saturation;
 pub mod server;
 pub mod settings;
 pub mod sim;
+mod spans;
 mod tls;
 mod upstreams;
 

@@ -171,6 +171,15 @@ pub static REDIS_FALLBACKS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric definition")
 });
 
+pub static TRACE_SPANS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "eai_gateway_trace_spans_dropped_total",
+        "Spans not exported: the queue was full (queue_full) or the collector refused or did not answer (export_failed).",
+        &["reason"]
+    )
+    .expect("metric definition")
+});
+
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "eai_gateway_config_reloads_total",
@@ -463,6 +472,9 @@ pub fn init() {
     LazyLock::force(&MAPPING_INVALIDATIONS);
     LazyLock::force(&MAPPING_LISTENER_RECONNECTS);
     LazyLock::force(&REDIS_FALLBACKS);
+    for reason in ["queue_full", "export_failed"] {
+        TRACE_SPANS_DROPPED.with_label_values(&[reason]);
+    }
     for result in ["success", "failure"] {
         CONFIG_RELOADS.with_label_values(&[result]);
     }

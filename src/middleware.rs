@@ -3,7 +3,7 @@
 //! assembled from.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pingora::proxy::Session;
 use pingora::services::ServiceWithDependents;
@@ -20,6 +20,7 @@ use crate::path::{self, Target};
 use crate::reload::{Live, Reloader};
 use crate::routes;
 use crate::settings::{ConfigError, Settings};
+use crate::spans::{Exporter, SpanFlush, Tracer};
 use crate::tls::Certificate;
 
 /// Why the gateway could not be set up.
@@ -124,6 +125,10 @@ struct Inner {
     source: Option<PathBuf>,
     /// Chats whose message is still with the agent service.
     chats: InFlight,
+    /// The span exporter, until `background_services` hands it to the
+    /// server (once: it owns the span queue's receiving end).
+    exporter: Mutex<Option<Exporter>>,
+    span_flush: Option<SpanFlush>,
 }
 
 impl EaiGateway {
@@ -173,11 +178,16 @@ impl EaiGateway {
         let users = UserRules::new(&settings.users);
         let gateway = Gateway::new(&settings, chat, users).map_err(SetupError::Build)?;
         let certificate = Certificate::load(&settings.tls).map_err(SetupError::Build)?;
+        let (tracer, exporter) = match Tracer::new(&settings.tracing) {
+            Some((tracer, exporter)) => (Some(tracer), Some(exporter)),
+            None => (None, None),
+        };
         let live = Arc::new(Live::new(
             gateway,
             settings.auth.metrics_tokens.clone(),
             InFlight::default(),
             certificate,
+            tracer,
         ));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -185,6 +195,8 @@ impl EaiGateway {
                 settings,
                 source,
                 chats,
+                span_flush: exporter.as_ref().map(Exporter::flush_handle),
+                exporter: Mutex::new(exporter),
             }),
         })
     }
@@ -201,7 +213,8 @@ impl EaiGateway {
     /// server that runs the proxy (`Server::add_services`). They start the
     /// pass-through upstreams' health checks, reload the configuration file
     /// on SIGHUP (when built with [`from_config_file`](Self::from_config_file)),
-    /// and, on PostgreSQL, listen for mapping changes made by other replicas.
+    /// on PostgreSQL, listen for mapping changes made by other replicas, and,
+    /// with `tracing.otlp_endpoint`, export spans (the first call only).
     /// Everything else (database pool, lease renewal, cache) starts lazily on
     /// the serving runtime, so daemon mode and graceful upgrade work as for
     /// any Pingora service.
@@ -224,6 +237,13 @@ impl EaiGateway {
             services.push(Box::new(background_service(
                 "eai-gateway mapping invalidations",
                 listener,
+            )));
+        }
+        let exporter = inner.exporter.lock().ok().and_then(|mut e| e.take());
+        if let Some(exporter) = exporter {
+            services.push(Box::new(background_service(
+                "eai-gateway span export",
+                exporter,
             )));
         }
         if let Some(sweeper) = crate::admin::OrphanSweeper::new(&inner.settings) {
@@ -270,6 +290,11 @@ impl EaiGateway {
 
     pub(crate) fn live(&self) -> &Arc<Live> {
         &self.inner.live
+    }
+
+    /// Posts the spans still queued; what a draining process does last.
+    pub(crate) fn span_flush(&self) -> Option<SpanFlush> {
+        self.inner.span_flush.clone()
     }
 
     /// Chats still with the agent service: what a draining process waits for.

@@ -24,6 +24,7 @@ use crate::gateway::Gateway;
 use crate::inflight::InFlight;
 use crate::metrics;
 use crate::settings::Settings;
+use crate::spans::Tracer;
 use crate::tls::Certificate;
 
 /// What every request reads first.
@@ -39,6 +40,9 @@ pub struct Live {
     /// The HTTPS listener's certificate, re-read on reload; `None` without
     /// a `tls:` section.
     pub certificate: Option<Arc<Certificate>>,
+    /// Span export (`tracing:`), built once with the process: `None` when
+    /// off, the one check a request makes.
+    pub spans: Option<Arc<Tracer>>,
 }
 
 impl Live {
@@ -47,6 +51,7 @@ impl Live {
         metrics_tokens: TokenSet,
         inflight: InFlight,
         certificate: Option<Arc<Certificate>>,
+        spans: Option<Arc<Tracer>>,
     ) -> Self {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
@@ -54,6 +59,7 @@ impl Live {
             closing: AtomicBool::new(false),
             inflight,
             certificate,
+            spans,
         }
     }
 

@@ -38,6 +38,9 @@ struct Drain {
     /// Whose messages still in progress at the end are cancelled at the
     /// agent service.
     chat: crate::chat::ChatService,
+    /// Span export, when on: the spans of the last requests go out before
+    /// the process exits.
+    spans: Option<crate::spans::SpanFlush>,
 }
 
 /// How a drain went: what it gave up when its period ran out.
@@ -111,6 +114,12 @@ fn watch_drain(
         {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A fast shutdown stops the exporter's runtime at once: no flush.
+        if let Some(spans) = &drain.spans
+            && !spans.flush_blocking(SPAN_FLUSH_AT_EXIT)
+        {
+            tracing::warn!("Posting the last spans took too long; exiting without.");
+        }
     }
     let abandoned = drain.chats.count();
     if abandoned > 0 {
@@ -144,6 +153,10 @@ fn cancel_in_progress(chat: &crate::chat::ChatService) {
         tracing::warn!("Cancelling the abandoned messages took too long; exiting without.");
     }
 }
+
+/// How long an exiting process spends posting its last spans: one post's
+/// bound and a little more.
+const SPAN_FLUSH_AT_EXIT: Duration = Duration::from_secs(3);
 
 /// How long an exiting process spends cancelling what it abandons.
 const CANCEL_AT_EXIT: Duration = Duration::from_secs(2);
@@ -192,6 +205,7 @@ fn build_server(cfg: &Settings, source: Option<&Path>, start: Start) -> Result<B
         chats: eai.chats(),
         period: cfg.shutdown.drain,
         chat: live.peek().chat.clone(),
+        spans: eai.span_flush(),
     };
     let proxy = http_proxy(&server.configuration, GatewayProxy::new(eai));
     let mut proxy = Service::new(

@@ -22,6 +22,7 @@ mod gateway {
     pub mod native_routes;
     pub mod observability;
     pub mod orphans;
+    pub mod otlp;
     pub mod passthrough;
     pub mod paths;
     pub mod pg_server;

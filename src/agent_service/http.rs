@@ -317,7 +317,7 @@ impl AgentHttp {
             .client
             .request(method, url)
             .header("x-request-id", ctx.id.as_str())
-            .header("traceparent", ctx.trace().child_header());
+            .header("traceparent", ctx.traceparent());
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }

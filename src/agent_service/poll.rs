@@ -10,6 +10,7 @@ use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::AgentId;
 use crate::settings::PollSettings;
+use crate::spans::Kind;
 
 /// When to poll: first after `initial_delay` (short: a quick answer is seen
 /// quickly), then every `dense_interval` while the answer is likely to come
@@ -107,7 +108,16 @@ pub async fn until_done(
         // Waiting between polls is waiting on the agent, not gateway overhead.
         ctx.add_agent_wait(slept.elapsed());
         polls += 1;
-        match service.poll(ctx, agent, id).await {
+        let mut span = ctx.span("chat.poll", Kind::Client);
+        if span.is_recording() {
+            span.set("eai.agent_id", agent.to_string());
+        }
+        let polled = service.poll(&ctx.under(&span), agent, id).await;
+        if polled.is_err() {
+            span.fail();
+        }
+        drop(span);
+        match polled {
             Ok(Poll::Pending) => {}
             Ok(outcome) => return Ok(Finished { outcome, polls }),
             // Polls are idempotent: a transient failure is retried on the

@@ -8,6 +8,30 @@ use crate::context::RequestContext;
 use crate::error::GatewayResult;
 use crate::ids::{AgentId, UserNumber};
 use crate::metrics;
+use crate::spans::{Kind, Span};
+
+/// A span of a chat's phase, naming the user by its masked form (never the
+/// number).
+pub(super) fn phase(
+    ctx: &RequestContext,
+    name: &'static str,
+    kind: Kind,
+    user: &UserNumber,
+) -> Span {
+    let mut span = ctx.span(name, kind);
+    if span.is_recording() {
+        span.set("eai.user", user.masked());
+    }
+    span
+}
+
+/// Where the mapping lookup found the user's agent.
+fn found(span: &mut Span, source: &'static str, agent: &AgentId) {
+    if span.is_recording() {
+        span.set("eai.mapping.source", source);
+        span.set("eai.agent_id", agent.to_string());
+    }
+}
 
 impl Inner {
     /// The agent mapped to the user in the store, by the duplicate policy.
@@ -21,15 +45,30 @@ impl Inner {
         ctx: &RequestContext,
         user: &UserNumber,
     ) -> GatewayResult<AgentId> {
+        let mut lookup = phase(ctx, "chat.mapping", Kind::Internal, user);
         if let Some(agent) = self.cache.get(user) {
+            found(&mut lookup, "cache", &agent);
             return Ok(agent);
         }
-        if let Some(agent) = self.mapped(user).await? {
+        let mapped = self.mapped(user).await;
+        if let Ok(Some(agent)) = &mapped {
+            found(&mut lookup, "database", agent);
+        }
+        if let Some(agent) = mapped.inspect_err(|_| lookup.fail())? {
             self.cache.put(user, &agent);
             return Ok(agent);
         }
+        lookup.set("eai.mapping.source", "none");
+        drop(lookup);
         let created = self.create(ctx, user).await?;
+        let mut claim = phase(ctx, "chat.agent_claim", Kind::Internal, user);
         let claimed = self.store.claim(user, &created).await;
+        if let Ok(winner) = &claimed
+            && claim.is_recording()
+        {
+            claim.set("eai.agent_id", winner.to_string());
+        }
+        drop(claim);
         let winner = self.settle(ctx, created, claimed)?;
         self.cache.put(user, &winner);
         Ok(winner)
@@ -91,7 +130,16 @@ impl Inner {
     }
 
     async fn create(&self, ctx: &RequestContext, user: &UserNumber) -> GatewayResult<AgentId> {
-        let agent = self.agents.create_agent(ctx, user).await?;
+        let mut span = phase(ctx, "chat.agent_create", Kind::Client, user);
+        let agent = self
+            .agents
+            .create_agent(&ctx.under(&span), user)
+            .await
+            .inspect_err(|_| span.fail())?;
+        if span.is_recording() {
+            span.set("eai.agent_id", agent.to_string());
+        }
+        drop(span);
         metrics::AGENTS_CREATED.inc();
         tracing::info!(user = %user.masked(), agent = %agent, "Agent created.");
         Ok(agent)

@@ -5,6 +5,7 @@
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::agents::phase;
 use super::run::{Progress, ProgressCell, gave_up};
 use super::{ChatAnswer, ChatEvent, ChatRequest, CompletedMessage, Inner};
 use crate::agent_service::{Poll, Sent, poll};
@@ -13,6 +14,7 @@ use crate::error::{ErrorKind, GatewayError, GatewayResult};
 use crate::ids::{AgentId, UserNumber};
 use crate::mapping::lease::Lease;
 use crate::metrics;
+use crate::spans::Kind;
 
 enum Attempt {
     Answered(ChatAnswer),
@@ -28,7 +30,13 @@ impl Inner {
         deadline: Instant,
         progress: &ProgressCell,
     ) -> GatewayResult<ChatAnswer> {
-        let lease = self.leases.acquire(&req.user, deadline, self).await?;
+        let mut span = phase(ctx, "chat.lease", Kind::Internal, &req.user);
+        let lease = self
+            .leases
+            .acquire(&req.user, deadline, self)
+            .await
+            .inspect_err(|_| span.fail())?;
+        drop(span);
         let result = self.converse(ctx, &req, &lease, deadline, progress).await;
         lease.release().await;
         result
@@ -104,11 +112,21 @@ impl Inner {
                 let _ = events.send(event);
             }
         };
+        // The stream carries the whole answer; a send only its acceptance.
+        let name = match &req.events {
+            Some(_) => "chat.stream",
+            None => "chat.send",
+        };
+        let mut span = phase(ctx, name, Kind::Client, &req.user);
+        if span.is_recording() {
+            span.set("eai.agent_id", agent.to_string());
+        }
+        let send_ctx = ctx.under(&span);
         let sent = match &req.events {
             Some(_) => {
                 self.agents
                     .send_streaming(
-                        ctx,
+                        &send_ctx,
                         agent,
                         &req.message,
                         req.metadata.as_ref(),
@@ -120,7 +138,7 @@ impl Inner {
             None => {
                 self.agents
                     .send(
-                        ctx,
+                        &send_ctx,
                         agent,
                         &req.message,
                         req.metadata.as_ref(),
@@ -129,6 +147,10 @@ impl Inner {
                     .await
             }
         };
+        if sent.is_err() {
+            span.fail();
+        }
+        drop(span);
         // Streamed: the messages have reached the events already.
         let streamed = matches!(sent, Ok(Sent::Streamed(_)));
         let (id, finished) = match sent {

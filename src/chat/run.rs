@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::{ChatAnswer, ChatRequest, ChatService};
 use crate::context::RequestContext;
 use crate::error::{ErrorKind, GatewayError, GatewayResult};
+use crate::spans::{Kind, Parent};
 
 impl ChatService {
     /// Runs one chat to its answer, or to the caller's deadline (504 with
@@ -43,19 +44,23 @@ impl ChatService {
                 .retry_after(1)
             })?;
         let inner = self.inner.clone();
+        let ctx_span = ctx.span_parent().cloned();
         let running = inner.running.enter();
         let progress = ProgressCell::default();
         let watched = progress.clone();
         let task = tokio::spawn(async move {
             let _running = running;
+            let mut span = super::agents::phase(&ctx, "chat.lane_wait", Kind::Internal, &req.user);
             let _lane = tokio::time::timeout_at(deadline, ticket.wait())
                 .await
                 .map_err(|_| {
+                    span.fail();
                     GatewayError::new(
                         ErrorKind::PollTimeout,
                         "earlier messages of this user are still being answered",
                     )
                 })?;
+            drop(span);
             let result = inner.chat_in_turn(&ctx, req, deadline, &progress).await;
             if progress.abandoned_by_caller() {
                 // The caller has had its 504; this is the only trace left.
@@ -74,6 +79,7 @@ impl ChatService {
             task,
             progress: watched,
             deadline,
+            span: ctx_span,
         })
     }
 }
@@ -83,6 +89,9 @@ pub struct ChatRun {
     task: tokio::task::JoinHandle<GatewayResult<ChatAnswer>>,
     progress: ProgressCell,
     deadline: Instant,
+    /// The request's span, for the span of a completion the caller no
+    /// longer waits for.
+    span: Option<Parent>,
 }
 
 impl ChatRun {
@@ -93,9 +102,36 @@ impl ChatRun {
             Ok(joined) => joined,
             // Finished on the deadline itself: the answer still counts.
             Err(_) if self.task.is_finished() => self.task.await,
-            Err(_) => return Err(self.progress.gave_up().await),
+            Err(_) => {
+                let gave_up = self.progress.gave_up().await;
+                self.follow_in_background();
+                return Err(gave_up);
+            }
         };
         Self::joined(joined)
+    }
+
+    /// With spans on, a span from the caller's 504 to the message's end;
+    /// otherwise the task simply goes on alone.
+    fn follow_in_background(self) {
+        let Some(parent) = self.span else {
+            return;
+        };
+        let mut span = parent.child("chat.background", Kind::Internal);
+        let task = self.task;
+        tokio::spawn(async move {
+            let ended = Self::joined(task.await);
+            span.set(
+                "eai.outcome",
+                match &ended {
+                    Ok(_) => "answered",
+                    Err(e) => e.kind.label(),
+                },
+            );
+            if ended.is_err() {
+                span.fail();
+            }
+        });
     }
 
     /// How the chat ended, however long that takes (up to

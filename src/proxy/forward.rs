@@ -125,7 +125,7 @@ impl Forwarder {
         if let Some(e) = &error {
             fail(session, e, &mut ctx).await;
         }
-        log(session, error.as_deref(), &ctx);
+        log(session, error.as_deref(), &mut ctx);
         error.is_none()
     }
 

@@ -15,6 +15,25 @@ use crate::gateway::Gateway;
 use crate::path;
 use crate::reload::Live;
 use crate::routes::{self, Native, Reply};
+use crate::spans::{Kind, Parent, Span, Tracer};
+
+/// The server span of a native request, named by its route template
+/// (OpenTelemetry's `{method} {route}`); `Span::none()` when not sampled.
+fn server_span(
+    tracer: &std::sync::Arc<Tracer>,
+    request_id: &RequestId,
+    method: &http::Method,
+    route: &'static str,
+) -> Span {
+    let mut span = tracer.root(request_id.trace(), route, Kind::Server);
+    if span.is_recording() {
+        span.rename(format!("{method} {route}"));
+        span.set("http.request.method", method.as_str().to_owned());
+        span.set("http.route", route);
+        span.set("eai.request_id", request_id.as_str().to_owned());
+    }
+    span
+}
 
 /// Silence tolerated between two reads of a native request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,14 +69,20 @@ impl Gateway {
         let started = Instant::now();
         let request_id = request_id(session);
         let method = session.req_header().method.clone();
+        let mut span = Span::none();
         let (route, result) = match path::normalize(session.req_header().raw_path(), &self.paths) {
             Ok(target) => {
                 let native =
                     routes::match_native(&method, target.path()).unwrap_or(routes::Native::Unknown);
                 let route = native.template();
+                if let Some(tracer) = &live.spans {
+                    span = server_span(tracer, &request_id, &method, route);
+                }
+                let parent = span.parent();
                 (
                     route,
-                    self.serve_native(session, native, &request_id, live).await,
+                    self.serve_native(session, native, &request_id, live, parent)
+                        .await,
                 )
             }
             // Front sends a target it cannot read one way to this path.
@@ -70,6 +95,14 @@ impl Gateway {
             Ok(status) => Some(*status),
             Err(_) => session.response_written().map(|h| h.status),
         };
+        if span.is_recording() {
+            let code = status.map_or(0, |s| s.as_u16());
+            span.set("http.response.status_code", i64::from(code));
+            if code == 0 || code >= 500 {
+                span.fail();
+            }
+        }
+        drop(span);
         record(
             Served {
                 route,
@@ -91,6 +124,7 @@ impl Gateway {
         native: Native,
         request_id: &RequestId,
         live: &Live,
+        span: Option<Parent>,
     ) -> Result<StatusCode> {
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let open = matches!(native, Native::Healthz | Native::Readyz);
@@ -111,10 +145,10 @@ impl Gateway {
             (Ok(()), Native::Readyz) => routes::health::readyz(self.chat.store()).await,
             (Ok(()), Native::AgentGet(raw)) => routes::agent::get(&self.chat, users, &raw).await,
             (Ok(()), Native::AgentDelete(raw)) => {
-                let ctx = RequestContext::new(request_id.clone());
+                let ctx = RequestContext::new(request_id.clone()).within(span);
                 routes::agent::delete(&self.chat, users, &ctx, &raw).await
             }
-            (Ok(()), Native::Chat) => self.serve_chat(session, request_id).await,
+            (Ok(()), Native::Chat) => self.serve_chat(session, request_id, span).await,
             (Ok(()), Native::ChatOutcome(raw)) => routes::chat::outcome(&self.chat, &raw).await,
             (Ok(()), Native::WrongMethod(_, allow)) => Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
@@ -134,6 +168,7 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         request_id: &RequestId,
+        span: Option<Parent>,
     ) -> GatewayResult<Reply> {
         let body = tokio::time::timeout(
             self.body_timeout,
@@ -148,7 +183,7 @@ impl Gateway {
         });
         // The overhead clock starts once the body is in: a slow client is
         // not the gateway's cost.
-        let ctx = RequestContext::new(request_id.clone());
+        let ctx = RequestContext::new(request_id.clone()).within(span);
         // Read after the body, so that a refusal leaves the connection clean.
         let delivery = routes::chat::Delivery::from_headers(&session.req_header().headers);
         routes::chat::handle(

@@ -22,6 +22,7 @@ use crate::inflight::InflightGuard;
 use crate::path::Target;
 use crate::reload::Live;
 use crate::routes;
+use crate::spans::{Kind, Span, Tracer};
 use crate::upstreams::{HeaderEdits, Route, RouteId};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -55,6 +56,10 @@ pub struct Ctx {
     pub(super) lean: bool,
     /// Answered by the middleware, which recorded the request itself.
     pub(super) native: bool,
+    /// Span export, when on.
+    pub(super) tracer: Option<Arc<Tracer>>,
+    /// The client span of the current backend attempt.
+    pub(super) attempt: Span,
 }
 
 impl Ctx {
@@ -73,6 +78,8 @@ impl Ctx {
             status: None,
             lean: false,
             native: false,
+            tracer: live.spans.clone(),
+            attempt: Span::none(),
         }
     }
 
@@ -203,6 +210,16 @@ pub(super) fn choose_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         peer.options.read_timeout = Some(timeout);
     }
     ctx.backend = peer._address.as_inet().map(|addr| (*addr, Instant::now()));
+    // One client span per attempt; a failed attempt's ends here.
+    ctx.attempt = match (&ctx.tracer, &ctx.request_id) {
+        (Some(tracer), Some(id)) => attempt_span(
+            tracer,
+            id,
+            route_of(&ctx.gateway, &ctx.upstream),
+            ctx.backend,
+        ),
+        _ => Span::none(),
+    };
     Ok(Box::new(peer))
 }
 
@@ -213,6 +230,8 @@ pub(super) fn connect_failed(peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) 
     if let Some(m) = upstream {
         m.connect_failures.inc();
     }
+    ctx.attempt.fail();
+    ctx.attempt.set("error.type", "connect");
     ctx.backend_failure = Some(failure::BackendFailure::new(
         peer._address.as_inet().copied(),
         &e,
@@ -265,7 +284,14 @@ pub(super) fn edit_request(
             if let Ok(value) = HeaderValue::from_str(id.as_str()) {
                 headers.insert(X_REQUEST_ID, value);
             }
-            headers.insert(TRACEPARENT, id.trace().child_header_value());
+            // The attempt's own id when it is exported, so the backend's
+            // spans hang under it.
+            let traceparent = ctx
+                .attempt
+                .traceparent()
+                .and_then(|v| HeaderValue::from_bytes(&v).ok())
+                .unwrap_or_else(|| id.trace().child_header_value());
+            headers.insert(TRACEPARENT, traceparent);
         }
         if let Some(edits) = edits {
             edits.apply(headers);
@@ -310,6 +336,14 @@ pub(super) fn edit_response(
         upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         session.set_keepalive(None);
     }
+    if ctx.attempt.is_recording() {
+        let code = upstream_response.status.as_u16();
+        ctx.attempt
+            .set("http.response.status_code", i64::from(code));
+        if code >= 500 {
+            ctx.attempt.fail();
+        }
+    }
     let edits = ctx.route().map(|route| &route.response_headers);
     let adding = 1 + HeaderEdits::added(edits);
     header_edits::edit_response(upstream_response, adding, |headers| {
@@ -334,6 +368,29 @@ pub(super) fn edit_response(
             .observe(chosen.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+/// The client span of one backend attempt (OpenTelemetry HTTP client
+/// conventions, plus the upstream's name); `Span::none()` when the trace
+/// is not sampled.
+fn attempt_span(
+    tracer: &Arc<Tracer>,
+    id: &RequestId,
+    route: Option<&Route>,
+    backend: Option<(std::net::SocketAddr, Instant)>,
+) -> Span {
+    let mut span = tracer.root(id.trace(), "upstream", Kind::Client);
+    if span.is_recording() {
+        if let Some(route) = route {
+            span.set("eai.upstream", route.upstream.name().to_owned());
+        }
+        if let Some((addr, _)) = backend {
+            span.set("server.address", addr.ip().to_string());
+            span.set("server.port", i64::from(addr.port()));
+        }
+        span.set("eai.request_id", id.as_str().to_owned());
+    }
+    span
 }
 
 /// Answers a request that could not be passed through, if nothing of the
@@ -387,9 +444,19 @@ pub(super) async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Ctx) 
 }
 
 /// The access line and metrics of a request that went the pass-through way.
-pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &Ctx) {
+pub(super) fn log(session: &ServerSession, e: Option<&Error>, ctx: &mut Ctx) {
     if ctx.native {
         return;
+    }
+    if ctx.attempt.is_recording() {
+        let method = session.req_header().method.as_str();
+        ctx.attempt.rename(format!("{method} {}", ctx.label()));
+        ctx.attempt.set("http.request.method", method.to_owned());
+        if e.is_some() {
+            ctx.attempt.fail();
+        }
+        // Ends the last attempt's span.
+        ctx.attempt = Span::none();
     }
     let status = session.response_written().map(|h| h.status).or(ctx.status);
     let proxied = ctx.route().map(|route| {

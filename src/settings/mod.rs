@@ -11,6 +11,7 @@ mod database;
 mod humanize;
 mod limits;
 mod mapping;
+mod otel;
 mod paths;
 mod renamed;
 mod restart;
@@ -37,6 +38,7 @@ pub use database::{DatabaseSettings, DatabaseUrl};
 pub(crate) use limits::limit;
 pub use limits::{LimitSettings, RedisClusterUrls, RedisFallback, RedisUrl};
 pub use mapping::{DuplicatePolicy, MappingSettings};
+pub use otel::{SamplerKind, TracingSettings};
 pub use paths::{EncodedSeparators, PathSettings};
 pub use restart::{RESTART_ONLY, RestartOnly};
 pub use tls::TlsListenerSettings;
@@ -183,6 +185,9 @@ pub struct Settings {
     /// Upstream receiving every request that no route claims; 404 when unset.
     #[serde(default)]
     pub default_upstream: Option<String>,
+    /// The `tracing:` section: span export over OTLP.
+    #[serde(default)]
+    pub tracing: TracingSettings,
 }
 
 fn default_listen() -> SocketAddr {
@@ -285,6 +290,7 @@ impl Settings {
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             default_upstream: None,
+            tracing: TracingSettings::default(),
         }
     }
 
@@ -430,6 +436,7 @@ impl Settings {
                 .or_insert_with(|| UpstreamSettings::with_backends([v]));
             self.default_upstream = Some(name);
         }
+        self.tracing.apply_env(&set)?;
         // The variable is checked alone first so that a bad token is
         // blamed on where it came from.
         let env_tokens = set(env::TOKENS);
@@ -505,6 +512,7 @@ impl Settings {
         self.users.validate()?;
         self.mapping.validate()?;
         self.limits.validate()?;
+        self.tracing.validate()?;
         if self.auth.protect_passthrough && !self.auth.tokens.is_enabled() {
             return Err(ConfigError::new(
                 "auth.protect_passthrough",

@@ -60,6 +60,10 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         a.mapping.orphan_min_age == b.mapping.orphan_min_age
     }),
     key("users", |a, b| a.users == b.users),
+    // The exporter, its queue and the sampler are built once with the
+    // process (and the `OTEL_*` variables are the process's own): a swap
+    // would strand the spans already queued for the old collector.
+    key("tracing", |a, b| a.tracing == b.tracing),
 ];
 
 impl Settings {

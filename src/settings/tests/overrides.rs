@@ -59,3 +59,50 @@ fn redis_cluster_urls_come_as_a_list_a_string_or_the_variable() {
     assert_eq!(nodes(&s), want);
     assert!(s.limits.redis_url.is_none());
 }
+
+#[test]
+fn otel_variables_set_span_export_and_errors_name_them() {
+    let s = parse(MINIMAL).unwrap();
+    assert!(s.tracing.otlp_endpoint.is_none(), "off by default");
+    let s = Settings::parse(MINIMAL, |k| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".into()),
+        "OTEL_SERVICE_NAME" => Some("gw-eu".into()),
+        "OTEL_RESOURCE_ATTRIBUTES" => Some("deployment.environment=prod,team=a%2Cb".into()),
+        "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".into()),
+        "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".into()),
+        _ => None,
+    })
+    .unwrap();
+    let t = &s.tracing;
+    assert_eq!(
+        t.otlp_endpoint.as_ref().map(|u| u.as_str()),
+        Some("http://collector:4318/")
+    );
+    assert_eq!(t.service_name, "gw-eu");
+    assert_eq!(t.resource_attributes["deployment.environment"], "prod");
+    assert_eq!(t.resource_attributes["team"], "a,b");
+    assert_eq!(t.sampler, SamplerKind::ParentbasedTraceidratio);
+    assert_eq!(t.sampler_arg, 0.25);
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "no-equals-sign"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "half"),
+    ] {
+        let err = Settings::parse(MINIMAL, |k| (k == var).then(|| value.into())).unwrap_err();
+        assert!(err.from_env && err.key == var, "{var}: {err}");
+    }
+    for (extra, key) in [
+        ("tracing: {sampler_arg: 1.5}\n", "tracing.sampler_arg"),
+        ("tracing: {queue_spans: 1}\n", "tracing.queue_spans"),
+        ("tracing: {service_name: ''}\n", "tracing.service_name"),
+        (
+            "tracing: {otlp_endpoint: 'udp://x'}\n",
+            "tracing.otlp_endpoint",
+        ),
+        ("tracing: {sampler: never}\n", "tracing.sampler"),
+    ] {
+        let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+        assert_eq!(err.key, key, "{extra}: {err}");
+    }
+}

@@ -78,6 +78,17 @@ fn changes_of_each_restart_only_key() -> Vec<(&'static str, Vec<String>)> {
                 with("users: {pseudonym_key: another-key-123}\n"),
             ],
         ),
+        (
+            "tracing",
+            vec![
+                with("tracing: {otlp_endpoint: 'http://127.0.0.1:4318'}\n"),
+                with("tracing: {service_name: other}\n"),
+                with("tracing: {resource_attributes: {a: b}}\n"),
+                with("tracing: {sampler: always_off}\n"),
+                with("tracing: {sampler_arg: 0.5}\n"),
+                with("tracing: {queue_spans: 100}\n"),
+            ],
+        ),
     ]
 }
 
