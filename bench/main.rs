@@ -24,6 +24,7 @@ mod phases {
     pub mod pooled;
     pub mod shared;
     pub mod simulator;
+    pub mod tracing;
 }
 
 use std::fmt::Write as _;
@@ -82,7 +83,7 @@ fn machine() -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only PHASE` runs one phase: latency, letta, shared, pooled, capacity, passthrough, calls, modes, memory.
+    // `--only PHASE` runs one phase: latency, letta, shared, pooled, tracing, capacity, passthrough, calls, modes, memory.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -130,6 +131,9 @@ async fn main() {
     }
     if run("pooled") {
         phases::pooled::run(&cx, &mut rows).await;
+    }
+    if run("tracing") {
+        phases::tracing::run(&cx, &mut rows).await;
     }
     drop(gw);
     drop(sim);
