@@ -220,8 +220,6 @@ impl Span {
             .as_ref()
             .map(|open| crate::context::traceparent(&open.span.trace_id, &open.span.span_id, 1))
     }
-
-    pub fn end(self) {}
 }
 
 impl Drop for Span {
