@@ -29,10 +29,20 @@ pub fn test_user_rules() -> std::sync::Arc<eai_gateway::ids::UserRules> {
 /// they do not starve each other; lighter tests still run beside them.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and not handed out before in this
+/// process: the kernel may offer a just-released port again, and two calls
+/// in a row (a listener and its metrics listener) must not get the same.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
