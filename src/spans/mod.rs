@@ -121,10 +121,13 @@ impl Tracer {
     }
 }
 
-/// Where children of a recorded span hang: cheap to clone (a pointer and
-/// two ids), held by a request's context.
+/// Where children of a recorded span hang, held by a request's context and
+/// copied into the futures of a chat: one pointer, so that a waiting chat
+/// with export off pays 8 bytes per copy, not the 32 of the ids.
 #[derive(Clone)]
-pub struct Parent {
+pub struct Parent(Arc<ParentIds>);
+
+struct ParentIds {
     tracer: Arc<Tracer>,
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -132,12 +135,13 @@ pub struct Parent {
 
 impl Parent {
     pub fn child(&self, name: &'static str, kind: Kind) -> Span {
-        Span::open(self.tracer.clone(), self.trace_id, self.span_id, name, kind)
+        let p = &self.0;
+        Span::open(p.tracer.clone(), p.trace_id, p.span_id, name, kind)
     }
 
     /// The `traceparent` of a call made by this span (sampled).
     pub fn traceparent(&self) -> [u8; 55] {
-        crate::context::traceparent(&self.trace_id, &self.span_id, 1)
+        crate::context::traceparent(&self.0.trace_id, &self.0.span_id, 1)
     }
 }
 
@@ -207,10 +211,12 @@ impl Span {
 
     /// Where this span's children hang; `None` when nothing is recorded.
     pub fn parent(&self) -> Option<Parent> {
-        self.0.as_ref().map(|open| Parent {
-            tracer: open.tracer.clone(),
-            trace_id: open.span.trace_id,
-            span_id: open.span.span_id,
+        self.0.as_ref().map(|open| {
+            Parent(Arc::new(ParentIds {
+                tracer: open.tracer.clone(),
+                trace_id: open.span.trace_id,
+                span_id: open.span.span_id,
+            }))
         })
     }
 
